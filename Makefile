@@ -1,0 +1,51 @@
+# Chorus: every target runs from a fresh clone; `make setup` is implied where needed.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PROTO_SRC := $(wildcard protos/chorus/v1/*.proto)
+
+.PHONY: setup test test-fast demo lint format protos protos-check bench clean
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[executor,dev]'
+	touch $@
+
+setup: $(VENV)/.installed
+
+protos: setup
+	$(PY) -m grpc_tools.protoc -Iprotos --python_out=protos --grpc_python_out=protos \
+		--mypy_out=protos $(PROTO_SRC)
+
+# Fails when the committed generated code differs from what `make protos` makes.
+protos-check: setup
+	@tmp=$$(mktemp -d) && \
+	$(PY) -m grpc_tools.protoc -Iprotos --python_out=$$tmp --grpc_python_out=$$tmp \
+		--mypy_out=$$tmp $(PROTO_SRC) && \
+	for f in $$(cd $$tmp && find . -type f); do \
+		cmp -s $$tmp/$$f protos/$$f || { echo "stale generated code: protos/$$f (run make protos)"; exit 1; }; \
+	done && echo "generated protobuf code is up to date"
+
+lint: setup protos-check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy services tests bench
+
+format: setup
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+test: setup
+	$(VENV)/bin/pytest
+
+test-fast: setup
+	$(VENV)/bin/pytest -m "not slow"
+
+demo: setup
+	$(PY) -m services.cli.demo
+
+bench: setup
+	$(PY) -m bench.pipeline
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

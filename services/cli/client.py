@@ -1,0 +1,155 @@
+"""The gRPC client side of Chorus: uploads, streamed chat, downloads, and the JSON view."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+from chorus.v1 import chorus_pb2_grpc
+from chorus.v1.chorus_pb2 import ArtifactChunk, DownloadArtifactRequest
+from chorus.v1.messages_pb2 import (
+    ArtifactRef,
+    ChatRequest,
+    ChatResponse,
+    ProgressEvent,
+    Task,
+    TaskResult,
+    TaskStatus,
+)
+
+from services.common.artifacts import media_type_for, safe_file_name
+
+CHUNK_BYTES = 256 * 1024
+
+
+class ChorusClient:
+    def __init__(self, addr: str) -> None:
+        self.addr = addr
+        self._channel = grpc.insecure_channel(addr)
+        self._stub = chorus_pb2_grpc.ChorusStub(self._channel)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def upload(self, path: Path) -> ArtifactRef:
+        def chunks() -> Iterator[ArtifactChunk]:
+            with path.open("rb") as f:
+                first = True
+                while data := f.read(CHUNK_BYTES):
+                    chunk = ArtifactChunk(data=data)
+                    if first:
+                        chunk.name, chunk.media_type = path.name, media_type_for(path.name)
+                        first = False
+                    yield chunk
+                if first:  # an empty file still needs its name
+                    yield ArtifactChunk(name=path.name, media_type=media_type_for(path.name))
+
+        return self._stub.UploadArtifact(chunks())  # type: ignore[no-any-return]
+
+    def stream_chat(self, request: ChatRequest) -> Iterator[ProgressEvent]:
+        return self._stub.StreamChat(request)  # type: ignore[no-any-return]
+
+    def download(self, artifact_id: str, out_dir: Path) -> Path:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        chunks = self._stub.DownloadArtifact(DownloadArtifactRequest(id=artifact_id))
+        first = next(chunks)
+        target = _unused(out_dir / safe_file_name(first.name or artifact_id))
+        with target.open("wb") as f:
+            f.write(first.data)
+            for chunk in chunks:
+                f.write(chunk.data)
+        return target
+
+
+def _unused(path: Path) -> Path:
+    n = 1
+    candidate = path
+    while candidate.exists():
+        candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
+        n += 1
+    return candidate
+
+
+def argument_value(arg: Any) -> str:
+    which = arg.WhichOneof("value")
+    if which == "artifact":
+        return str(arg.artifact.name)
+    if which == "generated":
+        return f"<GENERATED>-{arg.generated.task_id}"
+    return str(arg.text)
+
+
+def plan_json(tasks: Any) -> list[dict[str, Any]]:
+    """The plan in HuggingGPT's shape: `{"id", "task", "dep", "args"}`, `dep` [] when none."""
+    return [
+        {
+            "id": t.id,
+            "task": t.task,
+            "dep": list(t.deps),
+            "args": {a.name: argument_value(a) for a in t.args},
+        }
+        for t in tasks
+    ]
+
+
+def status_name(result: TaskResult) -> str:
+    return TaskStatus.Name(result.status).removeprefix("TASK_STATUS_").lower()
+
+
+def result_json(result: TaskResult) -> dict[str, Any]:
+    outputs = []
+    for o in result.outputs:
+        which = o.WhichOneof("value")
+        value: Any = o.artifact.name if which == "artifact" else getattr(o, which or "text")
+        if which == "json":
+            value = json.loads(value)
+        outputs.append({"name": o.name, which or "text": value})
+    return {
+        "id": result.task_id,
+        "task": result.task,
+        "model": result.model,
+        "status": status_name(result),
+        "outputs": outputs,
+        "error": result.error,
+        "reason": result.selection_reason,
+        "seconds": round(result.seconds, 4),
+    }
+
+
+def response_json(response: ChatResponse, saved: dict[str, Path]) -> dict[str, Any]:
+    error = response.error if response.HasField("error") else None
+    return {
+        "request_id": response.request_id,
+        "plan": plan_json(response.plan.tasks),
+        "results": [result_json(r) for r in response.results],
+        "answer": response.answer,
+        "artifacts": [
+            {
+                "id": a.id,
+                "name": a.name,
+                "media_type": a.media_type,
+                "size": a.size,
+                "path": str(saved[a.id]) if a.id in saved else None,
+            }
+            for a in response.artifacts
+        ],
+        "timings": {
+            "planning_s": round(response.timings.planning_seconds, 4),
+            "execution_s": round(response.timings.execution_seconds, 4),
+            "response_s": round(response.timings.response_seconds, 4),
+            "total_s": round(response.timings.total_seconds, 4),
+        },
+        "notes": list(response.notes),
+        "error": {"stage": error.stage, "code": error.code, "message": error.message}
+        if error
+        else None,
+    }
+
+
+def describe_task(task: Task) -> str:
+    args = ", ".join(f"{a.name}={argument_value(a)!r}" for a in task.args)
+    deps = f" after {', '.join(map(str, task.deps))}" if task.deps else ""
+    return f"[{task.id}] {task.task}({args}){deps}"

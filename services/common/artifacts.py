@@ -1,0 +1,87 @@
+"""Files that tasks read and write, kept in the NATS object store; messages carry `ArtifactRef`s."""
+
+from __future__ import annotations
+
+import mimetypes
+import re
+import uuid
+from pathlib import PurePosixPath
+
+from chorus.v1.messages_pb2 import ArtifactRef, Kind
+from nats.js import JetStreamContext
+from nats.js.api import ObjectMeta, ObjectStoreConfig, StorageType
+from nats.js.errors import NotFoundError, ObjectDeletedError, ObjectNotFoundError
+from nats.js.object_store import ObjectStore
+
+from services.common import subjects
+
+ARTIFACT_TTL_S = 24 * 3600.0
+_KIND_BY_MAJOR = {"image": Kind.KIND_IMAGE, "audio": Kind.KIND_AUDIO, "video": Kind.KIND_VIDEO}
+_SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
+_NAME_HEADER = "Chorus-Name"
+_TYPE_HEADER = "Chorus-Media-Type"
+
+
+class ArtifactNotFound(LookupError):
+    """No artifact with this id (never stored, or expired)."""
+
+
+def media_type_for(name: str) -> str:
+    guessed, _ = mimetypes.guess_type(name)
+    return guessed or "application/octet-stream"
+
+
+def kind_for(media_type: str) -> Kind.ValueType:
+    major = media_type.split("/", 1)[0]
+    if major == "text":
+        return Kind.KIND_TEXT
+    return _KIND_BY_MAJOR.get(major, Kind.KIND_UNSPECIFIED)
+
+
+def safe_file_name(name: str) -> str:
+    """A base name that cannot escape a directory: `../../etc/passwd` becomes `passwd`."""
+    base = PurePosixPath(name.replace("\\", "/")).name
+    cleaned = _SAFE_NAME.sub("_", base).lstrip(".")
+    return cleaned or "file"
+
+
+class ArtifactStore:
+    def __init__(self, store: ObjectStore) -> None:
+        self._store = store
+
+    @classmethod
+    async def open(cls, js: JetStreamContext) -> ArtifactStore:
+        config = ObjectStoreConfig(ttl=ARTIFACT_TTL_S, storage=StorageType.FILE)
+        return cls(await js.create_object_store(subjects.ARTIFACT_BUCKET, config=config))
+
+    async def put(self, data: bytes, name: str, media_type: str | None = None) -> ArtifactRef:
+        name = safe_file_name(name)
+        media_type = media_type or media_type_for(name)
+        artifact_id = f"{uuid.uuid4().hex[:16]}-{name}"
+        meta = ObjectMeta(name=artifact_id, headers={_NAME_HEADER: name, _TYPE_HEADER: media_type})
+        await self._store.put(artifact_id, data, meta=meta)
+        return ArtifactRef(
+            id=artifact_id,
+            name=name,
+            media_type=media_type,
+            kind=kind_for(media_type),
+            size=len(data),
+        )
+
+    async def get(self, artifact_id: str) -> tuple[ArtifactRef, bytes]:
+        try:
+            result = await self._store.get(artifact_id)
+        except (NotFoundError, ObjectNotFoundError, ObjectDeletedError) as e:
+            raise ArtifactNotFound(f"artifact {artifact_id!r} does not exist or expired") from e
+        headers = (result.info.headers or {}) if result.info else {}
+        name = headers.get(_NAME_HEADER, artifact_id)
+        media_type = headers.get(_TYPE_HEADER, media_type_for(name))
+        data = result.data or b""
+        ref = ArtifactRef(
+            id=artifact_id,
+            name=name,
+            media_type=media_type,
+            kind=kind_for(media_type),
+            size=len(data),
+        )
+        return ref, data

@@ -1,0 +1,235 @@
+"""NATS plumbing shared by every stage: connection, streams, publishing, and the consumer loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+import nats
+from google.protobuf.message import DecodeError, Message
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import BadRequestError
+
+from services.common import subjects
+from services.common.telemetry import MESSAGES, STAGE_SECONDS, request_id_var
+
+log = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=Message)
+
+MSG_ID = "Nats-Msg-Id"
+REQUEST_ID = "Chorus-Request-Id"
+ERROR_HEADER = "Chorus-Error"
+EVENT_RETENTION_S = 3600.0
+
+
+class InvalidMessage(ValueError):
+    """A message decoded but cannot be processed; it goes to the dead-letter subject."""
+
+
+async def connect(url: str, name: str) -> NATS:
+    """Connects with unlimited reconnects, so a NATS restart is a pause, not a crash."""
+
+    async def on_error(e: Exception) -> None:
+        log.warning("nats error: %s", e)
+
+    async def on_disconnect() -> None:
+        log.warning("disconnected from nats")
+
+    async def on_reconnect() -> None:
+        log.info("reconnected to nats")
+
+    return await nats.connect(
+        url,
+        name=name,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=1,
+        connect_timeout=5,
+        error_cb=on_error,
+        disconnected_cb=on_disconnect,
+        reconnected_cb=on_reconnect,
+    )
+
+
+async def ensure_streams(js: JetStreamContext) -> None:
+    """Creates (or updates) the streams; safe to call from every service at start."""
+    configs = [
+        StreamConfig(
+            name=subjects.WORK_STREAM,
+            subjects=subjects.WORK_SUBJECTS,
+            retention=RetentionPolicy.WORK_QUEUE,
+            storage=StorageType.FILE,
+            duplicate_window=120.0,
+            max_msg_size=1024 * 1024,
+        ),
+        StreamConfig(
+            name=subjects.EVENTS_STREAM,
+            subjects=subjects.EVENTS_SUBJECTS,
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            max_age=EVENT_RETENTION_S,  # replayable for a while: late subscribers miss nothing
+            duplicate_window=120.0,
+        ),
+        StreamConfig(
+            name=subjects.DEADLETTER_STREAM,
+            subjects=subjects.DEADLETTER_SUBJECTS,
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            max_age=7 * 24 * 3600.0,
+        ),
+    ]
+    for config in configs:
+        try:
+            await js.add_stream(config)
+        except BadRequestError:
+            await js.update_stream(config)
+
+
+async def publish(
+    js: JetStreamContext, subject: str, message: Message, *, msg_id: str | None = None
+) -> None:
+    """Publishes and waits for the stream's ack; `msg_id` makes a redelivered publish a no-op."""
+    headers = {REQUEST_ID: request_id_var.get()}
+    if msg_id:
+        headers[MSG_ID] = msg_id
+    await js.publish(subject, message.SerializeToString(), headers=headers)
+
+
+@dataclass(frozen=True)
+class ConsumerSpec(Generic[M]):
+    """One durable pull consumer: which subject, which message type, what to do with it."""
+
+    stage: str
+    subject: str
+    durable: str
+    message_type: type[M]
+    handle: Callable[[M], Awaitable[None]]
+    # Called once when a message is given up on, so the request fails visibly instead of hanging.
+    give_up: Callable[[M, Exception], Awaitable[None]] | None = None
+    concurrency: int = 8
+    max_deliver: int = 3
+    ack_wait_s: float = 30.0
+
+
+class Consumer(Generic[M]):
+    """Pulls, decodes and handles messages; acks only after the handler (and its publishes) end.
+
+    Undecodable or invalid messages go to `chorus.deadletter.<stage>`; a handler that keeps
+    failing is retried `max_deliver` times and then dead-lettered too: nothing redelivers forever.
+    """
+
+    def __init__(self, js: JetStreamContext, spec: ConsumerSpec[M]) -> None:
+        self._js = js
+        self._spec = spec
+        self._stopping = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.running = False
+
+    async def run(self) -> None:
+        spec = self._spec
+        sub = await self._js.pull_subscribe(
+            spec.subject,
+            durable=spec.durable,
+            stream=subjects.WORK_STREAM,
+            config=ConsumerConfig(
+                ack_policy=AckPolicy.EXPLICIT,
+                ack_wait=spec.ack_wait_s,
+                max_deliver=spec.max_deliver + 1,  # the last delivery is the dead-letter one
+                deliver_policy=DeliverPolicy.ALL,
+                max_ack_pending=max(spec.concurrency * 4, 64),
+            ),
+        )
+        self.running = True
+        try:
+            while not self._stopping.is_set():
+                free = spec.concurrency - len(self._tasks)
+                if free <= 0:
+                    await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
+                    continue
+                try:
+                    msgs = await sub.fetch(free, timeout=1.0)
+                except (TimeoutError, NatsTimeoutError):
+                    continue
+                for msg in msgs:
+                    task = asyncio.create_task(self._process(msg))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+        finally:
+            self.running = False
+            if self._tasks:
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def _process(self, msg: Msg) -> None:
+        spec = self._spec
+        started = time.perf_counter()
+        try:
+            try:
+                message = spec.message_type.FromString(msg.data)
+            except DecodeError as e:
+                await self._dead_letter(msg, f"undecodable {spec.message_type.__name__}: {e}")
+                return
+            request_id_var.set(getattr(message, "request_id", "") or "")
+            await self._handle(msg, message)
+        finally:
+            STAGE_SECONDS.labels(spec.stage).observe(time.perf_counter() - started)
+
+    async def _handle(self, msg: Msg, message: M) -> None:
+        spec = self._spec
+        heartbeat = asyncio.create_task(self._keep_alive(msg))
+        try:
+            await spec.handle(message)
+        except InvalidMessage as e:
+            await self._dead_letter(msg, f"invalid {spec.message_type.__name__}: {e}")
+            return
+        except Exception as e:
+            delivered = msg.metadata.num_delivered
+            if delivered < spec.max_deliver:
+                log.warning("%s failed (attempt %d), will retry: %s", spec.stage, delivered, e)
+                MESSAGES.labels(spec.stage, "retry").inc()
+                await msg.nak(delay=0.5 * delivered)
+                return
+            log.exception("%s gave up after %d attempts", spec.stage, delivered)
+            if spec.give_up is not None:
+                await spec.give_up(message, e)
+            await self._dead_letter(msg, f"handler failed {delivered} times: {e}")
+            return
+        finally:
+            heartbeat.cancel()
+        await msg.ack()
+        MESSAGES.labels(spec.stage, "ok").inc()
+
+    async def _keep_alive(self, msg: Msg) -> None:
+        """Tells JetStream a long handler is still working, so it is not redelivered meanwhile."""
+        while True:
+            await asyncio.sleep(self._spec.ack_wait_s / 3)
+            with contextlib.suppress(Exception):
+                await msg.in_progress()
+
+    async def _dead_letter(self, msg: Msg, reason: str) -> None:
+        stage = self._spec.stage
+        log.error("dead-lettered a message from %s: %s", msg.subject, reason)
+        MESSAGES.labels(stage, "dead_letter").inc()
+        headers = {ERROR_HEADER: reason[:512], "Chorus-Subject": msg.subject}
+        await self._js.publish(subjects.deadletter(stage), msg.data, headers=headers)
+        await msg.ack()

@@ -1,0 +1,60 @@
+"""Publishing what a client sees: progress events and the final response of a request."""
+
+from __future__ import annotations
+
+import logging
+
+from chorus.v1.messages_pb2 import ChatResponse, PipelineError, ProgressEvent, TaskPlan
+from google.protobuf.timestamp_pb2 import Timestamp
+from nats.js import JetStreamContext
+
+from services.common import bus, subjects
+from services.common.telemetry import ERRORS
+
+log = logging.getLogger(__name__)
+
+
+def new_event(request_id: str) -> ProgressEvent:
+    event = ProgressEvent(request_id=request_id)
+    event.time.GetCurrentTime()
+    return event
+
+
+async def publish_event(js: JetStreamContext, event: ProgressEvent, *, msg_id: str = "") -> None:
+    await bus.publish(js, subjects.event(event.request_id), event, msg_id=msg_id or None)
+
+
+async def finish(js: JetStreamContext, response: ChatResponse) -> None:
+    """Publishes the final response, then the `done` event that ends every event stream."""
+    request_id = response.request_id
+    await bus.publish(js, subjects.response(request_id), response, msg_id=f"{request_id}.response")
+    event = new_event(request_id)
+    event.done.CopyFrom(response)
+    await publish_event(js, event, msg_id=f"{request_id}.done")
+
+
+async def fail(
+    js: JetStreamContext,
+    request_id: str,
+    *,
+    stage: str,
+    code: str,
+    message: str,
+    plan: TaskPlan | None = None,
+) -> None:
+    """Ends a request with an error the caller can read, instead of leaving it to hang."""
+    ERRORS.labels(stage, code).inc()
+    log.error("request failed in %s (%s): %s", stage, code, message)
+    response = ChatResponse(
+        request_id=request_id,
+        error=PipelineError(stage=stage, code=code, message=message),
+    )
+    if plan is not None:
+        response.plan.CopyFrom(plan)
+    await finish(js, response)
+
+
+def seconds_since(created_at: Timestamp) -> float:
+    now = Timestamp()
+    now.GetCurrentTime()
+    return max(0.0, (now.ToNanoseconds() - created_at.ToNanoseconds()) / 1e9)

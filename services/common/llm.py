@@ -1,0 +1,86 @@
+"""The LLM behind one small protocol, with the `openai` client as the real implementation."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import openai
+from openai import AsyncOpenAI
+
+from services.common.settings import LLMSettings
+
+log = logging.getLogger(__name__)
+
+
+class LLMError(RuntimeError):
+    """The LLM could not be reached or gave no usable reply."""
+
+
+@dataclass(frozen=True)
+class ChatTurn:
+    role: str
+    content: str
+
+
+class LLM(Protocol):
+    name: str
+
+    async def complete(self, messages: Sequence[ChatTurn], *, json_mode: bool = False) -> str:
+        """The whole reply text."""
+        ...
+
+    def stream(self, messages: Sequence[ChatTurn]) -> AsyncIterator[str]:
+        """The reply as it is generated, a piece at a time."""
+        ...
+
+
+class OpenAILLM:
+    """Any OpenAI-compatible server (OpenAI, Azure, vLLM, TGI, Ollama, llama.cpp) by base URL."""
+
+    def __init__(self, settings: LLMSettings) -> None:
+        self.name = settings.model
+        self._client = AsyncOpenAI(
+            base_url=settings.base_url,
+            api_key=settings.api_key or "not-needed",
+            timeout=settings.timeout_s,
+            max_retries=settings.max_retries,
+        )
+
+    async def complete(self, messages: Sequence[ChatTurn], *, json_mode: bool = False) -> str:
+        try:
+            reply = await self._client.chat.completions.create(
+                model=self.name,
+                messages=[{"role": m.role, "content": m.content} for m in messages],  # type: ignore[misc]
+                temperature=0,
+                **({"response_format": {"type": "json_object"}} if json_mode else {}),  # type: ignore[arg-type]
+            )
+        except openai.OpenAIError as e:
+            raise LLMError(f"LLM {self.name} unavailable: {e}") from e
+        if not reply.choices or reply.choices[0].message.content is None:
+            raise LLMError(f"LLM {self.name} returned no content")
+        return reply.choices[0].message.content
+
+    async def stream(self, messages: Sequence[ChatTurn]) -> AsyncIterator[str]:
+        try:
+            chunks = await self._client.chat.completions.create(
+                model=self.name,
+                messages=[{"role": m.role, "content": m.content} for m in messages],  # type: ignore[misc]
+                temperature=0,
+                stream=True,
+            )
+            async for chunk in chunks:
+                if chunk.choices and chunk.choices[0].delta.content:
+                    yield chunk.choices[0].delta.content
+        except openai.OpenAIError as e:
+            raise LLMError(f"LLM {self.name} unavailable: {e}") from e
+
+    async def close(self) -> None:
+        await self._client.close()
+
+
+def llm_from_settings(settings: LLMSettings) -> OpenAILLM | None:
+    """The configured LLM, or None: each stage then uses its offline fallback."""
+    return OpenAILLM(settings) if settings.configured else None

@@ -1,0 +1,86 @@
+"""Process lifecycle shared by the four services: connect, build, serve, drain on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from typing import Any
+
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+
+from services.common import bus
+from services.common.settings import Settings, SettingsError
+from services.common.telemetry import HealthServer, configure_logging
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    """What a service's `build` gets: settings and a connected bus."""
+
+    name: str
+    settings: Settings
+    nc: NATS
+    js: JetStreamContext
+
+
+Build = Callable[[Runtime, AsyncExitStack], Awaitable[list[bus.Consumer[Any]]]]
+
+
+async def serve(name: str, settings: Settings, build: Build, stop: asyncio.Event) -> None:
+    """Runs one service until `stop` is set; every resource is released through one exit stack."""
+    async with AsyncExitStack() as stack:
+        nc = await bus.connect(settings.nats_url, name=f"chorus-{name}")
+        stack.push_async_callback(_drain, nc)
+        js = nc.jetstream()
+        await bus.ensure_streams(js)
+        consumers = await build(Runtime(name, settings, nc, js), stack)
+        tasks = [asyncio.create_task(c.run()) for c in consumers]
+
+        def ready() -> bool:
+            return nc.is_connected and all(c.running for c in consumers)
+
+        health = HealthServer(settings.metrics_port, ready)
+        health.start()
+        stack.callback(health.stop)
+        log.info("%s serving", name, extra={"fields": {"metrics_port": health.port}})
+        stopped = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait([stopped, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        for consumer in consumers:
+            consumer.stop()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        stopped.cancel()
+        for task in done:
+            if task is not stopped and task.exception():
+                raise task.exception()  # type: ignore[misc]
+        log.info("%s stopping", name)
+
+
+async def _drain(nc: NATS) -> None:
+    with contextlib.suppress(Exception):
+        await nc.drain()
+
+
+def main(name: str, build: Build) -> None:
+    """Entry point of `python -m services.<name>`: settings from the environment, stop on signal."""
+    try:
+        settings = Settings.from_env()
+    except SettingsError as e:
+        raise SystemExit(f"chorus {name}: {e}") from e
+    configure_logging(name, settings.log_level)
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(name, settings, build, stop)
+
+    asyncio.run(run())

@@ -1,0 +1,101 @@
+"""Settings from `CHORUS_*` environment variables, read once in `main`, never at import."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from urllib.parse import urlparse
+
+
+class SettingsError(ValueError):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class LLMSettings:
+    base_url: str | None
+    api_key: str | None
+    model: str
+    timeout_s: float
+    max_retries: int
+
+    @property
+    def configured(self) -> bool:
+        """An LLM is used only when a key or a base URL was given."""
+        return bool(self.api_key or self.base_url)
+
+
+@dataclass(frozen=True)
+class Settings:
+    nats_url: str
+    grpc_addr: str
+    metrics_port: int
+    llm: LLMSettings
+    planner: str  # "auto" (LLM when configured) | "rules"
+    max_upload_bytes: int
+    task_deadline_s: float
+    worker_ttl_s: float
+    log_level: str
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        base_url = env.get("CHORUS_LLM_BASE_URL") or None
+        if base_url is not None:
+            _require_url("CHORUS_LLM_BASE_URL", base_url, ("http", "https"))
+        nats_url = env.get("CHORUS_NATS_URL", "nats://127.0.0.1:4222")
+        _require_url("CHORUS_NATS_URL", nats_url, ("nats", "tls", "ws", "wss"))
+        planner = env.get("CHORUS_PLANNER", "auto")
+        if planner not in ("auto", "rules"):
+            raise SettingsError(f"CHORUS_PLANNER must be 'auto' or 'rules', not {planner!r}")
+        return cls(
+            nats_url=nats_url,
+            grpc_addr=env.get("CHORUS_GRPC_ADDR", "127.0.0.1:50051"),
+            metrics_port=_int(env, "CHORUS_METRICS_PORT", 0),
+            llm=LLMSettings(
+                base_url=base_url,
+                api_key=env.get("CHORUS_LLM_API_KEY") or env.get("OPENAI_API_KEY") or None,
+                model=env.get("CHORUS_LLM_MODEL", "gpt-4o-mini"),
+                timeout_s=_float(env, "CHORUS_LLM_TIMEOUT", 30.0),
+                max_retries=_int(env, "CHORUS_LLM_MAX_RETRIES", 2),
+            ),
+            planner=planner,
+            max_upload_bytes=_int(env, "CHORUS_MAX_UPLOAD_BYTES", 64 * 1024 * 1024),
+            task_deadline_s=_float(env, "CHORUS_TASK_DEADLINE", 300.0),
+            worker_ttl_s=_float(env, "CHORUS_WORKER_TTL", 10.0),
+            log_level=env.get("CHORUS_LOG_LEVEL", "INFO").upper(),
+        )
+
+
+def _require_url(name: str, value: str, schemes: tuple[str, ...]) -> None:
+    parsed = urlparse(value)
+    if parsed.scheme not in schemes or not parsed.netloc:
+        raise SettingsError(f"{name} is not a {'/'.join(schemes)} URL: {value!r}")
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError as e:
+        raise SettingsError(f"{name} is not an integer: {raw!r}") from e
+    if value < 0:
+        raise SettingsError(f"{name} must not be negative: {raw!r}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError as e:
+        raise SettingsError(f"{name} is not a number: {raw!r}") from e
+    if value <= 0:
+        raise SettingsError(f"{name} must be positive: {raw!r}")
+    return value

@@ -1,0 +1,68 @@
+"""Every NATS subject, stream and bucket name Chorus uses, in one place.
+
+Public contract (for event-driven integration):
+    chorus.request                 ChatRequest   start a request
+    chorus.event.<request_id>      ProgressEvent progress, answer tokens, and `done` last
+    chorus.response.<request_id>   ChatResponse  the final response
+
+Internal hand-offs between stages (stream CHORUS_WORK, work-queue retention):
+    chorus.plan                    TaskPlan        planner   -> selector
+    chorus.invoke.<task>.<model>   TaskInvocation  selector  -> executor (one consumer per pair)
+    chorus.result                  TaskResult      executor  -> selector
+    chorus.report                  ExecutionReport selector  -> responder
+    chorus.deadletter.<stage>      raw bytes of a message a stage could not decode or handle
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+REQUEST = "chorus.request"
+PLAN = "chorus.plan"
+RESULT = "chorus.result"
+REPORT = "chorus.report"
+INVOKE_PREFIX = "chorus.invoke"
+
+WORK_STREAM = "CHORUS_WORK"
+WORK_SUBJECTS = [REQUEST, PLAN, f"{INVOKE_PREFIX}.>", RESULT, REPORT]
+EVENTS_STREAM = "CHORUS_EVENTS"
+EVENTS_SUBJECTS = ["chorus.event.>", "chorus.response.>"]
+DEADLETTER_STREAM = "CHORUS_DEADLETTER"
+DEADLETTER_SUBJECTS = ["chorus.deadletter.>"]
+
+ARTIFACT_BUCKET = "chorus_artifacts"
+WORKER_BUCKET = "chorus_workers"
+RUN_STATE_BUCKET = "chorus_runs"
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def event(request_id: str) -> str:
+    return f"chorus.event.{request_id}"
+
+
+def response(request_id: str) -> str:
+    return f"chorus.response.{request_id}"
+
+
+def deadletter(stage: str) -> str:
+    return f"chorus.deadletter.{stage}"
+
+
+def subject_token(value: str) -> str:
+    """A single NATS subject token for a free-form name such as a model id.
+
+    Model ids hold `/` and `.`, which subjects cannot, so they are flattened and a
+    short hash keeps two ids that flatten alike apart.
+    """
+    digest = hashlib.sha1(value.encode()).hexdigest()[:8]
+    return f"{_UNSAFE.sub('_', value)[-48:]}-{digest}"
+
+
+def invoke(task: str, model: str) -> str:
+    return f"{INVOKE_PREFIX}.{subject_token(task)}.{subject_token(model)}"
+
+
+def consumer_name(*parts: str) -> str:
+    return "-".join(subject_token(p) if _UNSAFE.search(p) else p for p in parts)

@@ -1,0 +1,100 @@
+"""The live worker registry: executor replicas announce what they serve in a KV bucket with a TTL."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from chorus.v1.workers_pb2 import WorkerInfo
+from nats.js import JetStreamContext
+from nats.js.api import KeyValueConfig, StorageType
+from nats.js.kv import KeyValue
+
+from services.common import subjects
+
+log = logging.getLogger(__name__)
+
+
+async def open_worker_bucket(js: JetStreamContext, ttl_s: float) -> KeyValue:
+    # Entries are dropped by the bucket after a few TTLs; readers also ignore stale heartbeats.
+    config = KeyValueConfig(
+        bucket=subjects.WORKER_BUCKET, ttl=ttl_s * 6, history=1, storage=StorageType.MEMORY
+    )
+    return await js.create_key_value(config=config)
+
+
+class WorkerRegistry:
+    """A live view of the bucket, kept current by a watch: no per-request status calls."""
+
+    def __init__(self, kv: KeyValue, ttl_s: float) -> None:
+        self._kv = kv
+        self._ttl_s = ttl_s
+        self._workers: dict[str, WorkerInfo] = {}
+        self._task: asyncio.Task[None] | None = None
+        self.changed = asyncio.Event()
+
+    async def start(self) -> None:
+        watcher = await self._kv.watchall()
+        self._task = asyncio.create_task(self._follow(watcher))
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _follow(self, watcher: KeyValue.KeyWatcher) -> None:
+        async for entry in watcher:
+            if entry is None:  # end of the initial values
+                continue
+            if entry.operation in ("DEL", "PURGE") or not entry.value:
+                self._workers.pop(entry.key, None)
+            else:
+                try:
+                    self._workers[entry.key] = WorkerInfo.FromString(entry.value)
+                except Exception:
+                    log.warning("ignored an undecodable worker entry %s", entry.key)
+            self.changed.set()
+
+    def live(self) -> list[WorkerInfo]:
+        cutoff = time.time() - self._ttl_s
+        return [w for w in self._workers.values() if w.heartbeat_unix >= cutoff]
+
+    def serving(self, task: str) -> list[WorkerInfo]:
+        return [w for w in self.live() if any(m.task == task for m in w.models)]
+
+
+class WorkerAnnouncer:
+    """Keeps one replica's entry fresh; deletes it on a clean stop."""
+
+    def __init__(self, kv: KeyValue, info: WorkerInfo, ttl_s: float) -> None:
+        self._kv = kv
+        self.info = info
+        self._interval = ttl_s / 3
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self.announce()
+        self._task = asyncio.create_task(self._loop())
+
+    async def announce(self) -> None:
+        self.info.heartbeat_unix = time.time()
+        await self._kv.put(self.info.worker_id, self.info.SerializeToString())
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            try:
+                await self.announce()
+            except Exception as e:  # a NATS blip must not kill the replica
+                log.warning("worker heartbeat failed: %s", e)
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        with contextlib.suppress(Exception):
+            await self._kv.delete(self.info.worker_id)

@@ -1,0 +1,68 @@
+"""Decoding task inputs and encoding task outputs: images as PIL, audio as WAV."""
+
+from __future__ import annotations
+
+import io
+import wave
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+from PIL import Image, UnidentifiedImageError
+
+
+class MediaError(ValueError):
+    """An input file is corrupt or not of the kind its slot needs."""
+
+
+@dataclass(frozen=True)
+class Audio:
+    samples: NDArray[np.float32]  # mono, in [-1, 1]
+    sampling_rate: int
+
+
+def decode_image(data: bytes, name: str) -> Image.Image:
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()
+    except (UnidentifiedImageError, OSError) as e:
+        raise MediaError(f"{name} is not a readable image: {e}") from e
+    return image.convert("RGB")
+
+
+def encode_png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def decode_wav(data: bytes, name: str) -> Audio:
+    """PCM WAV without ffmpeg: 8/16/32-bit, any channel count (mixed down to mono)."""
+    try:
+        with wave.open(io.BytesIO(data)) as wav:
+            width, channels, rate = wav.getsampwidth(), wav.getnchannels(), wav.getframerate()
+            frames = wav.readframes(wav.getnframes())
+    except (wave.Error, EOFError) as e:
+        raise MediaError(f"{name} is not a readable WAV file: {e}") from e
+    dtype = {1: np.uint8, 2: np.int16, 4: np.int32}.get(width)
+    if dtype is None:
+        raise MediaError(f"{name}: {8 * width}-bit WAV is not supported")
+    samples = np.frombuffer(frames, dtype=dtype).astype(np.float32)
+    if dtype is np.uint8:
+        samples = (samples - 128.0) / 128.0
+    else:
+        samples /= float(np.iinfo(dtype).max)
+    if channels > 1:
+        samples = samples.reshape(-1, channels).mean(axis=1)
+    return Audio(samples.astype(np.float32), rate)
+
+
+def encode_wav(audio: Audio) -> bytes:
+    pcm = (np.clip(audio.samples, -1.0, 1.0) * 32767).astype("<i2")
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(audio.sampling_rate)
+        wav.writeframes(pcm.tobytes())
+    return buffer.getvalue()

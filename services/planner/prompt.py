@@ -1,0 +1,55 @@
+"""Builds the planning prompt in HuggingGPT's structure from the package's prompt files."""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from importlib import resources
+
+from chorus.v1.messages_pb2 import ChatRequest
+
+from services.common.llm import ChatTurn
+from services.common.resources import resources_of
+from services.common.tasks import KIND_NAMES, TASK_TYPES
+
+# Rough budget for earlier turns; the newest are kept. Characters / 4 approximates tokens.
+HISTORY_TOKEN_BUDGET = 1500
+
+
+@cache
+def _read(name: str) -> str:
+    return (resources.files("services.planner") / "prompts" / name).read_text()
+
+
+def _task_list() -> str:
+    lines = []
+    for t in TASK_TYPES.values():
+        slots = ", ".join(s.name + ("" if s.required else "?") for s in t.slots)
+        outputs = ", ".join(KIND_NAMES[o] for o in t.outputs)
+        lines.append(f'  "{t.name}" ({slots}) -> {outputs}: {t.summary}')
+    return "\n".join(lines)
+
+
+def planning_prompt(request: ChatRequest) -> list[ChatTurn]:
+    system = _read("parse_task.txt").format(task_list=_task_list())
+    turns = [ChatTurn("system", system)]
+    for demo in json.loads(_read("parse_task_demos.json")):
+        turns += [ChatTurn("user", demo["user"]), ChatTurn("assistant", demo["assistant"])]
+    *history, last = request.messages
+    turns += _within_budget([ChatTurn(m.role, m.content) for m in history])
+    files = ", ".join(
+        f"{a.name} ({KIND_NAMES.get(a.kind, 'file')})" for a in resources_of(request).values()
+    )
+    turns.append(ChatTurn("user", last.content + (f" Files: {files}" if files else "")))
+    return turns
+
+
+def _within_budget(history: list[ChatTurn]) -> list[ChatTurn]:
+    kept: list[ChatTurn] = []
+    used = 0
+    for turn in reversed(history):
+        used += len(turn.content) // 4 + 4
+        if used > HISTORY_TOKEN_BUDGET:
+            break
+        kept.append(turn)
+    return kept[::-1]

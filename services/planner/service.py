@@ -1,0 +1,80 @@
+"""The planner on the bus: consumes `chorus.request`, publishes `chorus.plan`; serves the gRPC API."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import AsyncExitStack
+from typing import Any
+
+from chorus.v1.messages_pb2 import ChatRequest
+
+from services.common import bus, events, subjects
+from services.common.artifacts import ArtifactStore
+from services.common.llm import LLM, LLMError, llm_from_settings
+from services.common.resources import request_text
+from services.common.runtime import Runtime
+from services.common.workers import WorkerRegistry, open_worker_bucket
+from services.planner.api import start_grpc
+from services.planner.plan import plan
+
+log = logging.getLogger(__name__)
+STAGE = "planner"
+
+
+class Planner:
+    def __init__(self, rt: Runtime, llm: LLM | None) -> None:
+        self._js = rt.js
+        self._llm = llm
+
+    async def handle(self, request: ChatRequest) -> None:
+        if not request.request_id:
+            raise bus.InvalidMessage("request_id is empty")
+        if not request_text(request).strip():
+            await events.fail(
+                self._js,
+                request.request_id,
+                stage=STAGE,
+                code="invalid_request",
+                message="messages: the request holds no user message with text",
+            )
+            return
+        try:
+            task_plan = await plan(request, self._llm)
+        except LLMError as e:
+            await events.fail(
+                self._js, request.request_id, stage=STAGE, code="llm_unavailable", message=str(e)
+            )
+            return
+        log.info("planned %d tasks", len(task_plan.tasks))
+        event = events.new_event(request.request_id)
+        event.plan_ready.CopyFrom(task_plan)
+        await events.publish_event(self._js, event, msg_id=f"{request.request_id}.plan_ready")
+        await bus.publish(self._js, subjects.PLAN, task_plan, msg_id=f"{request.request_id}.plan")
+
+    async def give_up(self, request: ChatRequest, error: Exception) -> None:
+        await events.fail(
+            self._js, request.request_id, stage=STAGE, code="internal", message=str(error)
+        )
+
+
+async def build(rt: Runtime, stack: AsyncExitStack) -> list[bus.Consumer[Any]]:
+    llm = None if rt.settings.planner == "rules" else llm_from_settings(rt.settings.llm)
+    store = await ArtifactStore.open(rt.js)
+    registry = WorkerRegistry(
+        await open_worker_bucket(rt.js, rt.settings.worker_ttl_s), rt.settings.worker_ttl_s
+    )
+    await registry.start()
+    stack.push_async_callback(registry.stop)
+    server = await start_grpc(rt, store, registry)
+    stack.push_async_callback(server.stop, 5.0)
+    planner = Planner(rt, llm)
+    spec = bus.ConsumerSpec(
+        stage=STAGE,
+        subject=subjects.REQUEST,
+        durable="planner",
+        message_type=ChatRequest,
+        handle=planner.handle,
+        give_up=planner.give_up,
+        ack_wait_s=max(30.0, rt.settings.llm.timeout_s * (rt.settings.llm.max_retries + 1) + 5),
+    )
+    return [bus.Consumer(rt.js, spec)]

@@ -1,0 +1,64 @@
+"""The responder on the bus: consumes `chorus.report`; streams answer tokens, publishes the response."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from contextlib import AsyncExitStack
+from typing import Any
+
+from chorus.v1.messages_pb2 import ExecutionReport
+from nats.js import JetStreamContext
+
+from services.common import bus, events, subjects
+from services.common.llm import LLM, llm_from_settings
+from services.common.runtime import Runtime
+from services.responder.respond import respond
+
+log = logging.getLogger(__name__)
+STAGE = "responder"
+
+
+class Responder:
+    def __init__(self, js: JetStreamContext, llm: LLM | None) -> None:
+        self._js = js
+        self._llm = llm
+
+    async def handle(self, report: ExecutionReport) -> None:
+        if not report.request_id:
+            raise bus.InvalidMessage("request_id is empty")
+        counter = itertools.count()
+
+        async def on_token(piece: str) -> None:
+            event = events.new_event(report.request_id)
+            event.answer_token = piece
+            # Numbered ids: a redelivered report re-streams without duplicating tokens.
+            await events.publish_event(
+                self._js, event, msg_id=f"{report.request_id}.token.{next(counter)}"
+            )
+
+        response = await respond(report, self._llm, on_token)
+        await events.finish(self._js, response)
+
+    async def give_up(self, report: ExecutionReport, error: Exception) -> None:
+        await events.fail(
+            self._js,
+            report.request_id,
+            stage=STAGE,
+            code="internal",
+            message=str(error),
+            plan=report.plan,
+        )
+
+
+async def build(rt: Runtime, stack: AsyncExitStack) -> list[bus.Consumer[Any]]:
+    responder = Responder(rt.js, llm_from_settings(rt.settings.llm))
+    spec = bus.ConsumerSpec(
+        stage=STAGE,
+        subject=subjects.REPORT,
+        durable="responder",
+        message_type=ExecutionReport,
+        handle=responder.handle,
+        give_up=responder.give_up,
+    )
+    return [bus.Consumer(rt.js, spec)]

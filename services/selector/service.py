@@ -1,0 +1,235 @@
+"""The selector on the bus: owns each request's task graph in a KV bucket, updated by CAS.
+
+Consumes `chorus.plan` and `chorus.result`; publishes `chorus.invoke.<task>.<model>` and
+`chorus.report`. Every publish carries a dedup id and happens before the state update, so a
+crash or a lost compare-and-set race only ever repeats a publish that NATS then drops.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+from typing import Any
+
+from chorus.v1.messages_pb2 import (
+    ExecutionReport,
+    RunState,
+    StopAfter,
+    TaskInvocation,
+    TaskPlan,
+    TaskResult,
+    TaskStarted,
+    TaskStatus,
+)
+from nats.js import JetStreamContext
+from nats.js.api import KeyValueConfig, StorageType
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+from prometheus_client import Counter
+
+from services.common import bus, events, subjects
+from services.common.llm import LLM, llm_from_settings
+from services.common.resources import request_text
+from services.common.runtime import Runtime
+from services.common.workers import WorkerRegistry, open_worker_bucket
+from services.selector.dag import (
+    UnresolvedInput,
+    blocked_tasks,
+    is_complete,
+    ready_tasks,
+    resolve_args,
+)
+from services.selector.select import NoCandidate, candidates_for, select_model
+
+log = logging.getLogger(__name__)
+STAGE = "selector"
+RUN_TTL_S = 24 * 3600.0
+STRAY_RESULTS = Counter(
+    "chorus_selector_stray_results_total",
+    "Results that matched no running task, by reason (unknown_request, duplicate).",
+    ["reason"],
+)
+
+Publish = Callable[[], Awaitable[None]]
+
+
+class Selector:
+    def __init__(
+        self,
+        js: JetStreamContext,
+        runs: KeyValue,
+        registry: WorkerRegistry,
+        llm: LLM | None,
+        task_deadline_s: float,
+    ) -> None:
+        self._js = js
+        self._runs = runs
+        self._registry = registry
+        self._llm = llm
+        self._deadline_s = task_deadline_s
+
+    async def handle_plan(self, plan: TaskPlan) -> None:
+        if not plan.request_id:
+            raise bus.InvalidMessage("request_id is empty")
+        state = RunState(started_unix=time.time())
+        state.plan.CopyFrom(plan)
+        if plan.request.stop_after == StopAfter.STOP_AFTER_PLAN or not plan.tasks:
+            await self._report(state)
+            return
+        try:
+            await self._runs.create(plan.request_id, state.SerializeToString())
+        except KeyWrongLastSequenceError:
+            log.info("plan redelivered; continuing the existing run")
+        await self._transact(plan.request_id, lambda s: [])
+
+    async def handle_result(self, result: TaskResult) -> None:
+        def record(state: RunState) -> list[Publish]:
+            if result.task_id in state.results:
+                STRAY_RESULTS.labels("duplicate").inc()
+                log.warning("duplicate result for task %d ignored", result.task_id)
+                return []
+            state.results[result.task_id].CopyFrom(result)
+            return [self._finished_event(result)]
+
+        await self._transact(result.request_id, record)
+
+    async def give_up(self, message: TaskPlan | TaskResult, error: Exception) -> None:
+        await events.fail(
+            self._js, message.request_id, stage=STAGE, code="internal", message=str(error)
+        )
+
+    async def _transact(self, request_id: str, change: Callable[[RunState], list[Publish]]) -> None:
+        """Applies `change` and advances the graph under compare-and-set, retrying on conflict."""
+        while True:
+            try:
+                entry = await self._runs.get(request_id)
+            except KeyNotFoundError:
+                STRAY_RESULTS.labels("unknown_request").inc()
+                log.warning("message for a request with no run state ignored")
+                return
+            state = RunState.FromString(entry.value or b"")
+            if state.reported:
+                return
+            effects = change(state) + await self._advance(state)
+            for publish in effects:
+                await publish()
+            try:
+                await self._runs.update(request_id, state.SerializeToString(), last=entry.revision)
+                return
+            except KeyWrongLastSequenceError:
+                continue  # another replica changed the run; redo on the fresh state
+
+    async def _advance(self, state: RunState) -> list[Publish]:
+        """Skips blocked tasks, dispatches ready ones, reports when all are done."""
+        effects: list[Publish] = []
+        changed = True
+        while changed:
+            changed = False
+            for skipped in blocked_tasks(state):
+                state.results[skipped.task_id].CopyFrom(skipped)
+                effects.append(self._finished_event(skipped))
+                changed = True
+            for task in ready_tasks(state):
+                effects += await self._dispatch(state, task)
+                changed = True
+        if is_complete(state):
+            state.reported = True
+            effects.append(lambda: self._report(state))
+        return effects
+
+    async def _dispatch(self, state: RunState, task: Any) -> list[Publish]:
+        request_id = state.plan.request_id
+        failed = TaskResult(
+            request_id=request_id,
+            task_id=task.id,
+            task=task.task,
+            status=TaskStatus.TASK_STATUS_FAILED,
+        )
+        try:
+            args = resolve_args(task, state)
+            candidates = candidates_for(task.task, self._registry.live())
+            choice = await select_model(
+                task, request_text(state.plan.request), candidates, self._llm
+            )
+        except (UnresolvedInput, NoCandidate) as e:
+            failed.error = str(e)
+            state.results[task.id].CopyFrom(failed)
+            return [self._finished_event(failed)]
+        started = TaskStarted(
+            task_id=task.id, task=task.task, model=choice.model, selection_reason=choice.reason
+        )
+        state.dispatched[task.id].CopyFrom(started)
+        invocation = TaskInvocation(
+            request_id=request_id, task_id=task.id, task=task.task, model=choice.model, args=args
+        )
+        invocation.deadline.FromNanoseconds(int((time.time() + self._deadline_s) * 1e9))
+        event = events.new_event(request_id)
+        event.task_started.CopyFrom(started)
+
+        async def publish() -> None:
+            await bus.publish(
+                self._js,
+                subjects.invoke(task.task, choice.model),
+                invocation,
+                msg_id=f"{request_id}.{task.id}.invoke",
+            )
+            await events.publish_event(self._js, event, msg_id=f"{request_id}.{task.id}.started")
+
+        return [publish]
+
+    def _finished_event(self, result: TaskResult) -> Publish:
+        event = events.new_event(result.request_id)
+        event.task_finished.CopyFrom(result)
+        msg_id = f"{result.request_id}.{result.task_id}.finished"
+        return lambda: events.publish_event(self._js, event, msg_id=msg_id)
+
+    async def _report(self, state: RunState) -> None:
+        report = ExecutionReport(
+            request_id=state.plan.request_id,
+            plan=state.plan,
+            execution_seconds=time.time() - state.started_unix,
+        )
+        for task in state.plan.tasks:
+            result = state.results[task.id]
+            if task.id in state.dispatched:
+                result.selection_reason = (
+                    result.selection_reason or state.dispatched[task.id].selection_reason
+                )
+            report.results.append(result)
+        await bus.publish(self._js, subjects.REPORT, report, msg_id=f"{report.request_id}.report")
+
+
+async def build(rt: Runtime, stack: AsyncExitStack) -> list[bus.Consumer[Any]]:
+    settings = rt.settings
+    runs = await rt.js.create_key_value(
+        config=KeyValueConfig(
+            bucket=subjects.RUN_STATE_BUCKET, history=1, ttl=RUN_TTL_S, storage=StorageType.FILE
+        )
+    )
+    registry = WorkerRegistry(
+        await open_worker_bucket(rt.js, settings.worker_ttl_s), settings.worker_ttl_s
+    )
+    await registry.start()
+    stack.push_async_callback(registry.stop)
+    selector = Selector(
+        rt.js, runs, registry, llm_from_settings(settings.llm), settings.task_deadline_s
+    )
+    plans = bus.ConsumerSpec(
+        stage=STAGE,
+        subject=subjects.PLAN,
+        durable="selector-plans",
+        message_type=TaskPlan,
+        handle=selector.handle_plan,
+        give_up=selector.give_up,
+    )
+    results = bus.ConsumerSpec(
+        stage=STAGE,
+        subject=subjects.RESULT,
+        durable="selector-results",
+        message_type=TaskResult,
+        handle=selector.handle_result,
+        give_up=selector.give_up,
+    )
+    return [bus.Consumer(rt.js, plans), bus.Consumer(rt.js, results)]
