@@ -19,6 +19,7 @@ from services.common.settings import Settings, SettingsError
 from services.common.telemetry import HealthServer, configure_logging
 
 log = logging.getLogger(__name__)
+DRAIN_GRACE_S = 10.0
 
 
 @dataclass
@@ -55,6 +56,10 @@ async def serve(name: str, settings: Settings, build: Build, stop: asyncio.Event
         done, _ = await asyncio.wait([stopped, *tasks], return_when=asyncio.FIRST_COMPLETED)
         for consumer in consumers:
             consumer.stop()
+        # In-flight messages get a grace period; past it they are left unacked, to be redelivered.
+        _, late = await asyncio.wait(tasks, timeout=DRAIN_GRACE_S)
+        for task in late:
+            task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         stopped.cancel()
         for task in done:

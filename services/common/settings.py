@@ -37,7 +37,8 @@ class Settings:
     task_deadline_s: float
     worker_ttl_s: float
     log_level: str
-    extra: Mapping[str, str] = field(default_factory=dict)
+    # The variables these were read from, for a stage's own settings (e.g. the executor's).
+    env: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -66,6 +67,7 @@ class Settings:
             task_deadline_s=_float(env, "CHORUS_TASK_DEADLINE", 300.0),
             worker_ttl_s=_float(env, "CHORUS_WORKER_TTL", 10.0),
             log_level=env.get("CHORUS_LOG_LEVEL", "INFO").upper(),
+            env=dict(env),
         )
 
 

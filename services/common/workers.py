@@ -74,6 +74,7 @@ class WorkerAnnouncer:
         self.info = info
         self._interval = ttl_s / 3
         self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
 
     async def start(self) -> None:
         await self.announce()
@@ -84,17 +85,20 @@ class WorkerAnnouncer:
         await self._kv.put(self.info.worker_id, self.info.SerializeToString())
 
     async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval)
+        # Stopped by an event, not by cancel: the NATS client may swallow a cancellation
+        # that lands inside a request, which would leave this loop running forever.
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self._interval)
+                return
             try:
                 await self.announce()
             except Exception as e:  # a NATS blip must not kill the replica
                 log.warning("worker heartbeat failed: %s", e)
 
     async def stop(self) -> None:
+        self._stopping.set()
         if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await self._task
         with contextlib.suppress(Exception):
             await self._kv.delete(self.info.worker_id)

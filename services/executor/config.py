@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -18,13 +17,12 @@ class ExecutorConfig:
     allow_download: bool
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> ExecutorConfig:
+    def from_env(cls, env: Mapping[str, str]) -> ExecutorConfig:
         """`CHORUS_EXECUTOR_MODELS` is `TASK=MODEL` pairs separated by `;`.
 
         Unset, the replica serves the built-in and bundled models and what the local
         Hugging Face cache holds.
         """
-        env = os.environ if env is None else env
         raw = env.get("CHORUS_EXECUTOR_MODELS", "").strip()
         try:
             specs = [ModelSpec.parse(s) for s in raw.split(";") if s.strip()]

@@ -80,7 +80,7 @@ class Executor:
 
 
 async def build(rt: Runtime, stack: AsyncExitStack) -> list[bus.Consumer[Any]]:
-    config = ExecutorConfig.from_env()
+    config = ExecutorConfig.from_env(rt.settings.env)
     loaded: list[LoadedModel] = []
     for i, spec in enumerate(config.specs, 1):
         log.info("loading model %d/%d: %s=%s", i, len(config.specs), spec.task, spec.model)

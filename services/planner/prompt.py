@@ -31,7 +31,7 @@ def _task_list() -> str:
 
 
 def planning_prompt(request: ChatRequest) -> list[ChatTurn]:
-    system = _read("parse_task.txt").format(task_list=_task_list())
+    system = _read("parse_task.txt").replace("{task_list}", _task_list())
     turns = [ChatTurn("system", system)]
     for demo in json.loads(_read("parse_task_demos.json")):
         turns += [ChatTurn("user", demo["user"]), ChatTurn("assistant", demo["assistant"])]

@@ -192,11 +192,12 @@ class Selector:
             execution_seconds=time.time() - state.started_unix,
         )
         for task in state.plan.tasks:
-            result = state.results[task.id]
-            if task.id in state.dispatched:
-                result.selection_reason = (
-                    result.selection_reason or state.dispatched[task.id].selection_reason
-                )
+            if task.id not in state.results:  # stopped after planning: nothing ran
+                continue
+            result = TaskResult()
+            result.CopyFrom(state.results[task.id])
+            if task.id in state.dispatched and not result.selection_reason:
+                result.selection_reason = state.dispatched[task.id].selection_reason
             report.results.append(result)
         await bus.publish(self._js, subjects.REPORT, report, msg_id=f"{report.request_id}.report")
 

@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support import ScriptedLLM, build_tiny_text_classifier, start_nats
+
+# Nothing in the tests may reach the network: the Hub is off, and so is any download.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["CHORUS_ALLOW_DOWNLOAD"] = "0"
+for _var in ("CHORUS_LLM_BASE_URL", "CHORUS_LLM_API_KEY", "OPENAI_API_KEY", "CHORUS_NATS_URL"):
+    os.environ.pop(_var, None)
+
+
+@pytest.fixture
+def nats_url(tmp_path: Path) -> Iterator[str]:
+    """A fresh JetStream server for each test, so streams and consumers never leak between them."""
+    proc, url = start_nats(tmp_path / "jetstream")
+    yield url
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture
+def scripted_llm() -> Iterator[ScriptedLLM]:
+    llm = ScriptedLLM(replies=["[]"]).start()
+    yield llm
+    llm.stop()
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_text_classifier(tmp_path_factory.mktemp("tiny-bert"))

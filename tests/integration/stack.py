@@ -1,0 +1,61 @@
+"""The four services in this test's event loop, against a real NATS server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+from services.cli.cluster import free_port
+from services.common.runtime import serve
+from services.common.settings import Settings
+from services.executor.service import build as build_executor
+from services.planner.service import build as build_planner
+from services.responder.service import build as build_responder
+from services.selector.service import build as build_selector
+
+BUILDS: dict[str, Any] = {
+    "planner": build_planner,
+    "selector": build_selector,
+    "executor": build_executor,
+    "responder": build_responder,
+}
+
+
+@contextlib.asynccontextmanager
+async def running_stack(
+    nats_url: str, env: Mapping[str, str] | None = None, services: tuple[str, ...] = tuple(BUILDS)
+) -> AsyncIterator[Settings]:
+    settings = Settings.from_env(
+        {
+            "CHORUS_NATS_URL": nats_url,
+            "CHORUS_GRPC_ADDR": f"127.0.0.1:{free_port()}",
+            "CHORUS_WORKER_TTL": "3",
+            **(env or {}),
+        }
+    )
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(serve(n, settings, BUILDS[n], stop)) for n in services]
+    await asyncio.sleep(0)
+    try:
+        await _until_ready(tasks)
+        yield settings
+    finally:
+        stop.set()
+        done, pending = await asyncio.wait(tasks, timeout=30)
+        if pending:
+            import sys
+
+            for t in asyncio.all_tasks():
+                t.print_stack(file=sys.stderr)
+            raise RuntimeError("services did not stop")
+
+
+async def _until_ready(tasks: list[asyncio.Task[None]]) -> None:
+    # Services are ready once their consumers pull; give them a moment and surface crashes.
+    for _ in range(50):
+        for task in tasks:
+            if task.done() and task.exception():
+                raise task.exception()  # type: ignore[misc]
+        await asyncio.sleep(0.1)

@@ -1,0 +1,204 @@
+"""A request driven purely over the public bus contract, with no gRPC."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+import nats
+import pytest
+from nats.js.api import DeliverPolicy
+
+from chorus.v1.messages_pb2 import (
+    ChatMessage,
+    ChatRequest,
+    ChatResponse,
+    ProgressEvent,
+    StopAfter,
+    TaskStatus,
+)
+from services.common import subjects
+from services.common.artifacts import ArtifactStore
+from tests.integration.stack import running_stack
+from tests.support import ScriptedLLM
+
+
+async def _ask_over_bus(
+    nats_url: str, request: ChatRequest
+) -> tuple[list[ProgressEvent], ChatResponse]:
+    nc = await nats.connect(nats_url)
+    js = nc.jetstream()
+    sub = await js.subscribe(
+        subjects.event(request.request_id),
+        ordered_consumer=True,
+        deliver_policy=DeliverPolicy.ALL,
+    )
+    await js.publish(subjects.REQUEST, request.SerializeToString())
+    events = []
+    while True:
+        try:
+            msg = await sub.next_msg(timeout=30)
+        except nats.errors.TimeoutError:
+            kinds = [e.WhichOneof("event") for e in events]
+            raise AssertionError(f"no done event after {kinds}") from None
+        event = ProgressEvent.FromString(msg.data)
+        events.append(event)
+        if event.HasField("done"):
+            break
+    # The final response also sits on its own subject, replayable.
+    resp_sub = await js.subscribe(
+        subjects.response(request.request_id),
+        ordered_consumer=True,
+        deliver_policy=DeliverPolicy.ALL,
+    )
+    response = ChatResponse.FromString((await resp_sub.next_msg(timeout=10)).data)
+    await nc.close()
+    return events, response
+
+
+def _request(text: str, **kw: object) -> ChatRequest:
+    return ChatRequest(
+        request_id=uuid.uuid4().hex,
+        messages=[ChatMessage(role="user", content=text)],
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+async def test_text_classification_over_the_bus(nats_url: str, tiny_classifier: Path) -> None:
+    env = {
+        "CHORUS_EXECUTOR_MODELS": f"text-classification={tiny_classifier}",
+        "CHORUS_EXECUTOR_DEFAULTS": "0",
+    }
+    async with running_stack(nats_url, env):
+        request = _request("What is the sentiment of 'i great movie'?")
+        events, response = await _ask_over_bus(nats_url, request)
+    kinds = [e.WhichOneof("event") for e in events]
+    assert kinds[0] == "plan_ready", response.results
+    assert (
+        response.results[0].error == ""
+        and "task_started" in kinds
+        and "task_finished" in kinds
+        and kinds[-1] == "done"
+    )
+    assert [t.task for t in response.plan.tasks] == ["text-classification"]
+    (result,) = response.results
+    assert result.status == TaskStatus.TASK_STATUS_SUCCEEDED, result.error
+    assert result.model == str(tiny_classifier)
+    labels = json.loads(next(o.json for o in result.outputs if o.name == "labels"))
+    assert labels[0]["label"] in ("POSITIVE", "NEGATIVE")
+    assert "text-classification" in response.answer
+    assert any("template" in n for n in response.notes)  # the offline fallback says so
+
+
+async def test_generated_image_travels_through_the_object_store(
+    nats_url: str, tmp_path: Path
+) -> None:
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (48, 48), "white")
+    ImageDraw.Draw(image).rectangle([12, 12, 36, 36], fill="black")
+    image.save(tmp_path / "square.png")
+    env = {"CHORUS_EXECUTOR_MODELS": "canny-control=builtin:canny", "CHORUS_EXECUTOR_DEFAULTS": "0"}
+    async with running_stack(nats_url, env):
+        nc = await nats.connect(nats_url)
+        store = await ArtifactStore.open(nc.jetstream())
+        upload = await store.put((tmp_path / "square.png").read_bytes(), "square.png")
+        request = _request("Find the edges in square.png")
+        request.messages[0].artifacts.append(upload)
+        _, response = await _ask_over_bus(nats_url, request)
+        (artifact,) = response.artifacts
+        _, data = await store.get(artifact.id)
+        await nc.close()
+    edges = Image.open(__import__("io").BytesIO(data)).convert("L")
+    assert edges.size == (48, 48)
+    assert edges.getpixel((12, 24)) == 255 and edges.getpixel((24, 24)) == 0  # edge, not inside
+
+
+async def test_stop_after_plan_runs_no_task(nats_url: str) -> None:
+    async with running_stack(
+        nats_url,
+        {"CHORUS_EXECUTOR_DEFAULTS": "0", "CHORUS_EXECUTOR_MODELS": "canny-control=builtin:canny"},
+    ):
+        request = _request("Summarize 'a long text here'", stop_after=StopAfter.STOP_AFTER_PLAN)
+        _, response = await _ask_over_bus(nats_url, request)
+    assert [t.task for t in response.plan.tasks] == ["summarization"]
+    assert not response.results and not response.answer
+
+
+async def test_a_task_no_replica_serves_fails_and_its_dependents_are_skipped(
+    nats_url: str, scripted_llm: ScriptedLLM
+) -> None:
+    scripted_llm.replies = [
+        '[{"task": "image-to-text", "id": 0, "dep": [], "args": {"image": "a.png"}},'
+        ' {"task": "text-to-speech", "id": 1, "dep": [0], "args": {"text": "<GENERATED>-0"}}]',
+        "Nothing could be done.",
+    ]
+    env = {
+        "CHORUS_LLM_BASE_URL": scripted_llm.base_url,
+        "CHORUS_EXECUTOR_DEFAULTS": "0",
+        "CHORUS_EXECUTOR_MODELS": "canny-control=builtin:canny",
+    }
+    async with running_stack(nats_url, env):
+        _, response = await _ask_over_bus(nats_url, _request("describe a.png and read it aloud"))
+    first, second = response.results
+    assert first.status == TaskStatus.TASK_STATUS_FAILED
+    assert "no live executor serves 'image-to-text'" in first.error
+    assert second.status == TaskStatus.TASK_STATUS_SKIPPED and "task 0" in second.error
+    assert response.answer == "Nothing could be done."
+
+
+async def test_llm_plan_and_streamed_answer(nats_url: str, scripted_llm: ScriptedLLM) -> None:
+    scripted_llm.replies = [
+        'Sure! ```json\n[{"task": "canny-control", "id": 0, "dep": [-1], "args": {"image": "x.png"}}]\n```',
+        "The edges are drawn in canny-control-0.png.",
+    ]
+    env = {
+        "CHORUS_LLM_BASE_URL": scripted_llm.base_url,
+        "CHORUS_EXECUTOR_DEFAULTS": "0",
+        "CHORUS_EXECUTOR_MODELS": "canny-control=builtin:canny",
+    }
+    async with running_stack(nats_url, env):
+        events, response = await _ask_over_bus(nats_url, _request("edges of x.png please"))
+    tokens = [e.answer_token for e in events if e.WhichOneof("event") == "answer_token"]
+    assert len(tokens) > 1 and "".join(tokens) == response.answer
+    assert response.answer == "The edges are drawn in canny-control-0.png."
+    # x.png was never uploaded: the executor answers with a clear failure, not a hang.
+    assert response.results[0].status == TaskStatus.TASK_STATUS_FAILED
+    assert "needs an uploaded image file" in response.results[0].error
+
+
+async def test_llm_down_gives_a_clear_error_in_bounded_time(nats_url: str) -> None:
+    from services.cli.cluster import free_port
+
+    env = {
+        "CHORUS_LLM_BASE_URL": f"http://127.0.0.1:{free_port()}/v1",  # nothing listens
+        "CHORUS_LLM_MAX_RETRIES": "0",
+        "CHORUS_LLM_TIMEOUT": "2",
+    }
+    async with running_stack(nats_url, env, services=("planner",)):
+        _, response = await _ask_over_bus(nats_url, _request("hello"))
+    assert response.error.stage == "planner" and response.error.code == "llm_unavailable"
+    assert "unavailable" in response.error.message
+
+
+@pytest.mark.parametrize("payload", [b"\xff\xfe not a protobuf", b"\x0a\x05"])
+async def test_undecodable_message_goes_to_dead_letter_and_service_keeps_serving(
+    nats_url: str, payload: bytes
+) -> None:
+    async with running_stack(
+        nats_url,
+        {"CHORUS_EXECUTOR_DEFAULTS": "0", "CHORUS_EXECUTOR_MODELS": "canny-control=builtin:canny"},
+    ):
+        nc = await nats.connect(nats_url)
+        js = nc.jetstream()
+        dead = await js.subscribe(
+            "chorus.deadletter.>", ordered_consumer=True, deliver_policy=DeliverPolicy.ALL
+        )
+        await js.publish(subjects.REQUEST, payload)
+        msg = await dead.next_msg(timeout=10)
+        assert msg.subject == "chorus.deadletter.planner" and msg.data == payload
+        assert msg.headers and "undecodable ChatRequest" in msg.headers["Chorus-Error"]
+        await nc.close()
+        _, response = await _ask_over_bus(nats_url, _request("Find the edges"))
+    assert response.request_id  # still answering after the bad message
