@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+import pytest
+
+from services.common.settings import Settings, SettingsError
+from services.common.subjects import invoke
+
+
+def test_defaults_need_no_environment() -> None:
+    settings = Settings.from_env({})
+    assert settings.grpc_addr == "127.0.0.1:50051"
+    assert not settings.llm.configured
+
+
+def test_api_key_falls_back_to_openai_api_key() -> None:
+    settings = Settings.from_env({"OPENAI_API_KEY": "sk-x"})
+    assert settings.llm.api_key == "sk-x" and settings.llm.configured
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"CHORUS_LLM_BASE_URL": "localhost:8000"}, "CHORUS_LLM_BASE_URL"),
+        ({"CHORUS_NATS_URL": "http://x"}, "CHORUS_NATS_URL"),
+        ({"CHORUS_LLM_TIMEOUT": "soon"}, "CHORUS_LLM_TIMEOUT"),
+        ({"CHORUS_METRICS_PORT": "-1"}, "CHORUS_METRICS_PORT"),
+        ({"CHORUS_PLANNER": "magic"}, "CHORUS_PLANNER"),
+    ],
+)
+def test_bad_values_stop_start_up_naming_the_variable(env: dict[str, str], named: str) -> None:
+    with pytest.raises(SettingsError, match=named):
+        Settings.from_env(env)
+
+
+def test_model_ids_become_valid_distinct_subject_tokens() -> None:
+    a = invoke("text-classification", "org/model.v1")
+    b = invoke("text-classification", "org/model_v1")
+    assert a != b
+    assert all(t and "/" not in t and "." not in t for t in a.split(".")[2:])

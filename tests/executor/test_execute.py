@@ -1,0 +1,128 @@
+from __future__ import annotations
+
+import io
+import json
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from chorus.v1.messages_pb2 import ArtifactRef, TaskArgument, TaskInvocation, TaskStatus
+from services.common.artifacts import kind_for, media_type_for
+from services.executor.execute import execute
+from services.executor.handlers import HANDLERS, Handler, Produced
+from services.executor.media import Audio, decode_wav, encode_wav
+from services.executor.models import LoadedModel, ModelSpec, ModelUnavailable, load
+
+
+class MemoryArtifacts:
+    """The artifact store's protocol over a dict (the NATS one is covered by integration tests)."""
+
+    def __init__(self) -> None:
+        self.items: dict[str, tuple[ArtifactRef, bytes]] = {}
+
+    async def get(self, artifact_id: str) -> tuple[ArtifactRef, bytes]:
+        return self.items[artifact_id]
+
+    async def put(self, data: bytes, name: str, media_type: str | None = None) -> ArtifactRef:
+        media_type = media_type or media_type_for(name)
+        ref = ArtifactRef(
+            id=uuid.uuid4().hex,
+            name=name,
+            media_type=media_type,
+            kind=kind_for(media_type),
+            size=len(data),
+        )
+        self.items[ref.id] = (ref, data)
+        return ref
+
+
+def _square_png() -> bytes:
+    image = Image.new("RGB", (40, 40), "white")
+    ImageDraw.Draw(image).rectangle([10, 10, 30, 30], fill="black")
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _invocation(task: str, model: str, **args: str | ArtifactRef) -> TaskInvocation:
+    inv = TaskInvocation(request_id="r", task_id=0, task=task, model=model)
+    for name, value in args.items():
+        arg = TaskArgument(name=name)
+        if isinstance(value, ArtifactRef):
+            arg.artifact.CopyFrom(value)
+        else:
+            arg.text = value
+        inv.args.append(arg)
+    return inv
+
+
+async def test_text_classification_through_the_real_pipeline(tiny_classifier: Path) -> None:
+    loaded = load(ModelSpec("text-classification", str(tiny_classifier)), "cpu", False)
+    inv = _invocation("text-classification", str(tiny_classifier), text="good movie")
+    result = await execute(inv, loaded, MemoryArtifacts(), "w")
+    assert result.status == TaskStatus.TASK_STATUS_SUCCEEDED, result.error
+    labels = json.loads(next(o.json for o in result.outputs if o.name == "labels"))
+    assert labels[0]["label"] in ("POSITIVE", "NEGATIVE") and 0 <= labels[0]["score"] <= 1
+
+
+async def test_canny_writes_an_edge_image_artifact() -> None:
+    store = MemoryArtifacts()
+    square = await store.put(_square_png(), "square.png")
+    loaded = load(ModelSpec("canny-control", "builtin:canny"), "cpu", False)
+    result = await execute(
+        _invocation("canny-control", "builtin:canny", image=square), loaded, store, "w"
+    )
+    assert result.status == TaskStatus.TASK_STATUS_SUCCEEDED, result.error
+    ref, data = store.items[result.outputs[0].artifact.id]
+    edges = np.asarray(Image.open(io.BytesIO(data)).convert("L"))
+    assert ref.media_type == "image/png"
+    assert edges[20, 10] == 255 and edges[20, 20] == 0 and edges[2, 2] == 0
+
+
+@pytest.mark.parametrize(
+    ("data", "name", "reason"),
+    [
+        (b"\x89PNG not really", "broken.png", "not a readable image"),
+        (b"RIFF....WAVE", "voice.wav", "needs image, but voice.wav is audio"),
+    ],
+)
+async def test_bad_inputs_fail_with_a_reason(data: bytes, name: str, reason: str) -> None:
+    store = MemoryArtifacts()
+    ref = await store.put(data, name)
+    loaded = load(ModelSpec("canny-control", "builtin:canny"), "cpu", False)
+    result = await execute(
+        _invocation("canny-control", "builtin:canny", image=ref), loaded, store, "w"
+    )
+    assert result.status == TaskStatus.TASK_STATUS_FAILED and reason in result.error
+
+
+async def test_a_model_that_raises_gives_a_failed_result() -> None:
+    def explode(model: object, inputs: object) -> list[Produced]:
+        raise RuntimeError("CUDA out of memory")
+
+    handler = Handler("text-classification", "builtin", explode)
+    loaded = LoadedModel(ModelSpec("text-classification", "x"), handler, None, 0.0)
+    result = await execute(
+        _invocation("text-classification", "x", text="hi"), loaded, MemoryArtifacts(), "w"
+    )
+    assert result.status == TaskStatus.TASK_STATUS_FAILED
+    assert "RuntimeError: CUDA out of memory" in result.error
+
+
+def test_every_handler_is_for_a_known_task_and_specs_are_checked() -> None:
+    assert "text-classification" in HANDLERS and "canny-control" in HANDLERS
+    with pytest.raises(ValueError, match="TASK=MODEL"):
+        ModelSpec.parse("text-classification")
+    with pytest.raises(ValueError, match="no handler"):
+        ModelSpec.parse("teleportation=x")
+    with pytest.raises(ModelUnavailable, match="not in the local Hugging Face cache"):
+        load(ModelSpec("text-classification", "nobody/no-such-model"), "cpu", False)
+
+
+def test_wav_round_trip() -> None:
+    audio = Audio(np.sin(np.linspace(0, 20, 1600)).astype(np.float32), 16000)
+    back = decode_wav(encode_wav(audio), "a.wav")
+    assert back.sampling_rate == 16000 and np.allclose(back.samples, audio.samples, atol=1e-3)
