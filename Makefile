@@ -15,13 +15,13 @@ setup: $(VENV)/.installed
 
 protos: setup
 	$(PY) -m grpc_tools.protoc -Iprotos --python_out=protos --grpc_python_out=protos \
-		--mypy_out=protos $(PROTO_SRC)
+		--mypy_out=protos --mypy_grpc_out=protos $(PROTO_SRC)
 
 # Fails when the committed generated code differs from what `make protos` makes.
 protos-check: setup
 	@tmp=$$(mktemp -d) && \
 	$(PY) -m grpc_tools.protoc -Iprotos --python_out=$$tmp --grpc_python_out=$$tmp \
-		--mypy_out=$$tmp $(PROTO_SRC) && \
+		--mypy_out=$$tmp --mypy_grpc_out=$$tmp $(PROTO_SRC) && \
 	for f in $$(cd $$tmp && find . -type f); do \
 		cmp -s $$tmp/$$f protos/$$f || { echo "stale generated code: protos/$$f (run make protos)"; exit 1; }; \
 	done && echo "generated protobuf code is up to date"

@@ -6,13 +6,17 @@ import json
 import subprocess
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from chorus.v1.messages_pb2 import ArtifactRef
+
 from services.cli.cluster import free_port, nats_server_binary
+from services.common.artifacts import kind_for, media_type_for
 
 
 def start_nats(store: Path) -> tuple[subprocess.Popen[bytes], str]:
@@ -64,7 +68,7 @@ class ScriptedLLM:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+            def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 llm.requests.append(body)
                 time.sleep(llm.delay_s)
@@ -143,14 +147,14 @@ def build_tiny_text_classifier(target: Path) -> Path:
     vocab = {w: i for i, w in enumerate(words)}
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
     core.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(
+    tokenizer = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
         tokenizer_object=core,
         unk_token="[UNK]",
         pad_token="[PAD]",
         cls_token="[CLS]",
         sep_token="[SEP]",
     )
-    config = BertConfig(
+    config = BertConfig(  # type: ignore[call-arg]
         vocab_size=len(words),
         hidden_size=16,
         num_hidden_layers=1,
@@ -164,3 +168,25 @@ def build_tiny_text_classifier(target: Path) -> Path:
     BertForSequenceClassification(config).save_pretrained(target)
     tokenizer.save_pretrained(target)
     return target
+
+
+class MemoryArtifacts:
+    """The artifact store's protocol over a dict (the NATS one is covered by integration tests)."""
+
+    def __init__(self) -> None:
+        self.items: dict[str, tuple[ArtifactRef, bytes]] = {}
+
+    async def get(self, artifact_id: str) -> tuple[ArtifactRef, bytes]:
+        return self.items[artifact_id]
+
+    async def put(self, data: bytes, name: str, media_type: str | None = None) -> ArtifactRef:
+        media_type = media_type or media_type_for(name)
+        ref = ArtifactRef(
+            id=uuid.uuid4().hex,
+            name=name,
+            media_type=media_type,
+            kind=kind_for(media_type),
+            size=len(data),
+        )
+        self.items[ref.id] = (ref, data)
+        return ref

@@ -32,21 +32,24 @@ def ask(
     try:
         message = ChatMessage(role="user", content=text)
         message.artifacts.extend(client.upload(p) for p in files)
-        request = ChatRequest(messages=[message], stop_after=STOP_AFTER.get(stop_after or "", 0))
+        request = ChatRequest(
+            messages=[message],
+            stop_after=STOP_AFTER.get(stop_after or "", StopAfter.STOP_AFTER_UNSPECIFIED),
+        )
         response = _run(client, request, sys.stderr if as_json else sys.stdout, quiet=as_json)
         saved = {a.id: client.download(a.id, out) for a in response.artifacts}
     except StreamEnded as e:
         print(f"chorus ask: {e}", file=sys.stderr)
         return 2
     except grpc.RpcError as e:
-        code = e.code()  # type: ignore[attr-defined]
-        if code == grpc.StatusCode.UNAVAILABLE and "connect" in str(e.details()).lower():  # type: ignore[attr-defined]
+        code = e.code()
+        if code == grpc.StatusCode.UNAVAILABLE and "connect" in str(e.details()).lower():
             print(
                 f"chorus ask: cannot reach Chorus at {addr} (is `chorus up` running?)",
                 file=sys.stderr,
             )
         else:
-            print(f"chorus ask: {code.name}: {e.details()}", file=sys.stderr)  # type: ignore[attr-defined]
+            print(f"chorus ask: {code.name}: {e.details()}", file=sys.stderr)
         return 2
     finally:
         client.close()

@@ -16,6 +16,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 SERVICES = ("planner", "selector", "executor", "responder")
 _PR_SET_PDEATHSIG = 1
@@ -114,7 +115,7 @@ class LocalCluster:
         )
         self.metrics_ports[name] = port
 
-    def _log(self, name: str) -> int | object:
+    def _log(self, name: str) -> IO[bytes] | int:
         if self.log_dir is None:
             return subprocess.DEVNULL
         self.log_dir.mkdir(parents=True, exist_ok=True)

@@ -163,7 +163,9 @@ class Consumer(Generic[M]):
                     await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
                     continue
                 try:
-                    msgs = await sub.fetch(free, timeout=1.0)
+                    # One at a time: a waiting fetch of N returns only when N arrive or it
+                    # times out, which would hold a lone message back for the whole timeout.
+                    msgs = await sub.fetch(1, timeout=1.0)
                 except (TimeoutError, NatsTimeoutError):
                     continue
                 for msg in msgs:

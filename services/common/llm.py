@@ -5,10 +5,11 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, cast
 
 import openai
-from openai import AsyncOpenAI
+from openai import AsyncOpenAI, omit
+from openai.types.chat import ChatCompletionMessageParam
 
 from services.common.settings import LLMSettings
 
@@ -53,9 +54,9 @@ class OpenAILLM:
         try:
             reply = await self._client.chat.completions.create(
                 model=self.name,
-                messages=[{"role": m.role, "content": m.content} for m in messages],  # type: ignore[misc]
+                messages=_wire(messages),
                 temperature=0,
-                **({"response_format": {"type": "json_object"}} if json_mode else {}),  # type: ignore[arg-type]
+                response_format={"type": "json_object"} if json_mode else omit,
             )
         except openai.OpenAIError as e:
             raise LLMError(f"LLM {self.name} unavailable: {e}") from e
@@ -66,10 +67,7 @@ class OpenAILLM:
     async def stream(self, messages: Sequence[ChatTurn]) -> AsyncIterator[str]:
         try:
             chunks = await self._client.chat.completions.create(
-                model=self.name,
-                messages=[{"role": m.role, "content": m.content} for m in messages],  # type: ignore[misc]
-                temperature=0,
-                stream=True,
+                model=self.name, messages=_wire(messages), temperature=0, stream=True
             )
             async for chunk in chunks:
                 if chunk.choices and chunk.choices[0].delta.content:
@@ -79,6 +77,12 @@ class OpenAILLM:
 
     async def close(self) -> None:
         await self._client.close()
+
+
+def _wire(messages: Sequence[ChatTurn]) -> list[ChatCompletionMessageParam]:
+    return [
+        cast(ChatCompletionMessageParam, {"role": m.role, "content": m.content}) for m in messages
+    ]
 
 
 def llm_from_settings(settings: LLMSettings) -> OpenAILLM | None:

@@ -53,18 +53,18 @@ async def serve(name: str, settings: Settings, build: Build, stop: asyncio.Event
         stack.callback(health.stop)
         log.info("%s serving", name, extra={"fields": {"metrics_port": health.port}})
         stopped = asyncio.create_task(stop.wait())
-        done, _ = await asyncio.wait([stopped, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait([stopped, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        crashed = [t for t in tasks if t.done() and not t.cancelled() and t.exception()]
         for consumer in consumers:
             consumer.stop()
-        # In-flight messages get a grace period; past it they are left unacked, to be redelivered.
+        # In-flight messages get a grace period; past it they stay unacked, to be redelivered.
         _, late = await asyncio.wait(tasks, timeout=DRAIN_GRACE_S)
         for task in late:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         stopped.cancel()
-        for task in done:
-            if task is not stopped and task.exception():
-                raise task.exception()  # type: ignore[misc]
+        if crashed:
+            raise RuntimeError(f"{name}: a consumer crashed") from crashed[0].exception()
         log.info("%s stopping", name)
 
 

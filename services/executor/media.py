@@ -10,6 +10,13 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image, UnidentifiedImageError
 
+# Sample width in bytes -> (dtype, zero level, full scale): 8-bit WAV is unsigned.
+_PCM: dict[int, tuple[str, float, float]] = {
+    1: ("u1", 128.0, 128.0),
+    2: ("<i2", 0.0, 32768.0),
+    4: ("<i4", 0.0, 2147483648.0),
+}
+
 
 class MediaError(ValueError):
     """An input file is corrupt or not of the kind its slot needs."""
@@ -44,14 +51,10 @@ def decode_wav(data: bytes, name: str) -> Audio:
             frames = wav.readframes(wav.getnframes())
     except (wave.Error, EOFError) as e:
         raise MediaError(f"{name} is not a readable WAV file: {e}") from e
-    dtype = {1: np.uint8, 2: np.int16, 4: np.int32}.get(width)
-    if dtype is None:
+    if width not in _PCM:
         raise MediaError(f"{name}: {8 * width}-bit WAV is not supported")
-    samples = np.frombuffer(frames, dtype=dtype).astype(np.float32)
-    if dtype is np.uint8:
-        samples = (samples - 128.0) / 128.0
-    else:
-        samples /= float(np.iinfo(dtype).max)
+    dtype, offset, scale = _PCM[width]
+    samples = (np.frombuffer(frames, dtype=dtype).astype(np.float32) - offset) / scale
     if channels > 1:
         samples = samples.reshape(-1, channels).mean(axis=1)
     return Audio(samples.astype(np.float32), rate)

@@ -109,7 +109,7 @@ def _load(handler: Handler, model: str, device: str, allow_download: bool) -> An
     if handler.backend == "pipeline":
         from transformers import pipeline
 
-        return pipeline(handler.pipeline_task, model=path, device=device)
+        return pipeline(handler.pipeline_task, model=path, device=device)  # type: ignore[call-overload]
     if handler.backend == "seq2seq":
         from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 

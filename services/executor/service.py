@@ -106,7 +106,7 @@ async def build(rt: Runtime, stack: AsyncExitStack) -> list[bus.Consumer[Any]]:
     executor = Executor(rt, store, announcer, config.capacity)
     consumers: list[bus.Consumer[Any]] = []
     for model in loaded:
-        spec = bus.ConsumerSpec(
+        intake = bus.ConsumerSpec(
             stage=STAGE,
             subject=subjects.invoke(model.spec.task, model.spec.model),
             durable=subjects.consumer_name("executor", model.spec.task, model.spec.model),
@@ -116,7 +116,7 @@ async def build(rt: Runtime, stack: AsyncExitStack) -> list[bus.Consumer[Any]]:
             concurrency=config.capacity,
             ack_wait_s=60.0,
         )
-        consumers.append(bus.Consumer(rt.js, spec))
+        consumers.append(bus.Consumer(rt.js, intake))
     await announcer.start()
     stack.push_async_callback(announcer.stop)
     return consumers

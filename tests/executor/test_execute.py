@@ -2,41 +2,18 @@ from __future__ import annotations
 
 import io
 import json
-import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
+from chorus.v1.messages_pb2 import ArtifactRef, TaskArgument, TaskInvocation, TaskStatus
 from PIL import Image, ImageDraw
 
-from chorus.v1.messages_pb2 import ArtifactRef, TaskArgument, TaskInvocation, TaskStatus
-from services.common.artifacts import kind_for, media_type_for
 from services.executor.execute import execute
 from services.executor.handlers import HANDLERS, Handler, Produced
 from services.executor.media import Audio, decode_wav, encode_wav
 from services.executor.models import LoadedModel, ModelSpec, ModelUnavailable, load
-
-
-class MemoryArtifacts:
-    """The artifact store's protocol over a dict (the NATS one is covered by integration tests)."""
-
-    def __init__(self) -> None:
-        self.items: dict[str, tuple[ArtifactRef, bytes]] = {}
-
-    async def get(self, artifact_id: str) -> tuple[ArtifactRef, bytes]:
-        return self.items[artifact_id]
-
-    async def put(self, data: bytes, name: str, media_type: str | None = None) -> ArtifactRef:
-        media_type = media_type or media_type_for(name)
-        ref = ArtifactRef(
-            id=uuid.uuid4().hex,
-            name=name,
-            media_type=media_type,
-            kind=kind_for(media_type),
-            size=len(data),
-        )
-        self.items[ref.id] = (ref, data)
-        return ref
+from tests.support import MemoryArtifacts
 
 
 def _square_png() -> bytes:

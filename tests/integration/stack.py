@@ -43,13 +43,8 @@ async def running_stack(
         yield settings
     finally:
         stop.set()
-        done, pending = await asyncio.wait(tasks, timeout=30)
-        if pending:
-            import sys
-
-            for t in asyncio.all_tasks():
-                t.print_stack(file=sys.stderr)
-            raise RuntimeError("services did not stop")
+        _, pending = await asyncio.wait(tasks, timeout=30)
+        assert not pending, "a service did not stop within 30 s of being asked to"
 
 
 async def _until_ready(tasks: list[asyncio.Task[None]]) -> None:

@@ -8,8 +8,6 @@ from pathlib import Path
 
 import nats
 import pytest
-from nats.js.api import DeliverPolicy
-
 from chorus.v1.messages_pb2 import (
     ChatMessage,
     ChatRequest,
@@ -18,6 +16,8 @@ from chorus.v1.messages_pb2 import (
     StopAfter,
     TaskStatus,
 )
+from nats.js.api import DeliverPolicy
+
 from services.common import subjects
 from services.common.artifacts import ArtifactStore
 from tests.integration.stack import running_stack
@@ -35,7 +35,7 @@ async def _ask_over_bus(
         deliver_policy=DeliverPolicy.ALL,
     )
     await js.publish(subjects.REQUEST, request.SerializeToString())
-    events = []
+    events: list[ProgressEvent] = []
     while True:
         try:
             msg = await sub.next_msg(timeout=30)

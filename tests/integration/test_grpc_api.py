@@ -6,12 +6,12 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-
 from chorus.v1 import chorus_pb2_grpc
 from chorus.v1.chorus_pb2 import ArtifactChunk, DownloadArtifactRequest, ListModelsRequest
 from chorus.v1.messages_pb2 import ArtifactRef, ChatMessage, ChatRequest, StopAfter
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
 from tests.integration.stack import running_stack
 
 CANNY_ONLY = {
@@ -22,9 +22,11 @@ CANNY_ONLY = {
 
 @pytest.fixture
 async def channel(nats_url: str) -> AsyncIterator[grpc.aio.Channel]:
-    async with running_stack(nats_url, CANNY_ONLY) as settings:
-        async with grpc.aio.insecure_channel(settings.grpc_addr) as ch:
-            yield ch
+    async with (
+        running_stack(nats_url, CANNY_ONLY) as settings,
+        grpc.aio.insecure_channel(settings.grpc_addr) as ch,
+    ):
+        yield ch
 
 
 async def _expect(call: object, code: grpc.StatusCode, field: str) -> None:

@@ -1,8 +1,8 @@
 from __future__ import annotations
 
 import pytest
-
 from chorus.v1.messages_pb2 import ArtifactRef, Kind
+
 from services.planner.parse import PlanError, parse_plan
 
 PHOTO = ArtifactRef(id="a1-photo.jpg", name="photo.jpg", kind=Kind.KIND_IMAGE)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from chorus.v1.messages_pb2 import ArtifactRef, Kind
+
 from services.planner.rules import plan_by_rules
 
 PHOTO = ArtifactRef(

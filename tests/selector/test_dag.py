@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import pytest
-
 from chorus.v1.messages_pb2 import (
     ArtifactRef,
     GeneratedRef,
@@ -14,6 +13,7 @@ from chorus.v1.messages_pb2 import (
     TaskStarted,
     TaskStatus,
 )
+
 from services.selector.dag import (
     UnresolvedInput,
     blocked_tasks,
@@ -40,7 +40,9 @@ def _state() -> RunState:
     return state
 
 
-def _done(state: RunState, task_id: int, status: int, *outputs: TaskOutput) -> None:
+def _done(
+    state: RunState, task_id: int, status: TaskStatus.ValueType, *outputs: TaskOutput
+) -> None:
     state.results[task_id].CopyFrom(TaskResult(task_id=task_id, status=status, outputs=outputs))
 
 

@@ -4,9 +4,9 @@ import json
 from collections.abc import AsyncIterator, Sequence
 
 import pytest
-
 from chorus.v1.messages_pb2 import Task
 from chorus.v1.workers_pb2 import ServedModel, WorkerInfo
+
 from services.common.llm import ChatTurn
 from services.selector.select import NoCandidate, candidates_for, select_model
 
