@@ -2,6 +2,8 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PROTO_SRC := $(wildcard protos/chorus/v1/*.proto)
+# protoc finds its plugins (protoc-gen-mypy) on PATH.
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .PHONY: setup test test-fast demo lint format protos protos-check bench clean
 

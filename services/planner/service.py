@@ -38,6 +38,8 @@ class Planner:
                 message="messages: the request holds no user message with text",
             )
             return
+        if not request.HasField("created_at"):  # published straight to the bus: start the clock here
+            request.created_at.GetCurrentTime()
         try:
             task_plan = await plan(request, self._llm)
         except LLMError as e:

@@ -15,6 +15,12 @@ from services.planner.service import build as build_planner
 from services.responder.service import build as build_responder
 from services.selector.service import build as build_selector
 
+# An executor with only the built-in canny operation: starts in milliseconds.
+CANNY_ONLY = {
+    "CHORUS_EXECUTOR_DEFAULTS": "0",
+    "CHORUS_EXECUTOR_MODELS": "canny-control=builtin:canny",
+}
+
 BUILDS: dict[str, Any] = {
     "planner": build_planner,
     "selector": build_selector,

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import json
 import uuid
 from pathlib import Path
 
 import nats
-import pytest
 from chorus.v1.messages_pb2 import (
     ChatMessage,
     ChatRequest,
@@ -17,10 +17,11 @@ from chorus.v1.messages_pb2 import (
     TaskStatus,
 )
 from nats.js.api import DeliverPolicy
+from PIL import Image, ImageDraw
 
 from services.common import subjects
 from services.common.artifacts import ArtifactStore
-from tests.integration.stack import running_stack
+from tests.integration.stack import CANNY_ONLY, running_stack
 from tests.support import ScriptedLLM
 
 
@@ -91,35 +92,33 @@ async def test_text_classification_over_the_bus(nats_url: str, tiny_classifier: 
     assert any("template" in n for n in response.notes)  # the offline fallback says so
 
 
+def _square_png(folder: Path) -> bytes:
+    image = Image.new("RGB", (48, 48), "white")
+    ImageDraw.Draw(image).rectangle([12, 12, 36, 36], fill="black")
+    image.save(folder / "square.png")
+    return (folder / "square.png").read_bytes()
+
+
 async def test_generated_image_travels_through_the_object_store(
     nats_url: str, tmp_path: Path
 ) -> None:
-    from PIL import Image, ImageDraw
-
-    image = Image.new("RGB", (48, 48), "white")
-    ImageDraw.Draw(image).rectangle([12, 12, 36, 36], fill="black")
-    image.save(tmp_path / "square.png")
-    env = {"CHORUS_EXECUTOR_MODELS": "canny-control=builtin:canny", "CHORUS_EXECUTOR_DEFAULTS": "0"}
-    async with running_stack(nats_url, env):
+    async with running_stack(nats_url, CANNY_ONLY):
         nc = await nats.connect(nats_url)
         store = await ArtifactStore.open(nc.jetstream())
-        upload = await store.put((tmp_path / "square.png").read_bytes(), "square.png")
+        upload = await store.put(_square_png(tmp_path), "square.png")
         request = _request("Find the edges in square.png")
         request.messages[0].artifacts.append(upload)
         _, response = await _ask_over_bus(nats_url, request)
         (artifact,) = response.artifacts
         _, data = await store.get(artifact.id)
         await nc.close()
-    edges = Image.open(__import__("io").BytesIO(data)).convert("L")
+    edges = Image.open(io.BytesIO(data)).convert("L")
     assert edges.size == (48, 48)
     assert edges.getpixel((12, 24)) == 255 and edges.getpixel((24, 24)) == 0  # edge, not inside
 
 
 async def test_stop_after_plan_runs_no_task(nats_url: str) -> None:
-    async with running_stack(
-        nats_url,
-        {"CHORUS_EXECUTOR_DEFAULTS": "0", "CHORUS_EXECUTOR_MODELS": "canny-control=builtin:canny"},
-    ):
+    async with running_stack(nats_url, CANNY_ONLY):
         request = _request("Summarize 'a long text here'", stop_after=StopAfter.STOP_AFTER_PLAN)
         _, response = await _ask_over_bus(nats_url, request)
     assert [t.task for t in response.plan.tasks] == ["summarization"]
@@ -134,11 +133,7 @@ async def test_a_task_no_replica_serves_fails_and_its_dependents_are_skipped(
         ' {"task": "text-to-speech", "id": 1, "dep": [0], "args": {"text": "<GENERATED>-0"}}]',
         "Nothing could be done.",
     ]
-    env = {
-        "CHORUS_LLM_BASE_URL": scripted_llm.base_url,
-        "CHORUS_EXECUTOR_DEFAULTS": "0",
-        "CHORUS_EXECUTOR_MODELS": "canny-control=builtin:canny",
-    }
+    env = {**CANNY_ONLY, "CHORUS_LLM_BASE_URL": scripted_llm.base_url}
     async with running_stack(nats_url, env):
         _, response = await _ask_over_bus(nats_url, _request("describe a.png and read it aloud"))
     first, second = response.results
@@ -153,11 +148,7 @@ async def test_llm_plan_and_streamed_answer(nats_url: str, scripted_llm: Scripte
         'Sure! ```json\n[{"task": "canny-control", "id": 0, "dep": [-1], "args": {"image": "x.png"}}]\n```',
         "The edges are drawn in canny-control-0.png.",
     ]
-    env = {
-        "CHORUS_LLM_BASE_URL": scripted_llm.base_url,
-        "CHORUS_EXECUTOR_DEFAULTS": "0",
-        "CHORUS_EXECUTOR_MODELS": "canny-control=builtin:canny",
-    }
+    env = {**CANNY_ONLY, "CHORUS_LLM_BASE_URL": scripted_llm.base_url}
     async with running_stack(nats_url, env):
         events, response = await _ask_over_bus(nats_url, _request("edges of x.png please"))
     tokens = [e.answer_token for e in events if e.WhichOneof("event") == "answer_token"]
@@ -182,23 +173,47 @@ async def test_llm_down_gives_a_clear_error_in_bounded_time(nats_url: str) -> No
     assert "unavailable" in response.error.message
 
 
-@pytest.mark.parametrize("payload", [b"\xff\xfe not a protobuf", b"\x0a\x05"])
-async def test_undecodable_message_goes_to_dead_letter_and_service_keeps_serving(
-    nats_url: str, payload: bytes
+async def test_undecodable_messages_on_every_stage_go_to_dead_letter_and_nothing_stops(
+    nats_url: str, tmp_path: Path
 ) -> None:
-    async with running_stack(
-        nats_url,
-        {"CHORUS_EXECUTOR_DEFAULTS": "0", "CHORUS_EXECUTOR_MODELS": "canny-control=builtin:canny"},
-    ):
+    from prometheus_client import REGISTRY
+
+    def dead_letters(stage: str) -> float:
+        labels = {"stage": stage, "outcome": "dead_letter"}
+        return REGISTRY.get_sample_value("chorus_messages_total", labels) or 0.0
+
+    garbage = {
+        subjects.REQUEST: ("planner", "ChatRequest"),
+        subjects.PLAN: ("selector", "TaskPlan"),
+        subjects.RESULT: ("selector", "TaskResult"),
+        subjects.invoke("canny-control", "builtin:canny"): ("executor", "TaskInvocation"),
+        subjects.REPORT: ("responder", "ExecutionReport"),
+    }
+    before = {stage: dead_letters(stage) for stage, _ in garbage.values()}
+    async with running_stack(nats_url, CANNY_ONLY):
         nc = await nats.connect(nats_url)
         js = nc.jetstream()
         dead = await js.subscribe(
             "chorus.deadletter.>", ordered_consumer=True, deliver_policy=DeliverPolicy.ALL
         )
-        await js.publish(subjects.REQUEST, payload)
-        msg = await dead.next_msg(timeout=10)
-        assert msg.subject == "chorus.deadletter.planner" and msg.data == payload
-        assert msg.headers and "undecodable ChatRequest" in msg.headers["Chorus-Error"]
+        for subject in garbage:
+            await js.publish(subject, b"\xff\xfe not a protobuf")
+        seen = {}
+        for _ in garbage:
+            msg = await dead.next_msg(timeout=10)
+            assert msg.data == b"\xff\xfe not a protobuf" and msg.headers
+            seen[msg.headers["Chorus-Subject"]] = (msg.subject, msg.headers["Chorus-Error"])
+        store = await ArtifactStore.open(js)
+        upload = await store.put(_square_png(tmp_path), "square.png")
         await nc.close()
-        _, response = await _ask_over_bus(nats_url, _request("Find the edges"))
-    assert response.request_id  # still answering after the bad message
+        request = _request("Find the edges in square.png")
+        request.messages[0].artifacts.append(upload)
+        _, response = await _ask_over_bus(nats_url, request)
+    for subject, (stage, message_type) in garbage.items():
+        dead_subject, reason = seen[subject]
+        assert dead_subject == f"chorus.deadletter.{stage}"
+        assert f"undecodable {message_type}" in reason
+    assert dead_letters("selector") - before["selector"] == 2
+    assert dead_letters("executor") - before["executor"] == 1
+    # Every stage still serves: a whole request goes through afterwards.
+    assert response.results[0].status == TaskStatus.TASK_STATUS_SUCCEEDED

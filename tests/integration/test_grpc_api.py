@@ -12,12 +12,7 @@ from chorus.v1.messages_pb2 import ArtifactRef, ChatMessage, ChatRequest, StopAf
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from tests.integration.stack import running_stack
-
-CANNY_ONLY = {
-    "CHORUS_EXECUTOR_DEFAULTS": "0",
-    "CHORUS_EXECUTOR_MODELS": "canny-control=builtin:canny",
-}
+from tests.integration.stack import CANNY_ONLY, running_stack
 
 
 @pytest.fixture
