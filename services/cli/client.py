@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ from chorus.v1.messages_pb2 import (
     ChatResponse,
     ProgressEvent,
     Task,
+    TaskArgument,
     TaskResult,
     TaskStatus,
 )
@@ -73,7 +74,7 @@ def _unused(path: Path) -> Path:
     return candidate
 
 
-def argument_value(arg: Any) -> str:
+def argument_value(arg: TaskArgument) -> str:
     which = arg.WhichOneof("value")
     if which == "artifact":
         return str(arg.artifact.name)
@@ -82,7 +83,7 @@ def argument_value(arg: Any) -> str:
     return str(arg.text)
 
 
-def plan_json(tasks: Any) -> list[dict[str, Any]]:
+def plan_json(tasks: Iterable[Task]) -> list[dict[str, Any]]:
     """The plan in HuggingGPT's shape: `{"id", "task", "dep", "args"}`, `dep` [] when none."""
     return [
         {

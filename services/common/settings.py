@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 from urllib.parse import urlparse
+
+N = TypeVar("N", int, float)
 
 
 class SettingsError(ValueError):
@@ -54,18 +57,18 @@ class Settings:
         return cls(
             nats_url=nats_url,
             grpc_addr=env.get("CHORUS_GRPC_ADDR", "127.0.0.1:50051"),
-            metrics_port=_int(env, "CHORUS_METRICS_PORT", 0),
+            metrics_port=int_setting(env, "CHORUS_METRICS_PORT", 0),
             llm=LLMSettings(
                 base_url=base_url,
                 api_key=env.get("CHORUS_LLM_API_KEY") or env.get("OPENAI_API_KEY") or None,
                 model=env.get("CHORUS_LLM_MODEL", "gpt-4o-mini"),
-                timeout_s=_float(env, "CHORUS_LLM_TIMEOUT", 30.0),
-                max_retries=_int(env, "CHORUS_LLM_MAX_RETRIES", 2),
+                timeout_s=float_setting(env, "CHORUS_LLM_TIMEOUT", 30.0),
+                max_retries=int_setting(env, "CHORUS_LLM_MAX_RETRIES", 2),
             ),
             planner=planner,
-            max_upload_bytes=_int(env, "CHORUS_MAX_UPLOAD_BYTES", 64 * 1024 * 1024),
-            task_deadline_s=_float(env, "CHORUS_TASK_DEADLINE", 300.0),
-            worker_ttl_s=_float(env, "CHORUS_WORKER_TTL", 10.0),
+            max_upload_bytes=int_setting(env, "CHORUS_MAX_UPLOAD_BYTES", 64 * 1024 * 1024),
+            task_deadline_s=float_setting(env, "CHORUS_TASK_DEADLINE", 300.0),
+            worker_ttl_s=float_setting(env, "CHORUS_WORKER_TTL", 10.0),
             log_level=env.get("CHORUS_LOG_LEVEL", "INFO").upper(),
             env=dict(env),
         )
@@ -77,27 +80,31 @@ def _require_url(name: str, value: str, schemes: tuple[str, ...]) -> None:
         raise SettingsError(f"{name} is not a {'/'.join(schemes)} URL: {value!r}")
 
 
-def _int(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = env.get(name)
-    if raw is None or raw == "":
+def int_setting(env: Mapping[str, str], name: str, default: int) -> int:
+    """A non-negative integer; unset or empty gives the default."""
+    value = _number(env, name, int, "an integer")
+    if value is None:
         return default
-    try:
-        value = int(raw)
-    except ValueError as e:
-        raise SettingsError(f"{name} is not an integer: {raw!r}") from e
     if value < 0:
-        raise SettingsError(f"{name} must not be negative: {raw!r}")
+        raise SettingsError(f"{name} must not be negative: {value}")
     return value
 
 
-def _float(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name)
-    if raw is None or raw == "":
+def float_setting(env: Mapping[str, str], name: str, default: float) -> float:
+    """A positive number of seconds or similar; unset or empty gives the default."""
+    value = _number(env, name, float, "a number")
+    if value is None:
         return default
-    try:
-        value = float(raw)
-    except ValueError as e:
-        raise SettingsError(f"{name} is not a number: {raw!r}") from e
     if value <= 0:
-        raise SettingsError(f"{name} must be positive: {raw!r}")
+        raise SettingsError(f"{name} must be positive: {value}")
     return value
+
+
+def _number(env: Mapping[str, str], name: str, parse: Callable[[str], N], what: str) -> N | None:
+    raw = env.get(name, "")
+    if raw == "":
+        return None
+    try:
+        return parse(raw)
+    except ValueError as e:
+        raise SettingsError(f"{name} is not {what}: {raw!r}") from e

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from services.common.settings import SettingsError
+from services.common.settings import SettingsError, int_setting
 from services.executor.models import ModelSpec, default_specs, discover_cached
 
 
@@ -33,10 +33,7 @@ class ExecutorConfig:
         device = env.get("CHORUS_DEVICE", "cpu")
         if device != "cpu" and not device.startswith("cuda"):
             raise SettingsError(f"CHORUS_DEVICE must be cpu or cuda[:N], not {device!r}")
-        try:
-            capacity = int(env.get("CHORUS_EXECUTOR_CAPACITY", "2"))
-        except ValueError as e:
-            raise SettingsError("CHORUS_EXECUTOR_CAPACITY is not an integer") from e
+        capacity = int_setting(env, "CHORUS_EXECUTOR_CAPACITY", 2)
         offline = env.get("HF_HUB_OFFLINE", "0") not in ("", "0")
         allow = env.get("CHORUS_ALLOW_DOWNLOAD", "1") != "0" and not offline
         return cls(tuple(specs), device, max(capacity, 1), allow)

@@ -38,7 +38,8 @@ class Planner:
                 message="messages: the request holds no user message with text",
             )
             return
-        if not request.HasField("created_at"):  # published straight to the bus: start the clock here
+        # A request published straight to the bus may carry no start time: the clock starts here.
+        if not request.HasField("created_at"):
             request.created_at.GetCurrentTime()
         try:
             task_plan = await plan(request, self._llm)

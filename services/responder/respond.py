@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from functools import cache
 from importlib import resources
-from typing import Any
 
 from chorus.v1.messages_pb2 import (
     ArtifactRef,
@@ -36,7 +35,9 @@ async def respond(report: ExecutionReport, llm: LLM | None, on_token: OnToken) -
     response.artifacts.extend(_artifacts(report.results))
     response.notes.extend([*report.plan.notes, *report.notes])
     if request.stop_after == StopAfter.STOP_AFTER_UNSPECIFIED:
-        response.answer = await _answer(report, llm, on_token, response.notes)
+        response.answer, note = await _answer(report, llm, on_token)
+        if note:
+            response.notes.append(note)
     response.timings.CopyFrom(
         Timings(
             planning_seconds=report.plan.planning_seconds,
@@ -50,23 +51,26 @@ async def respond(report: ExecutionReport, llm: LLM | None, on_token: OnToken) -
     return response
 
 
-async def _answer(report: ExecutionReport, llm: LLM | None, on_token: OnToken, notes: Any) -> str:
+async def _answer(
+    report: ExecutionReport, llm: LLM | None, on_token: OnToken
+) -> tuple[str, str | None]:
+    """The answer, streamed through `on_token`, and a note when a fallback wrote it."""
+    note, streamed = TEMPLATE_NOTE, ""
     if llm is not None:
         pieces: list[str] = []
         try:
             async for piece in llm.stream(_prompt(report)):
                 pieces.append(piece)
                 await on_token(piece)
-            return "".join(pieces)
+            return "".join(pieces), None
         except LLMError as e:
-            notes.append(f"the LLM failed while answering ({e}); {TEMPLATE_NOTE}")
-            if pieces:
+            note = f"the LLM failed while answering ({e}); {TEMPLATE_NOTE}"
+            if pieces:  # the template follows what was already streamed
+                streamed = "".join(pieces) + "\n\n"
                 await on_token("\n\n")
-    else:
-        notes.append(TEMPLATE_NOTE)
     answer = templated_answer(report)
     await on_token(answer)
-    return answer
+    return streamed + answer, note
 
 
 @cache
@@ -126,5 +130,5 @@ def _status(result: TaskResult) -> str:
     return TaskStatus.Name(result.status).removeprefix("TASK_STATUS_").lower()
 
 
-def _artifacts(results: Any) -> list[ArtifactRef]:
+def _artifacts(results: Iterable[TaskResult]) -> list[ArtifactRef]:
     return [o.artifact for r in results for o in r.outputs if o.WhichOneof("value") == "artifact"]

@@ -17,6 +17,7 @@ from chorus.v1.messages_pb2 import (
     ExecutionReport,
     RunState,
     StopAfter,
+    Task,
     TaskInvocation,
     TaskPlan,
     TaskResult,
@@ -139,7 +140,7 @@ class Selector:
             effects.append(lambda: self._report(state))
         return effects
 
-    async def _dispatch(self, state: RunState, task: Any) -> list[Publish]:
+    async def _dispatch(self, state: RunState, task: Task) -> list[Publish]:
         request_id = state.plan.request_id
         failed = TaskResult(
             request_id=request_id,
