@@ -150,7 +150,8 @@ class Consumer(Generic[M]):
             config=ConsumerConfig(
                 ack_policy=AckPolicy.EXPLICIT,
                 ack_wait=spec.ack_wait_s,
-                max_deliver=spec.max_deliver + 1,  # the last delivery is the dead-letter one
+                # The handler dead-letters at max_deliver itself; one spare covers a crash mid-way.
+                max_deliver=spec.max_deliver + 1,
                 deliver_policy=DeliverPolicy.ALL,
                 max_ack_pending=max(spec.concurrency * 4, 64),
             ),
@@ -158,8 +159,7 @@ class Consumer(Generic[M]):
         self.running = True
         try:
             while not self._stopping.is_set():
-                free = spec.concurrency - len(self._tasks)
-                if free <= 0:
+                if len(self._tasks) >= spec.concurrency:
                     await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
                     continue
                 try:
