@@ -74,7 +74,11 @@ async def _drain(nc: NATS) -> None:
 
 
 def main(name: str, build: Build) -> None:
-    """Entry point of `python -m services.<name>`: settings from the environment, stop on signal."""
+    """Entry point of `python -m services.<name>`: settings from the environment, stop on signal.
+
+    A bad setting, found at start or while building the service (an executor's `--model`),
+    ends the process with one line naming it rather than a traceback.
+    """
     try:
         settings = Settings.from_env()
     except SettingsError as e:
@@ -88,4 +92,7 @@ def main(name: str, build: Build) -> None:
             loop.add_signal_handler(sig, stop.set)
         await serve(name, settings, build, stop)
 
-    asyncio.run(run())
+    try:
+        asyncio.run(run())
+    except SettingsError as e:
+        raise SystemExit(f"chorus {name}: {e}") from e
