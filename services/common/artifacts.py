@@ -50,8 +50,8 @@ class ArtifactStore:
         self._store = store
 
     @classmethod
-    async def open(cls, js: JetStreamContext) -> ArtifactStore:
-        config = ObjectStoreConfig(ttl=ARTIFACT_TTL_S, storage=StorageType.FILE)
+    async def open(cls, js: JetStreamContext, replicas: int = 1) -> ArtifactStore:
+        config = ObjectStoreConfig(ttl=ARTIFACT_TTL_S, storage=StorageType.FILE, replicas=replicas)
         return cls(await js.create_object_store(subjects.ARTIFACT_BUCKET, config=config))
 
     async def put(self, data: bytes, name: str, media_type: str | None = None) -> ArtifactRef:

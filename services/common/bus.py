@@ -27,7 +27,13 @@ from nats.js.api import (
 from nats.js.errors import BadRequestError
 
 from services.common import subjects
-from services.common.telemetry import MESSAGES, STAGE_SECONDS, request_id_var
+from services.common.telemetry import (
+    MESSAGES,
+    STAGE_SECONDS,
+    continue_trace,
+    outgoing_traceparent,
+    request_id_var,
+)
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +42,7 @@ M = TypeVar("M", bound=Message)
 MSG_ID = "Nats-Msg-Id"
 REQUEST_ID = "Chorus-Request-Id"
 ERROR_HEADER = "Chorus-Error"
+TRACEPARENT = "traceparent"
 EVENT_RETENTION_S = 3600.0
 
 
@@ -67,7 +74,7 @@ async def connect(url: str, name: str) -> NATS:
     )
 
 
-async def ensure_streams(js: JetStreamContext) -> None:
+async def ensure_streams(js: JetStreamContext, replicas: int = 1) -> None:
     """Creates (or updates) the streams; safe to call from every service at start."""
     configs = [
         StreamConfig(
@@ -75,6 +82,7 @@ async def ensure_streams(js: JetStreamContext) -> None:
             subjects=subjects.WORK_SUBJECTS,
             retention=RetentionPolicy.WORK_QUEUE,
             storage=StorageType.FILE,
+            num_replicas=replicas,
             duplicate_window=120.0,
             max_msg_size=1024 * 1024,
         ),
@@ -83,6 +91,7 @@ async def ensure_streams(js: JetStreamContext) -> None:
             subjects=subjects.EVENTS_SUBJECTS,
             retention=RetentionPolicy.LIMITS,
             storage=StorageType.FILE,
+            num_replicas=replicas,
             max_age=EVENT_RETENTION_S,  # replayable for a while: late subscribers miss nothing
             duplicate_window=120.0,
         ),
@@ -91,6 +100,7 @@ async def ensure_streams(js: JetStreamContext) -> None:
             subjects=subjects.DEADLETTER_SUBJECTS,
             retention=RetentionPolicy.LIMITS,
             storage=StorageType.FILE,
+            num_replicas=replicas,
             max_age=7 * 24 * 3600.0,
         ),
     ]
@@ -105,7 +115,7 @@ async def publish(
     js: JetStreamContext, subject: str, message: Message, *, msg_id: str | None = None
 ) -> None:
     """Publishes and waits for the stream's ack; `msg_id` makes a redelivered publish a no-op."""
-    headers = {REQUEST_ID: request_id_var.get()}
+    headers = {REQUEST_ID: request_id_var.get(), TRACEPARENT: outgoing_traceparent()}
     if msg_id:
         headers[MSG_ID] = msg_id
     await js.publish(subject, message.SerializeToString(), headers=headers)
@@ -192,6 +202,7 @@ class Consumer(Generic[M]):
                 await self._dead_letter(msg, f"undecodable {spec.message_type.__name__}: {e}")
                 return
             request_id_var.set(getattr(message, "request_id", "") or "")
+            continue_trace((msg.headers or {}).get(TRACEPARENT))
             await self._handle(msg, message)
         finally:
             STAGE_SECONDS.labels(spec.stage).observe(time.perf_counter() - started)

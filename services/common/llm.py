@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Sequence
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import AsyncExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Protocol, cast
 
 import openai
 from openai import AsyncOpenAI, omit
 from openai.types.chat import ChatCompletionMessageParam
+from prometheus_client import Counter, Histogram
 
 from services.common.settings import LLMSettings
 
 log = logging.getLogger(__name__)
+LLM_CALLS = Counter(
+    "chorus_llm_calls_total", "LLM calls by operation and outcome.", ["op", "outcome"]
+)
+LLM_SECONDS = Histogram("chorus_llm_seconds", "Time an LLM call took.", ["op"])
+LLM_TOKENS = Counter("chorus_llm_tokens_total", "Tokens the LLM reported using.", ["kind"])
 
 
 class LLMError(RuntimeError):
@@ -51,29 +59,34 @@ class OpenAILLM:
         )
 
     async def complete(self, messages: Sequence[ChatTurn], *, json_mode: bool = False) -> str:
-        try:
-            reply = await self._client.chat.completions.create(
-                model=self.name,
-                messages=_wire(messages),
-                temperature=0,
-                response_format={"type": "json_object"} if json_mode else omit,
-            )
-        except openai.OpenAIError as e:
-            raise LLMError(f"LLM {self.name} unavailable: {e}") from e
-        if not reply.choices or reply.choices[0].message.content is None:
-            raise LLMError(f"LLM {self.name} returned no content")
-        return reply.choices[0].message.content
+        with _accounted("complete"):
+            try:
+                reply = await self._client.chat.completions.create(
+                    model=self.name,
+                    messages=_wire(messages),
+                    temperature=0,
+                    response_format={"type": "json_object"} if json_mode else omit,
+                )
+            except openai.OpenAIError as e:
+                raise LLMError(f"LLM {self.name} unavailable: {e}") from e
+            if reply.usage:
+                LLM_TOKENS.labels("prompt").inc(reply.usage.prompt_tokens)
+                LLM_TOKENS.labels("completion").inc(reply.usage.completion_tokens)
+            if not reply.choices or reply.choices[0].message.content is None:
+                raise LLMError(f"LLM {self.name} returned no content")
+            return reply.choices[0].message.content
 
     async def stream(self, messages: Sequence[ChatTurn]) -> AsyncIterator[str]:
-        try:
-            chunks = await self._client.chat.completions.create(
-                model=self.name, messages=_wire(messages), temperature=0, stream=True
-            )
-            async for chunk in chunks:
-                if chunk.choices and chunk.choices[0].delta.content:
-                    yield chunk.choices[0].delta.content
-        except openai.OpenAIError as e:
-            raise LLMError(f"LLM {self.name} unavailable: {e}") from e
+        with _accounted("stream"):
+            try:
+                chunks = await self._client.chat.completions.create(
+                    model=self.name, messages=_wire(messages), temperature=0, stream=True
+                )
+                async for chunk in chunks:
+                    if chunk.choices and chunk.choices[0].delta.content:
+                        yield chunk.choices[0].delta.content
+            except openai.OpenAIError as e:
+                raise LLMError(f"LLM {self.name} unavailable: {e}") from e
 
     async def close(self) -> None:
         await self._client.close()
@@ -85,6 +98,22 @@ def _wire(messages: Sequence[ChatTurn]) -> list[ChatCompletionMessageParam]:
     ]
 
 
-def llm_from_settings(settings: LLMSettings) -> OpenAILLM | None:
-    """The configured LLM, or None: each stage then uses its offline fallback."""
-    return OpenAILLM(settings) if settings.configured else None
+@contextmanager
+def _accounted(operation: str) -> Iterator[None]:
+    started = time.perf_counter()
+    outcome = "error"
+    try:
+        yield
+        outcome = "ok"
+    finally:
+        LLM_CALLS.labels(operation, outcome).inc()
+        LLM_SECONDS.labels(operation).observe(time.perf_counter() - started)
+
+
+def open_llm(settings: LLMSettings, stack: AsyncExitStack) -> OpenAILLM | None:
+    """The configured LLM, closed with the service; None: each stage uses its offline fallback."""
+    if not settings.configured:
+        return None
+    llm = OpenAILLM(settings)
+    stack.push_async_callback(llm.close)
+    return llm

@@ -40,6 +40,7 @@ class Settings:
     task_deadline_s: float
     worker_ttl_s: float
     log_level: str
+    stream_replicas: int  # JetStream replicas of every stream and bucket (3 on a NATS cluster)
     # The variables these were read from, for a stage's own settings (e.g. the executor's).
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
 
@@ -70,8 +71,16 @@ class Settings:
             task_deadline_s=float_setting(env, "CHORUS_TASK_DEADLINE", 300.0),
             worker_ttl_s=float_setting(env, "CHORUS_WORKER_TTL", 10.0),
             log_level=env.get("CHORUS_LOG_LEVEL", "INFO").upper(),
+            stream_replicas=_replicas(env),
             env=dict(env),
         )
+
+
+def _replicas(env: Mapping[str, str]) -> int:
+    replicas = int_setting(env, "CHORUS_STREAM_REPLICAS", 1)
+    if not 1 <= replicas <= 5:
+        raise SettingsError(f"CHORUS_STREAM_REPLICAS must be 1 to 5, not {replicas}")
+    return replicas
 
 
 def _require_url(name: str, value: str, schemes: tuple[str, ...]) -> None:

@@ -17,10 +17,14 @@ from services.common import subjects
 log = logging.getLogger(__name__)
 
 
-async def open_worker_bucket(js: JetStreamContext, ttl_s: float) -> KeyValue:
+async def open_worker_bucket(js: JetStreamContext, ttl_s: float, replicas: int) -> KeyValue:
     # Entries are dropped by the bucket after a few TTLs; readers also ignore stale heartbeats.
     config = KeyValueConfig(
-        bucket=subjects.WORKER_BUCKET, ttl=ttl_s * 6, history=1, storage=StorageType.MEMORY
+        bucket=subjects.WORKER_BUCKET,
+        ttl=ttl_s * 6,
+        history=1,
+        storage=StorageType.MEMORY,
+        replicas=replicas,
     )
     return await js.create_key_value(config=config)
 
@@ -33,11 +37,21 @@ class WorkerRegistry:
         self._ttl_s = ttl_s
         self._workers: dict[str, WorkerInfo] = {}
         self._task: asyncio.Task[None] | None = None
-        self.changed = asyncio.Event()
+        self._synced = asyncio.Event()
 
-    async def start(self) -> None:
+    @classmethod
+    async def watch(cls, js: JetStreamContext, ttl_s: float, replicas: int) -> WorkerRegistry:
+        registry = cls(await open_worker_bucket(js, ttl_s, replicas), ttl_s)
+        await registry.start()
+        return registry
+
+    async def start(self, sync_timeout_s: float = 5.0) -> None:
+        """Starts following the bucket and waits for its current entries, so a selector that
+        has just (re)started does not mistake "not read yet" for "no replica serves this"."""
         watcher = await self._kv.watchall()
         self._task = asyncio.create_task(self._follow(watcher))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._synced.wait(), sync_timeout_s)
 
     async def stop(self) -> None:
         if self._task:
@@ -48,6 +62,7 @@ class WorkerRegistry:
     async def _follow(self, watcher: KeyValue.KeyWatcher) -> None:
         async for entry in watcher:
             if entry is None:  # end of the initial values
+                self._synced.set()
                 continue
             if entry.operation in ("DEL", "PURGE") or not entry.value:
                 self._workers.pop(entry.key, None)
@@ -56,7 +71,6 @@ class WorkerRegistry:
                     self._workers[entry.key] = WorkerInfo.FromString(entry.value)
                 except Exception:
                     log.warning("ignored an undecodable worker entry %s", entry.key)
-            self.changed.set()
 
     def live(self) -> list[WorkerInfo]:
         cutoff = time.time() - self._ttl_s

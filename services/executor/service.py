@@ -90,7 +90,7 @@ async def build(rt: Runtime, stack: AsyncExitStack) -> list[bus.Consumer[Any]]:
             raise SettingsError(str(e)) from e
         LOAD_SECONDS.labels(spec.task, spec.model).set(model.load_seconds)
         loaded.append(model)
-    store = await ArtifactStore.open(rt.js)
+    store = await ArtifactStore.open(rt.js, rt.settings.stream_replicas)
     info = WorkerInfo(
         worker_id=f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}",
         device=config.device,
@@ -101,7 +101,9 @@ async def build(rt: Runtime, stack: AsyncExitStack) -> list[bus.Consumer[Any]]:
         ],
     )
     announcer = WorkerAnnouncer(
-        await open_worker_bucket(rt.js, rt.settings.worker_ttl_s), info, rt.settings.worker_ttl_s
+        await open_worker_bucket(rt.js, rt.settings.worker_ttl_s, rt.settings.stream_replicas),
+        info,
+        rt.settings.worker_ttl_s,
     )
     executor = Executor(rt, store, announcer, config.capacity)
     consumers: list[bus.Consumer[Any]] = []

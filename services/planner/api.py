@@ -28,7 +28,7 @@ from nats.js.api import DeliverPolicy
 from services.common import bus, subjects
 from services.common.artifacts import ArtifactNotFound, ArtifactStore
 from services.common.runtime import Runtime
-from services.common.telemetry import ERRORS, request_id_var
+from services.common.telemetry import ERRORS, continue_trace, request_id_var
 from services.common.workers import WorkerRegistry
 
 log = logging.getLogger(__name__)
@@ -76,6 +76,8 @@ class ChorusApi(chorus_pb2_grpc.ChorusServicer):
         await self._validate(request, context)
         request.request_id = request.request_id or uuid.uuid4().hex
         request_id_var.set(request.request_id)
+        metadata = dict(context.invocation_metadata() or ())
+        continue_trace(str(metadata.get("traceparent", "")))
         if not request.HasField("created_at"):
             request.created_at.GetCurrentTime()
         # Subscribe before publishing; the stream also replays, so nothing is missed either way.

@@ -10,10 +10,10 @@ from chorus.v1.messages_pb2 import ChatRequest
 
 from services.common import bus, events, subjects
 from services.common.artifacts import ArtifactStore
-from services.common.llm import LLM, LLMError, llm_from_settings
+from services.common.llm import LLM, LLMError, open_llm
 from services.common.resources import request_text
 from services.common.runtime import Runtime
-from services.common.workers import WorkerRegistry, open_worker_bucket
+from services.common.workers import WorkerRegistry
 from services.planner.api import start_grpc
 from services.planner.plan import plan
 
@@ -61,12 +61,11 @@ class Planner:
 
 
 async def build(rt: Runtime, stack: AsyncExitStack) -> list[bus.Consumer[Any]]:
-    llm = None if rt.settings.planner == "rules" else llm_from_settings(rt.settings.llm)
-    store = await ArtifactStore.open(rt.js)
-    registry = WorkerRegistry(
-        await open_worker_bucket(rt.js, rt.settings.worker_ttl_s), rt.settings.worker_ttl_s
+    llm = None if rt.settings.planner == "rules" else open_llm(rt.settings.llm, stack)
+    store = await ArtifactStore.open(rt.js, rt.settings.stream_replicas)
+    registry = await WorkerRegistry.watch(
+        rt.js, rt.settings.worker_ttl_s, rt.settings.stream_replicas
     )
-    await registry.start()
     stack.push_async_callback(registry.stop)
     server = await start_grpc(rt, store, registry)
     stack.push_async_callback(server.stop, 5.0)

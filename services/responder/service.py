@@ -11,7 +11,7 @@ from chorus.v1.messages_pb2 import ExecutionReport
 from nats.js import JetStreamContext
 
 from services.common import bus, events, subjects
-from services.common.llm import LLM, llm_from_settings
+from services.common.llm import LLM, open_llm
 from services.common.runtime import Runtime
 from services.responder.respond import respond
 
@@ -52,7 +52,7 @@ class Responder:
 
 
 async def build(rt: Runtime, stack: AsyncExitStack) -> list[bus.Consumer[Any]]:
-    responder = Responder(rt.js, llm_from_settings(rt.settings.llm))
+    responder = Responder(rt.js, open_llm(rt.settings.llm, stack))
     spec = bus.ConsumerSpec(
         stage=STAGE,
         subject=subjects.REPORT,

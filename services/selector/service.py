@@ -31,10 +31,10 @@ from nats.js.kv import KeyValue
 from prometheus_client import Counter
 
 from services.common import bus, events, subjects
-from services.common.llm import LLM, llm_from_settings
+from services.common.llm import LLM, open_llm
 from services.common.resources import request_text
 from services.common.runtime import Runtime
-from services.common.workers import WorkerRegistry, open_worker_bucket
+from services.common.workers import WorkerRegistry
 from services.selector.dag import (
     UnresolvedInput,
     blocked_tasks,
@@ -207,16 +207,17 @@ async def build(rt: Runtime, stack: AsyncExitStack) -> list[bus.Consumer[Any]]:
     settings = rt.settings
     runs = await rt.js.create_key_value(
         config=KeyValueConfig(
-            bucket=subjects.RUN_STATE_BUCKET, history=1, ttl=RUN_TTL_S, storage=StorageType.FILE
+            bucket=subjects.RUN_STATE_BUCKET,
+            history=1,
+            ttl=RUN_TTL_S,
+            storage=StorageType.FILE,
+            replicas=settings.stream_replicas,
         )
     )
-    registry = WorkerRegistry(
-        await open_worker_bucket(rt.js, settings.worker_ttl_s), settings.worker_ttl_s
-    )
-    await registry.start()
+    registry = await WorkerRegistry.watch(rt.js, settings.worker_ttl_s, settings.stream_replicas)
     stack.push_async_callback(registry.stop)
     selector = Selector(
-        rt.js, runs, registry, llm_from_settings(settings.llm), settings.task_deadline_s
+        rt.js, runs, registry, open_llm(settings.llm, stack), settings.task_deadline_s
     )
     plans = bus.ConsumerSpec(
         stage=STAGE,

@@ -24,6 +24,8 @@ from services.common.artifacts import ArtifactStore
 from tests.integration.stack import CANNY_ONLY, running_stack
 from tests.support import ScriptedLLM
 
+TRACE = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
 
 async def _ask_over_bus(
     nats_url: str, request: ChatRequest
@@ -35,7 +37,7 @@ async def _ask_over_bus(
         ordered_consumer=True,
         deliver_policy=DeliverPolicy.ALL,
     )
-    await js.publish(subjects.REQUEST, request.SerializeToString())
+    await js.publish(subjects.REQUEST, request.SerializeToString(), headers={"traceparent": TRACE})
     events: list[ProgressEvent] = []
     while True:
         try:
@@ -44,6 +46,8 @@ async def _ask_over_bus(
             kinds = [e.WhichOneof("event") for e in events]
             raise AssertionError(f"no done event after {kinds}") from None
         event = ProgressEvent.FromString(msg.data)
+        # W3C trace context travels with the work: every event belongs to the caller's trace.
+        assert msg.headers and msg.headers["traceparent"].split("-")[1] == TRACE.split("-")[1]
         events.append(event)
         if event.HasField("done"):
             break
