@@ -8,11 +8,11 @@ response, with every hand-off through NATS JetStream. Both sides run in one go, 
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -61,9 +61,9 @@ Run = Callable[[], Awaitable[None]]
 def _photo() -> bytes:
     image = Image.new("RGB", (128, 128), "white")
     ImageDraw.Draw(image).ellipse([32, 32, 96, 96], fill="black")
-    path = Path(tempfile.mkdtemp()) / "photo.png"
-    image.save(path)
-    return path.read_bytes()
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def _request(photo: ArtifactRef) -> ChatRequest:
@@ -141,7 +141,9 @@ async def _in_process_side(llm_url: str, photo_bytes: bytes) -> dict[str, float]
                 )
                 state.results[task.id].CopyFrom(await execute(invocation, loaded, store, "w"))
         report = ExecutionReport(
-            request_id="r", plan=task_plan, results=[state.results[t.id] for t in task_plan.tasks]
+            request_id="r",
+            plan=task_plan,
+            results=[state.results[t.id] for t in task_plan.tasks if t.id in state.results],
         )
 
         async def ignore(_: str) -> None:
@@ -173,13 +175,15 @@ def main() -> int:
         f"at concurrency {CONCURRENCY}",
         flush=True,
     )
-    cluster.start()
     try:
-        bus = asyncio.run(_bus_side(addr, photo_bytes))
+        cluster.start()
+        try:
+            bus = asyncio.run(_bus_side(addr, photo_bytes))
+        finally:
+            cluster.stop()
+        direct = asyncio.run(_in_process_side(llm.base_url, photo_bytes))
     finally:
-        cluster.stop()
-    direct = asyncio.run(_in_process_side(llm.base_url, photo_bytes))
-    llm.stop()
+        llm.stop()
     figures = {
         "chorus_over_bus": bus,
         "stage_functions_in_one_process": direct,

@@ -16,7 +16,7 @@ from typing import Any
 from chorus.v1.messages_pb2 import ArtifactRef
 
 from services.cli.cluster import free_port, nats_server_binary
-from services.common.artifacts import kind_for, media_type_for
+from services.common.artifacts import ArtifactNotFound, kind_for, media_type_for
 
 
 def start_nats(store: Path) -> tuple[subprocess.Popen[bytes], str]:
@@ -177,6 +177,8 @@ class MemoryArtifacts:
         self.items: dict[str, tuple[ArtifactRef, bytes]] = {}
 
     async def get(self, artifact_id: str) -> tuple[ArtifactRef, bytes]:
+        if artifact_id not in self.items:
+            raise ArtifactNotFound(f"artifact {artifact_id!r} does not exist or expired")
         return self.items[artifact_id]
 
     async def put(self, data: bytes, name: str, media_type: str | None = None) -> ArtifactRef:

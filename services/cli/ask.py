@@ -11,7 +11,8 @@ from typing import TextIO
 import grpc
 from chorus.v1.messages_pb2 import ChatMessage, ChatRequest, ChatResponse, StopAfter
 
-from services.cli.client import ChorusClient, describe_task, response_json, status_name
+from services.cli.client import ChorusClient, describe_task, response_json
+from services.common.tasks import status_name
 
 
 class StreamEnded(RuntimeError):
@@ -90,7 +91,7 @@ def _run(client: ChorusClient, request: ChatRequest, out: TextIO, quiet: bool) -
             detail = r.error or ", ".join(
                 o.text or o.artifact.name for o in r.outputs if o.text or o.artifact.name
             )
-            say(f"task {r.task_id} {status_name(r)} in {r.seconds:.2f}s: {detail[:200]}")
+            say(f"task {r.task_id} {status_name(r.status)} in {r.seconds:.2f}s: {detail[:200]}")
         elif kind == "answer_token":
             if not quiet:
                 if not answering:

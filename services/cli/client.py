@@ -18,10 +18,10 @@ from chorus.v1.messages_pb2 import (
     Task,
     TaskArgument,
     TaskResult,
-    TaskStatus,
 )
 
 from services.common.artifacts import media_type_for, safe_file_name
+from services.common.tasks import status_name
 
 CHUNK_BYTES = 256 * 1024
 
@@ -96,10 +96,6 @@ def plan_json(tasks: Iterable[Task]) -> list[dict[str, Any]]:
     ]
 
 
-def status_name(result: TaskResult) -> str:
-    return TaskStatus.Name(result.status).removeprefix("TASK_STATUS_").lower()
-
-
 def result_json(result: TaskResult) -> dict[str, Any]:
     outputs = []
     for o in result.outputs:
@@ -112,7 +108,7 @@ def result_json(result: TaskResult) -> dict[str, Any]:
         "id": result.task_id,
         "task": result.task,
         "model": result.model,
-        "status": status_name(result),
+        "status": status_name(result.status),
         "outputs": outputs,
         "error": result.error,
         "reason": result.selection_reason,

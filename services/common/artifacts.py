@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import mimetypes
 import re
 import uuid
@@ -10,12 +11,18 @@ from pathlib import PurePosixPath
 from chorus.v1.messages_pb2 import ArtifactRef, Kind
 from nats.js import JetStreamContext
 from nats.js.api import ObjectMeta, ObjectStoreConfig, StorageType
-from nats.js.errors import NotFoundError, ObjectDeletedError, ObjectNotFoundError
+from nats.js.errors import (
+    BadRequestError,
+    NotFoundError,
+    ObjectDeletedError,
+    ObjectNotFoundError,
+)
 from nats.js.object_store import ObjectStore
 
 from services.common import subjects
 
-ARTIFACT_TTL_S = 24 * 3600.0
+log = logging.getLogger(__name__)
+ARTIFACT_TTL_S = 24 * 3600.0  # generated and uploaded files expire a day after they are written
 _KIND_BY_MAJOR = {"image": Kind.KIND_IMAGE, "audio": Kind.KIND_AUDIO, "video": Kind.KIND_VIDEO}
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
 _NAME_HEADER = "Chorus-Name"
@@ -52,7 +59,11 @@ class ArtifactStore:
     @classmethod
     async def open(cls, js: JetStreamContext, replicas: int = 1) -> ArtifactStore:
         config = ObjectStoreConfig(ttl=ARTIFACT_TTL_S, storage=StorageType.FILE, replicas=replicas)
-        return cls(await js.create_object_store(subjects.ARTIFACT_BUCKET, config=config))
+        try:
+            return cls(await js.create_object_store(subjects.ARTIFACT_BUCKET, config=config))
+        except BadRequestError as e:
+            log.warning("the artifact bucket exists with other settings, which are kept: %s", e)
+            return cls(await js.object_store(subjects.ARTIFACT_BUCKET))
 
     async def put(self, data: bytes, name: str, media_type: str | None = None) -> ArtifactRef:
         name = safe_file_name(name)
@@ -68,20 +79,27 @@ class ArtifactStore:
             size=len(data),
         )
 
+    async def info(self, artifact_id: str) -> ArtifactRef:
+        """What is stored under this id, without fetching the bytes."""
+        try:
+            info = await self._store.get_info(artifact_id)
+        except (NotFoundError, ObjectNotFoundError, ObjectDeletedError) as e:
+            raise ArtifactNotFound(f"artifact {artifact_id!r} does not exist or expired") from e
+        return _ref(artifact_id, info.headers or {}, int(info.size or 0))
+
     async def get(self, artifact_id: str) -> tuple[ArtifactRef, bytes]:
         try:
             result = await self._store.get(artifact_id)
         except (NotFoundError, ObjectNotFoundError, ObjectDeletedError) as e:
             raise ArtifactNotFound(f"artifact {artifact_id!r} does not exist or expired") from e
-        headers = (result.info.headers or {}) if result.info else {}
-        name = headers.get(_NAME_HEADER, artifact_id)
-        media_type = headers.get(_TYPE_HEADER, media_type_for(name))
         data = result.data or b""
-        ref = ArtifactRef(
-            id=artifact_id,
-            name=name,
-            media_type=media_type,
-            kind=kind_for(media_type),
-            size=len(data),
-        )
-        return ref, data
+        headers = (result.info.headers or {}) if result.info else {}
+        return _ref(artifact_id, headers, len(data)), data
+
+
+def _ref(artifact_id: str, headers: dict[str, str], size: int) -> ArtifactRef:
+    name = headers.get(_NAME_HEADER, artifact_id)
+    media_type = headers.get(_TYPE_HEADER, media_type_for(name))
+    return ArtifactRef(
+        id=artifact_id, name=name, media_type=media_type, kind=kind_for(media_type), size=size
+    )

@@ -20,11 +20,13 @@ from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
     DeliverPolicy,
+    KeyValueConfig,
     RetentionPolicy,
     StorageType,
     StreamConfig,
 )
 from nats.js.errors import BadRequestError
+from nats.js.kv import KeyValue
 
 from services.common import subjects
 from services.common.telemetry import (
@@ -46,8 +48,21 @@ TRACEPARENT = "traceparent"
 EVENT_RETENTION_S = 3600.0
 
 
+MAX_PAYLOAD_BYTES = 1_000_000  # NATS's default max_payload is 1 MiB; headers need the rest
+
+
 class InvalidMessage(ValueError):
     """A message decoded but cannot be processed; it goes to the dead-letter subject."""
+
+
+class PermanentError(Exception):
+    """A failure that retrying cannot fix: the message is given up on at once."""
+
+    code = "internal"
+
+
+class PayloadTooLarge(PermanentError):
+    code = "payload_too_large"
 
 
 async def connect(url: str, name: str) -> NATS:
@@ -115,10 +130,25 @@ async def publish(
     js: JetStreamContext, subject: str, message: Message, *, msg_id: str | None = None
 ) -> None:
     """Publishes and waits for the stream's ack; `msg_id` makes a redelivered publish a no-op."""
+    data = message.SerializeToString()
+    if len(data) > MAX_PAYLOAD_BYTES:
+        raise PayloadTooLarge(
+            f"the {type(message).__name__} for {subject} would be {len(data)} bytes, over the "
+            f"{MAX_PAYLOAD_BYTES}-byte message limit; send long inputs as files"
+        )
     headers = {REQUEST_ID: request_id_var.get(), TRACEPARENT: outgoing_traceparent()}
     if msg_id:
         headers[MSG_ID] = msg_id
-    await js.publish(subject, message.SerializeToString(), headers=headers)
+    await js.publish(subject, data, headers=headers)
+
+
+async def open_key_value(js: JetStreamContext, config: KeyValueConfig) -> KeyValue:
+    """Creates the bucket, or binds to it as it is when it exists with other settings."""
+    try:
+        return await js.create_key_value(config=config)
+    except BadRequestError as e:
+        log.warning("bucket %s exists with other settings, which are kept: %s", config.bucket, e)
+        return await js.key_value(config.bucket)
 
 
 @dataclass(frozen=True)
@@ -131,7 +161,7 @@ class ConsumerSpec(Generic[M]):
     message_type: type[M]
     handle: Callable[[M], Awaitable[None]]
     # Called once when a message is given up on, so the request fails visibly instead of hanging.
-    give_up: Callable[[M, Exception], Awaitable[None]] | None = None
+    give_up: Callable[[M, Exception], Awaitable[None]]
     concurrency: int = 8
     max_deliver: int = 3
     ack_wait_s: float = 30.0
@@ -153,19 +183,21 @@ class Consumer(Generic[M]):
 
     async def run(self) -> None:
         spec = self._spec
-        sub = await self._js.pull_subscribe(
-            spec.subject,
-            durable=spec.durable,
-            stream=subjects.WORK_STREAM,
-            config=ConsumerConfig(
-                ack_policy=AckPolicy.EXPLICIT,
-                ack_wait=spec.ack_wait_s,
-                # The handler dead-letters at max_deliver itself; one spare covers a crash mid-way.
-                max_deliver=spec.max_deliver + 1,
-                deliver_policy=DeliverPolicy.ALL,
-                max_ack_pending=max(spec.concurrency * 4, 64),
-            ),
+        config = ConsumerConfig(
+            durable_name=spec.durable,
+            filter_subject=spec.subject,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=spec.ack_wait_s,
+            # The handler dead-letters at max_deliver itself; one spare covers a crash mid-way.
+            max_deliver=spec.max_deliver + 1,
+            deliver_policy=DeliverPolicy.ALL,
+            max_ack_pending=max(spec.concurrency * 4, 64),
         )
+        try:  # create, or update the durable when its settings changed
+            await self._js.add_consumer(subjects.WORK_STREAM, config)
+        except BadRequestError as e:
+            log.warning("consumer %s keeps its earlier settings: %s", spec.durable, e)
+        sub = await self._js.pull_subscribe_bind(durable=spec.durable, stream=subjects.WORK_STREAM)
         self.running = True
         try:
             while not self._stopping.is_set():
@@ -201,7 +233,11 @@ class Consumer(Generic[M]):
             except DecodeError as e:
                 await self._dead_letter(msg, f"undecodable {spec.message_type.__name__}: {e}")
                 return
-            request_id_var.set(getattr(message, "request_id", "") or "")
+            request_id = str(getattr(message, "request_id", ""))
+            if not subjects.valid_request_id(request_id):
+                await self._dead_letter(msg, f"invalid request_id {request_id[:80]!r}")
+                return
+            request_id_var.set(request_id)
             continue_trace((msg.headers or {}).get(TRACEPARENT))
             await self._handle(msg, message)
         finally:
@@ -217,15 +253,17 @@ class Consumer(Generic[M]):
             return
         except Exception as e:
             delivered = msg.metadata.num_delivered
-            if delivered < spec.max_deliver:
+            if delivered < spec.max_deliver and not isinstance(e, PermanentError):
                 log.warning("%s failed (attempt %d), will retry: %s", spec.stage, delivered, e)
                 MESSAGES.labels(spec.stage, "retry").inc()
                 await msg.nak(delay=0.5 * delivered)
                 return
-            log.exception("%s gave up after %d attempts", spec.stage, delivered)
-            if spec.give_up is not None:
+            log.exception("%s gave up after %d attempt(s)", spec.stage, delivered)
+            try:
                 await spec.give_up(message, e)
-            await self._dead_letter(msg, f"handler failed {delivered} times: {e}")
+            except Exception:  # still dead-letter and ack: never leave it to redeliver forever
+                log.exception("%s could not report the failure", spec.stage)
+            await self._dead_letter(msg, f"gave up after {delivered} attempt(s): {e}")
             return
         finally:
             heartbeat.cancel()

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 
 from chorus.v1.messages_pb2 import ChatResponse, PipelineError, ProgressEvent, TaskPlan
+from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from nats.js import JetStreamContext
 
@@ -49,9 +51,29 @@ async def fail(
         request_id=request_id,
         error=PipelineError(stage=stage, code=code, message=message),
     )
-    if plan is not None:
+    if plan is not None and plan.ByteSize() < bus.MAX_PAYLOAD_BYTES // 2:
         response.plan.CopyFrom(plan)
     await finish(js, response)
+
+
+def fail_on_give_up(
+    js: JetStreamContext, stage: str
+) -> Callable[[Message, Exception], Awaitable[None]]:
+    """The usual last resort of a stage: end the request with the error."""
+
+    async def give_up(message: Message, error: Exception) -> None:
+        code = error.code if isinstance(error, bus.PermanentError) else "internal"
+        plan = getattr(message, "plan", None)
+        await fail(
+            js,
+            str(getattr(message, "request_id", "")),
+            stage=stage,
+            code=code,
+            message=str(error),
+            plan=plan if isinstance(plan, TaskPlan) else None,
+        )
+
+    return give_up
 
 
 def seconds_since(created_at: Timestamp) -> float:

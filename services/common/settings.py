@@ -70,10 +70,19 @@ class Settings:
             max_upload_bytes=int_setting(env, "CHORUS_MAX_UPLOAD_BYTES", 64 * 1024 * 1024),
             task_deadline_s=float_setting(env, "CHORUS_TASK_DEADLINE", 300.0),
             worker_ttl_s=float_setting(env, "CHORUS_WORKER_TTL", 10.0),
-            log_level=env.get("CHORUS_LOG_LEVEL", "INFO").upper(),
+            log_level=_log_level(env),
             stream_replicas=_replicas(env),
             env=dict(env),
         )
+
+
+def _log_level(env: Mapping[str, str]) -> str:
+    level = env.get("CHORUS_LOG_LEVEL", "INFO").upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise SettingsError(
+            f"CHORUS_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, not {level!r}"
+        )
+    return level
 
 
 def _replicas(env: Mapping[str, str]) -> int:

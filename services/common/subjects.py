@@ -36,6 +36,12 @@ WORKER_BUCKET = "chorus_workers"
 RUN_STATE_BUCKET = "chorus_runs"
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+_REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def valid_request_id(request_id: str) -> bool:
+    """Request ids become subject tokens and KV keys: `>` or `.` in one would reach other requests."""
+    return _REQUEST_ID.fullmatch(request_id) is not None
 
 
 def event(request_id: str) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from chorus.v1.messages_pb2 import Kind
+from chorus.v1.messages_pb2 import Kind, TaskStatus
 
 TEXT, IMAGE, AUDIO, VIDEO = Kind.KIND_TEXT, Kind.KIND_IMAGE, Kind.KIND_AUDIO, Kind.KIND_VIDEO
 KIND_NAMES = {TEXT: "text", IMAGE: "image", AUDIO: "audio", VIDEO: "video"}
@@ -90,3 +90,8 @@ TASK_TYPES: dict[str, TaskType] = {
 
 def task_type(name: str) -> TaskType | None:
     return TASK_TYPES.get(name)
+
+
+def status_name(status: TaskStatus.ValueType) -> str:
+    """`TASK_STATUS_SUCCEEDED` -> `succeeded`, as users and metrics see it."""
+    return TaskStatus.Name(status).removeprefix("TASK_STATUS_").lower()

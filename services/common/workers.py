@@ -13,6 +13,7 @@ from nats.js.api import KeyValueConfig, StorageType
 from nats.js.kv import KeyValue
 
 from services.common import subjects
+from services.common.bus import open_key_value
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +27,7 @@ async def open_worker_bucket(js: JetStreamContext, ttl_s: float, replicas: int) 
         storage=StorageType.MEMORY,
         replicas=replicas,
     )
-    return await js.create_key_value(config=config)
+    return await open_key_value(js, config)
 
 
 class WorkerRegistry:

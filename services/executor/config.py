@@ -11,7 +11,8 @@ from services.executor.models import ModelSpec, default_specs, discover_cached
 
 @dataclass(frozen=True)
 class ExecutorConfig:
-    specs: tuple[ModelSpec, ...]
+    specs: tuple[ModelSpec, ...]  # asked for: a model that fails to load stops start-up
+    defaults: tuple[ModelSpec, ...]  # built-in, bundled and cached: one that fails is skipped
     device: str
     capacity: int
     allow_download: bool
@@ -20,26 +21,27 @@ class ExecutorConfig:
     def from_env(cls, env: Mapping[str, str]) -> ExecutorConfig:
         """`CHORUS_EXECUTOR_MODELS` is `TASK=MODEL` pairs separated by `;`.
 
-        Unset, the replica serves the built-in and bundled models and what the local
-        Hugging Face cache holds.
+        Unless `CHORUS_EXECUTOR_DEFAULTS=0`, the replica also serves the built-in and bundled
+        models and what the local Hugging Face cache holds, for tasks no given model covers.
         """
+        device = env.get("CHORUS_DEVICE", "cpu")
+        if device != "cpu" and not device.startswith("cuda"):
+            raise SettingsError(f"CHORUS_DEVICE must be cpu or cuda[:N], not {device!r}")
         raw = env.get("CHORUS_EXECUTOR_MODELS", "").strip()
         try:
             specs = [ModelSpec.parse(s) for s in raw.split(";") if s.strip()]
         except ValueError as e:
             raise SettingsError(f"CHORUS_EXECUTOR_MODELS: {e}") from e
-        if not specs or env.get("CHORUS_EXECUTOR_DEFAULTS", "1") != "0":
-            specs = _merged(specs, default_specs() + discover_cached())
-        device = env.get("CHORUS_DEVICE", "cpu")
-        if device != "cpu" and not device.startswith("cuda"):
-            raise SettingsError(f"CHORUS_DEVICE must be cpu or cuda[:N], not {device!r}")
+        defaults: list[ModelSpec] = []
+        if env.get("CHORUS_EXECUTOR_DEFAULTS", "1") != "0":
+            covered = {s.task for s in specs}
+            defaults = [s for s in default_specs() + discover_cached() if s.task not in covered]
+        if not specs and not defaults:
+            raise SettingsError(
+                "nothing to serve: give --model TASK=MODEL (CHORUS_EXECUTOR_MODELS) "
+                "or leave CHORUS_EXECUTOR_DEFAULTS unset"
+            )
         capacity = int_setting(env, "CHORUS_EXECUTOR_CAPACITY", 2)
         offline = env.get("HF_HUB_OFFLINE", "0") not in ("", "0")
         allow = env.get("CHORUS_ALLOW_DOWNLOAD", "1") != "0" and not offline
-        return cls(tuple(specs), device, max(capacity, 1), allow)
-
-
-def _merged(explicit: list[ModelSpec], extra: list[ModelSpec]) -> list[ModelSpec]:
-    """Explicit specs first; an extra one only for a task no explicit spec covers."""
-    covered = {s.task for s in explicit}
-    return explicit + [s for s in extra if s.task not in covered and s not in explicit]
+        return cls(tuple(specs), tuple(defaults), device, max(capacity, 1), allow)

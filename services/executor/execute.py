@@ -1,7 +1,8 @@
 """Stage 3, task execution: `TaskInvocation` in, `TaskResult` out. No NATS here.
 
-Model failures become a failed result with the reason: a model that raised once would raise
-again, so the invocation is answered rather than redelivered.
+Bad inputs, a model that raises and a missed deadline become a failed result with the reason:
+running the same invocation again would fail the same way, so it is answered, not redelivered.
+Errors of the artifact store itself propagate, so that the invocation is retried.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from chorus.v1.messages_pb2 import (
     TaskStatus,
 )
 
+from services.common.artifacts import ArtifactNotFound
 from services.common.tasks import AUDIO, IMAGE, KIND_NAMES, TEXT, task_type
 from services.executor.handlers import Produced
 from services.executor.media import MediaError, decode_image, decode_wav, encode_png, encode_wav
@@ -50,25 +52,36 @@ async def execute(
         executor=worker_id,
         attempt=invocation.attempt,
     )
-    try:
-        inputs = await _decode_inputs(invocation, artifacts)
-        produced = await asyncio.wait_for(
-            asyncio.to_thread(loaded.handler.run, loaded.model, inputs), _remaining(invocation)
-        )
+    produced, error = await _run(invocation, loaded, artifacts)
+    if error:
+        result.status, result.error = TaskStatus.TASK_STATUS_FAILED, error
+    else:
         for item in produced:
             result.outputs.append(await _encode_output(item, invocation, artifacts))
         result.status = TaskStatus.TASK_STATUS_SUCCEEDED
-    except TaskInputError as e:
-        result.status, result.error = TaskStatus.TASK_STATUS_FAILED, f"bad input: {e}"
-    except TimeoutError:
-        result.status = TaskStatus.TASK_STATUS_FAILED
-        result.error = "the task ran past its deadline"
-    except Exception as e:  # the model raised: report it, keep serving
-        log.warning("model %s raised: %r", invocation.model, e)
-        result.status = TaskStatus.TASK_STATUS_FAILED
-        result.error = f"model error: {type(e).__name__}: {e}"
     result.seconds = time.perf_counter() - started
     return result
+
+
+async def _run(
+    invocation: TaskInvocation, loaded: LoadedModel, artifacts: Artifacts
+) -> tuple[list[Produced], str]:
+    """The handler's outputs, or why there are none."""
+    remaining = _remaining(invocation)
+    if remaining == 0:
+        return [], "the deadline passed before the task could start"
+    try:
+        inputs = await _decode_inputs(invocation, artifacts)
+    except TaskInputError as e:
+        return [], f"bad input: {e}"
+    try:
+        work = asyncio.to_thread(loaded.handler.run, loaded.model, inputs)
+        return await asyncio.wait_for(work, remaining), ""
+    except TimeoutError:
+        return [], "the task ran past its deadline"
+    except Exception as e:  # the model raised: report it, keep serving
+        log.warning("model %s raised: %r", invocation.model, e)
+        return [], f"model error: {type(e).__name__}: {e}"
 
 
 def _remaining(invocation: TaskInvocation) -> float | None:
@@ -97,7 +110,10 @@ async def _decode_inputs(invocation: TaskInvocation, artifacts: Artifacts) -> di
                 )
             inputs[slot.name] = arg.text
             continue
-        ref, data = await artifacts.get(arg.artifact.id)
+        try:
+            ref, data = await artifacts.get(arg.artifact.id)
+        except ArtifactNotFound as e:
+            raise TaskInputError(str(e)) from e
         if ref.kind != slot.kind:
             raise TaskInputError(
                 f"argument {slot.name!r} needs {KIND_NAMES.get(slot.kind)}, "

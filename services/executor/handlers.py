@@ -38,7 +38,15 @@ class Handler:
     backend: str  # "pipeline" | "seq2seq" | "sentence-transformers" | "builtin"
     run: Callable[[Any, Inputs], list[Produced]]
     pipeline_task: str = ""  # the transformers pipeline name, for backend "pipeline"
-    batchable: bool = False
+
+
+def _max_length(pipe: Any) -> int:
+    """Longest input the model takes; a tokenizer may not know it, the model's config does."""
+    limits = [
+        getattr(pipe.tokenizer, "model_max_length", None),
+        getattr(pipe.model.config, "max_position_embeddings", None),
+    ]
+    return min([n for n in limits if isinstance(n, int) and n > 0] or [512])
 
 
 def _labels(result: Any) -> list[Produced]:
@@ -95,16 +103,14 @@ _HANDLERS = [
     Handler(
         "text-classification",
         "pipeline",
-        lambda p, i: _labels(p(i["text"])),
+        lambda p, i: _labels(p(i["text"], truncation=True, max_length=_max_length(p))),
         "text-classification",
-        batchable=True,
     ),
     Handler(
         "token-classification",
         "pipeline",
         lambda p, i: _entities(p(i["text"])),
         "token-classification",
-        batchable=True,
     ),
     Handler(
         "text-generation",
@@ -121,7 +127,6 @@ _HANDLERS = [
         "pipeline",
         lambda p, i: _labels(p(i["image"])),
         "image-classification",
-        batchable=True,
     ),
     Handler(
         "automatic-speech-recognition",

@@ -132,12 +132,11 @@ def _bundled_minilm_path() -> Path | None:
     return path if (path / "config.json").is_file() else None
 
 
-# Architectures' suffixes that tell which task a cached model was made for.
+# Architectures' suffixes that tell which task a cached model was made for, kept to the
+# unambiguous ones (a `...ForConditionalGeneration` may be a translator, Whisper or a VLM).
 _TASK_BY_ARCHITECTURE = {
     "ForSequenceClassification": "text-classification",
     "ForTokenClassification": "token-classification",
-    "ForCausalLM": "text-generation",
-    "ForConditionalGeneration": "text2text-generation",
     "ForImageClassification": "image-classification",
     "ForCTC": "automatic-speech-recognition",
     "ForAudioClassification": "audio-classification",

@@ -23,6 +23,7 @@ from services.common import bus, subjects
 from services.common.artifacts import ArtifactStore
 from services.common.runtime import Runtime
 from services.common.settings import SettingsError
+from services.common.tasks import status_name
 from services.common.workers import WorkerAnnouncer, open_worker_bucket
 from services.executor.config import ExecutorConfig
 from services.executor.execute import execute
@@ -54,7 +55,7 @@ class Executor:
                     )
                 finally:
                     self._announcer.info.in_flight -= 1
-            outcome = TaskStatus.Name(result.status).removeprefix("TASK_STATUS_").lower()
+            outcome = status_name(result.status)
             TASKS.labels(invocation.task, invocation.model, outcome).inc()
             INFERENCE.labels(invocation.task).observe(result.seconds)
             await self._publish(result)
@@ -79,17 +80,27 @@ class Executor:
         await bus.publish(self._js, subjects.RESULT, result, msg_id=msg_id)
 
 
-async def build(rt: Runtime, stack: AsyncExitStack) -> list[bus.Consumer[Any]]:
-    config = ExecutorConfig.from_env(rt.settings.env)
+async def _load_models(config: ExecutorConfig) -> list[LoadedModel]:
+    """Loads every model before serving, saying how far it got."""
     loaded: list[LoadedModel] = []
-    for i, spec in enumerate(config.specs, 1):
-        log.info("loading model %d/%d: %s=%s", i, len(config.specs), spec.task, spec.model)
+    wanted = [(s, True) for s in config.specs] + [(s, False) for s in config.defaults]
+    for i, (spec, required) in enumerate(wanted, 1):
+        log.info("loading model %d/%d: %s=%s", i, len(wanted), spec.task, spec.model)
         try:
             model = await asyncio.to_thread(load, spec, config.device, config.allow_download)
         except ModelUnavailable as e:
-            raise SettingsError(str(e)) from e
+            if required:
+                raise SettingsError(str(e)) from e
+            log.warning("not serving %s=%s: %s", spec.task, spec.model, e)
+            continue
         LOAD_SECONDS.labels(spec.task, spec.model).set(model.load_seconds)
         loaded.append(model)
+    return loaded
+
+
+async def build(rt: Runtime, stack: AsyncExitStack) -> list[bus.Consumer[Any]]:
+    config = ExecutorConfig.from_env(rt.settings.env)
+    loaded = await _load_models(config)
     store = await ArtifactStore.open(rt.js, rt.settings.stream_replicas)
     info = WorkerInfo(
         worker_id=f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}",

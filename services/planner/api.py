@@ -7,9 +7,10 @@ call. Exceptions become gRPC status codes here and nowhere else.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 
 import grpc
 from chorus.v1 import chorus_pb2, chorus_pb2_grpc
@@ -20,6 +21,7 @@ from chorus.v1.chorus_pb2 import (
     ListModelsResponse,
 )
 from chorus.v1.messages_pb2 import ArtifactRef, ChatRequest, ChatResponse, ProgressEvent
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from nats.errors import TimeoutError as NatsTimeoutError
@@ -39,6 +41,7 @@ REQUEST_TIMEOUT_S = 900.0
 _STATUS_BY_ERROR = {
     "invalid_request": grpc.StatusCode.INVALID_ARGUMENT,
     "llm_unavailable": grpc.StatusCode.UNAVAILABLE,
+    "payload_too_large": grpc.StatusCode.INVALID_ARGUMENT,
 }
 
 
@@ -52,26 +55,28 @@ class ChorusApi(chorus_pb2_grpc.ChorusServicer):
     async def Chat(
         self, request: ChatRequest, context: grpc.aio.ServicerContext[ChatRequest, ChatResponse]
     ) -> ChatResponse:
-        async for event in self._run(request, context):
-            if event.HasField("done"):
-                response = event.done
-                if response.HasField("error"):
-                    err = response.error
-                    code = _STATUS_BY_ERROR.get(err.code, grpc.StatusCode.INTERNAL)
-                    await context.abort(code, f"{err.stage}: {err.code}: {err.message}")
-                return response
+        async with contextlib.aclosing(self._run(request, context)) as events:
+            async for event in events:
+                if event.HasField("done"):
+                    response = event.done
+                    if response.HasField("error"):
+                        err = response.error
+                        code = _STATUS_BY_ERROR.get(err.code, grpc.StatusCode.INTERNAL)
+                        await context.abort(code, f"{err.stage}: {err.code}: {err.message}")
+                    return response
         await context.abort(grpc.StatusCode.INTERNAL, "the event stream ended without a response")
         raise AssertionError("unreachable")
 
     async def StreamChat(
         self, request: ChatRequest, context: grpc.aio.ServicerContext[ChatRequest, ProgressEvent]
     ) -> AsyncIterator[ProgressEvent]:
-        async for event in self._run(request, context):
-            yield event
+        async with contextlib.aclosing(self._run(request, context)) as events:
+            async for event in events:
+                yield event
 
     async def _run(
         self, request: ChatRequest, context: grpc.aio.ServicerContext[ChatRequest, object]
-    ) -> AsyncIterator[ProgressEvent]:
+    ) -> AsyncGenerator[ProgressEvent, None]:
         """Publishes the request and yields its events until `done`."""
         await self._validate(request, context)
         request.request_id = request.request_id or uuid.uuid4().hex
@@ -101,7 +106,11 @@ class ChorusApi(chorus_pb2_grpc.ChorusServicer):
                     msg = await sub.next_msg(timeout=min(remaining, 5.0))
                 except NatsTimeoutError:
                     continue
-                event = ProgressEvent.FromString(msg.data)
+                try:
+                    event = ProgressEvent.FromString(msg.data)
+                except DecodeError:
+                    log.warning("skipped an undecodable message on %s", msg.subject)
+                    continue
                 yield event
                 if event.HasField("done"):
                     return
@@ -111,6 +120,12 @@ class ChorusApi(chorus_pb2_grpc.ChorusServicer):
     async def _validate(
         self, request: ChatRequest, context: grpc.aio.ServicerContext[ChatRequest, object]
     ) -> None:
+        """Checks the request, and replaces each attachment with what the store holds for it."""
+        if request.request_id and not subjects.valid_request_id(request.request_id):
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "request_id: 1 to 64 letters, digits, '-' or '_' (or empty, to get one)",
+            )
         if not request.messages:
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, "messages: must hold at least one message"
@@ -130,7 +145,7 @@ class ChorusApi(chorus_pb2_grpc.ChorusServicer):
         for i, message in enumerate(request.messages):
             for j, artifact in enumerate(message.artifacts):
                 try:
-                    await self._store.get(artifact.id)
+                    artifact.CopyFrom(await self._store.info(artifact.id))
                 except ArtifactNotFound as e:
                     await context.abort(
                         grpc.StatusCode.NOT_FOUND, f"messages[{i}].artifacts[{j}].id: {e}"

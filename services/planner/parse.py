@@ -14,6 +14,9 @@ from services.common.tasks import task_type
 _GENERATED = re.compile(r"<\s*GENERATED\s*>\s*-\s*(\d+)|<\s*GENERATED\s*-\s*(\d+)\s*>", re.I)
 
 
+_MAX_ID = 10_000  # far above any real plan; keeps ids inside protobuf's int32
+
+
 class PlanError(ValueError):
     """The reply is not a valid plan; the message says exactly why."""
 
@@ -57,6 +60,8 @@ def _task(index: int, item: Any, resources: dict[str, ArtifactRef]) -> Task:
         deps = [int(d) for d in item.get("dep", []) if int(d) >= 0]
     except (TypeError, ValueError) as e:
         raise PlanError(f"task #{index}: id and dep must be integers") from e
+    if not all(0 <= i <= _MAX_ID for i in [task_id, *deps]):
+        raise PlanError(f"task #{index}: ids must be between 0 and {_MAX_ID}")
     args = item.get("args", {})
     if not isinstance(args, dict):
         raise PlanError(f"task {task_id}: args must be an object")
@@ -70,6 +75,8 @@ def _task(index: int, item: Any, resources: dict[str, ArtifactRef]) -> Task:
         generated = _GENERATED.search(text)
         if generated:
             source = int(generated.group(1) or generated.group(2))
+            if source > _MAX_ID:
+                raise PlanError(f"task {task_id}: <GENERATED>-{source} is out of range")
             arg.generated.CopyFrom(GeneratedRef(task_id=source, kind=slot.kind))
             deps.append(source)
         elif (artifact := find_resource(text, resources)) is not None:

@@ -3,22 +3,16 @@
 from __future__ import annotations
 
 import json
-from functools import cache
-from importlib import resources
 
 from chorus.v1.messages_pb2 import ChatRequest
 
 from services.common.llm import ChatTurn
-from services.common.resources import resources_of
+from services.common.prompts import load_prompt
+from services.common.resources import request_text, resources_of
 from services.common.tasks import KIND_NAMES, TASK_TYPES
 
 # Rough budget for earlier turns; the newest are kept. Characters / 4 approximates tokens.
 HISTORY_TOKEN_BUDGET = 1500
-
-
-@cache
-def _read(name: str) -> str:
-    return (resources.files("services.planner") / "prompts" / name).read_text()
 
 
 def _task_list() -> str:
@@ -31,16 +25,16 @@ def _task_list() -> str:
 
 
 def planning_prompt(request: ChatRequest) -> list[ChatTurn]:
-    system = _read("parse_task.txt").replace("{task_list}", _task_list())
+    system = load_prompt("services.planner", "parse_task.txt").replace("{task_list}", _task_list())
     turns = [ChatTurn("system", system)]
-    for demo in json.loads(_read("parse_task_demos.json")):
+    for demo in json.loads(load_prompt("services.planner", "parse_task_demos.json")):
         turns += [ChatTurn("user", demo["user"]), ChatTurn("assistant", demo["assistant"])]
-    *history, last = request.messages
+    *history, _ = request.messages
     turns += _within_budget([ChatTurn(m.role, m.content) for m in history])
     files = ", ".join(
         f"{a.name} ({KIND_NAMES.get(a.kind, 'file')})" for a in resources_of(request).values()
     )
-    turns.append(ChatTurn("user", last.content + (f" Files: {files}" if files else "")))
+    turns.append(ChatTurn("user", request_text(request) + (f" Files: {files}" if files else "")))
     return turns
 
 

@@ -27,8 +27,6 @@ class Planner:
         self._llm = llm
 
     async def handle(self, request: ChatRequest) -> None:
-        if not request.request_id:
-            raise bus.InvalidMessage("request_id is empty")
         if not request_text(request).strip():
             await events.fail(
                 self._js,
@@ -54,11 +52,6 @@ class Planner:
         await events.publish_event(self._js, event, msg_id=f"{request.request_id}.plan_ready")
         await bus.publish(self._js, subjects.PLAN, task_plan, msg_id=f"{request.request_id}.plan")
 
-    async def give_up(self, request: ChatRequest, error: Exception) -> None:
-        await events.fail(
-            self._js, request.request_id, stage=STAGE, code="internal", message=str(error)
-        )
-
 
 async def build(rt: Runtime, stack: AsyncExitStack) -> list[bus.Consumer[Any]]:
     llm = None if rt.settings.planner == "rules" else open_llm(rt.settings.llm, stack)
@@ -76,7 +69,7 @@ async def build(rt: Runtime, stack: AsyncExitStack) -> list[bus.Consumer[Any]]:
         durable="planner",
         message_type=ChatRequest,
         handle=planner.handle,
-        give_up=planner.give_up,
+        give_up=events.fail_on_give_up(rt.js, STAGE),
         ack_wait_s=max(30.0, rt.settings.llm.timeout_s * (rt.settings.llm.max_retries + 1) + 5),
     )
     return [bus.Consumer(rt.js, spec)]

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from functools import cache
-from importlib import resources
 
 from chorus.v1.messages_pb2 import (
     ArtifactRef,
@@ -20,7 +18,9 @@ from chorus.v1.messages_pb2 import (
 
 from services.common.events import seconds_since
 from services.common.llm import LLM, ChatTurn, LLMError
+from services.common.prompts import load_prompt
 from services.common.resources import request_text
+from services.common.tasks import status_name
 
 OnToken = Callable[[str], Awaitable[None]]
 TEMPLATE_NOTE = "answer written from a template (no LLM)"
@@ -73,11 +73,6 @@ async def _answer(
     return streamed + answer, note
 
 
-@cache
-def _instruction() -> str:
-    return (resources.files("services.responder") / "prompts" / "response.txt").read_text()
-
-
 def _prompt(report: ExecutionReport) -> list[ChatTurn]:
     workflow = [
         {
@@ -85,7 +80,7 @@ def _prompt(report: ExecutionReport) -> list[ChatTurn]:
             "id": r.task_id,
             "model": r.model,
             "reason": r.selection_reason,
-            "status": _status(r),
+            "status": status_name(r.status),
             "result": _describe_outputs(r)[:MAX_RESULT_CHARS],
             "error": r.error,
         }
@@ -96,7 +91,11 @@ def _prompt(report: ExecutionReport) -> list[ChatTurn]:
         f"Request: {request_text(report.plan.request)}\n"
         f"Workflow: {json.dumps(workflow, ensure_ascii=False)}"
     )
-    return [ChatTurn("system", _instruction()), *history, ChatTurn("user", user)]
+    return [
+        ChatTurn("system", load_prompt("services.responder", "response.txt")),
+        *history,
+        ChatTurn("user", user),
+    ]
 
 
 def templated_answer(report: ExecutionReport) -> str:
@@ -111,7 +110,7 @@ def templated_answer(report: ExecutionReport) -> str:
         if r.status == TaskStatus.TASK_STATUS_SUCCEEDED:
             lines.append(f"{head}: {_describe_outputs(r)}")
         else:
-            lines.append(f"{head}: {_status(r)} — {r.error}")
+            lines.append(f"{head}: {status_name(r.status)} — {r.error}")
     return "\n".join(lines)
 
 
@@ -124,10 +123,6 @@ def _describe_outputs(result: TaskResult) -> str:
         elif which == "artifact":
             parts.append(f"generated file {output.artifact.name}")
     return "; ".join(parts) or "(no output)"
-
-
-def _status(result: TaskResult) -> str:
-    return TaskStatus.Name(result.status).removeprefix("TASK_STATUS_").lower()
 
 
 def _artifacts(results: Iterable[TaskResult]) -> list[ArtifactRef]:

@@ -25,8 +25,6 @@ class Responder:
         self._llm = llm
 
     async def handle(self, report: ExecutionReport) -> None:
-        if not report.request_id:
-            raise bus.InvalidMessage("request_id is empty")
         counter = itertools.count()
 
         async def on_token(piece: str) -> None:
@@ -40,16 +38,6 @@ class Responder:
         response = await respond(report, self._llm, on_token)
         await events.finish(self._js, response)
 
-    async def give_up(self, report: ExecutionReport, error: Exception) -> None:
-        await events.fail(
-            self._js,
-            report.request_id,
-            stage=STAGE,
-            code="internal",
-            message=str(error),
-            plan=report.plan,
-        )
-
 
 async def build(rt: Runtime, stack: AsyncExitStack) -> list[bus.Consumer[Any]]:
     responder = Responder(rt.js, open_llm(rt.settings.llm, stack))
@@ -59,6 +47,6 @@ async def build(rt: Runtime, stack: AsyncExitStack) -> list[bus.Consumer[Any]]:
         durable="responder",
         message_type=ExecutionReport,
         handle=responder.handle,
-        give_up=responder.give_up,
+        give_up=events.fail_on_give_up(rt.js, STAGE),
     )
     return [bus.Consumer(rt.js, spec)]

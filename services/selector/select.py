@@ -6,13 +6,12 @@ import json
 import logging
 import re
 from dataclasses import dataclass
-from functools import cache
-from importlib import resources
 
 from chorus.v1.messages_pb2 import Task
 from chorus.v1.workers_pb2 import WorkerInfo
 
 from services.common.llm import LLM, ChatTurn, LLMError
+from services.common.prompts import load_prompt
 
 log = logging.getLogger(__name__)
 
@@ -69,17 +68,15 @@ async def select_model(
     return Selection(chosen, f"chosen by the LLM: {reason}" if reason else "chosen by the LLM")
 
 
-@cache
-def _instruction() -> str:
-    return (resources.files("services.selector") / "prompts" / "choose_model.txt").read_text()
-
-
 def _prompt(task: Task, request_text: str, candidates: list[Candidate]) -> list[ChatTurn]:
     listing = "\n".join(
         f"- {c.model} (replicas: {c.replicas}, load: {c.load:.2f})" for c in candidates
     )
     user = f"Request: {request_text}\nTask: {task.task}\nCandidates:\n{listing}"
-    return [ChatTurn("system", _instruction()), ChatTurn("user", user)]
+    return [
+        ChatTurn("system", load_prompt("services.selector", "choose_model.txt")),
+        ChatTurn("user", user),
+    ]
 
 
 def _parse_choice(reply: str, models: list[str]) -> tuple[str | None, str]:

@@ -2,7 +2,8 @@
 
 Consumes `chorus.plan` and `chorus.result`; publishes `chorus.invoke.<task>.<model>` and
 `chorus.report`. Every publish carries a dedup id and happens before the state update, so a
-crash or a lost compare-and-set race only ever repeats a publish that NATS then drops.
+crash or a lost compare-and-set race only repeats a publish, which NATS drops within its
+two-minute duplicate window; a retried update reuses the models it already chose.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from services.selector.dag import (
     ready_tasks,
     resolve_args,
 )
-from services.selector.select import NoCandidate, candidates_for, select_model
+from services.selector.select import NoCandidate, Selection, candidates_for, select_model
 
 log = logging.getLogger(__name__)
 STAGE = "selector"
@@ -72,8 +73,6 @@ class Selector:
         self._deadline_s = task_deadline_s
 
     async def handle_plan(self, plan: TaskPlan) -> None:
-        if not plan.request_id:
-            raise bus.InvalidMessage("request_id is empty")
         state = RunState(started_unix=time.time())
         state.plan.CopyFrom(plan)
         if plan.request.stop_after == StopAfter.STOP_AFTER_PLAN or not plan.tasks:
@@ -96,13 +95,9 @@ class Selector:
 
         await self._transact(result.request_id, record)
 
-    async def give_up(self, message: TaskPlan | TaskResult, error: Exception) -> None:
-        await events.fail(
-            self._js, message.request_id, stage=STAGE, code="internal", message=str(error)
-        )
-
     async def _transact(self, request_id: str, change: Callable[[RunState], list[Publish]]) -> None:
         """Applies `change` and advances the graph under compare-and-set, retrying on conflict."""
+        choices: dict[int, Selection] = {}
         while True:
             try:
                 entry = await self._runs.get(request_id)
@@ -113,7 +108,7 @@ class Selector:
             state = RunState.FromString(entry.value or b"")
             if state.reported:
                 return
-            effects = change(state) + await self._advance(state)
+            effects = change(state) + await self._advance(state, choices)
             for publish in effects:
                 await publish()
             try:
@@ -122,7 +117,7 @@ class Selector:
             except KeyWrongLastSequenceError:
                 continue  # another replica changed the run; redo on the fresh state
 
-    async def _advance(self, state: RunState) -> list[Publish]:
+    async def _advance(self, state: RunState, choices: dict[int, Selection]) -> list[Publish]:
         """Skips blocked tasks, dispatches ready ones, reports when all are done."""
         effects: list[Publish] = []
         changed = True
@@ -133,14 +128,16 @@ class Selector:
                 effects.append(self._finished_event(skipped))
                 changed = True
             for task in ready_tasks(state):
-                effects += await self._dispatch(state, task)
+                effects += await self._dispatch(state, task, choices)
                 changed = True
         if is_complete(state):
             state.reported = True
             effects.append(lambda: self._report(state))
         return effects
 
-    async def _dispatch(self, state: RunState, task: Task) -> list[Publish]:
+    async def _dispatch(
+        self, state: RunState, task: Task, choices: dict[int, Selection]
+    ) -> list[Publish]:
         request_id = state.plan.request_id
         failed = TaskResult(
             request_id=request_id,
@@ -150,10 +147,13 @@ class Selector:
         )
         try:
             args = resolve_args(task, state)
-            candidates = candidates_for(task.task, self._registry.live())
-            choice = await select_model(
-                task, request_text(state.plan.request), candidates, self._llm
-            )
+            choice = choices.get(task.id)
+            if choice is None:
+                candidates = candidates_for(task.task, self._registry.live())
+                choice = await select_model(
+                    task, request_text(state.plan.request), candidates, self._llm
+                )
+                choices[task.id] = choice
         except (UnresolvedInput, NoCandidate) as e:
             failed.error = str(e)
             state.results[task.id].CopyFrom(failed)
@@ -205,14 +205,15 @@ class Selector:
 
 async def build(rt: Runtime, stack: AsyncExitStack) -> list[bus.Consumer[Any]]:
     settings = rt.settings
-    runs = await rt.js.create_key_value(
-        config=KeyValueConfig(
+    runs = await bus.open_key_value(
+        rt.js,
+        KeyValueConfig(
             bucket=subjects.RUN_STATE_BUCKET,
             history=1,
             ttl=RUN_TTL_S,
             storage=StorageType.FILE,
             replicas=settings.stream_replicas,
-        )
+        ),
     )
     registry = await WorkerRegistry.watch(rt.js, settings.worker_ttl_s, settings.stream_replicas)
     stack.push_async_callback(registry.stop)
@@ -225,7 +226,7 @@ async def build(rt: Runtime, stack: AsyncExitStack) -> list[bus.Consumer[Any]]:
         durable="selector-plans",
         message_type=TaskPlan,
         handle=selector.handle_plan,
-        give_up=selector.give_up,
+        give_up=events.fail_on_give_up(rt.js, STAGE),
     )
     results = bus.ConsumerSpec(
         stage=STAGE,
@@ -233,6 +234,6 @@ async def build(rt: Runtime, stack: AsyncExitStack) -> list[bus.Consumer[Any]]:
         durable="selector-results",
         message_type=TaskResult,
         handle=selector.handle_result,
-        give_up=selector.give_up,
+        give_up=events.fail_on_give_up(rt.js, STAGE),
     )
     return [bus.Consumer(rt.js, plans), bus.Consumer(rt.js, results)]

@@ -25,6 +25,8 @@ def test_api_key_falls_back_to_openai_api_key() -> None:
         ({"CHORUS_LLM_TIMEOUT": "soon"}, "CHORUS_LLM_TIMEOUT"),
         ({"CHORUS_METRICS_PORT": "-1"}, "CHORUS_METRICS_PORT"),
         ({"CHORUS_PLANNER": "magic"}, "CHORUS_PLANNER"),
+        ({"CHORUS_LOG_LEVEL": "loud"}, "CHORUS_LOG_LEVEL"),
+        ({"CHORUS_STREAM_REPLICAS": "7"}, "CHORUS_STREAM_REPLICAS"),
     ],
 )
 def test_bad_values_stop_start_up_naming_the_variable(env: dict[str, str], named: str) -> None:

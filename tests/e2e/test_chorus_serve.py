@@ -32,6 +32,7 @@ def _serve(nats_url: str, *args: str) -> subprocess.CompletedProcess[str]:
         ),
         (["executor", "--model", "canny-control=builtin:sobel"], "no such built-in"),
         (["executor", "--device", "tpu"], "CHORUS_DEVICE must be cpu or cuda"),
+        (["executor"], "nothing to serve"),
     ],
 )
 def test_bad_executor_settings_stop_start_up_with_a_clear_line(

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from chorus.v1.messages_pb2 import ArtifactRef, TaskArgument, TaskInvocation, TaskStatus
+from chorus.v1.messages_pb2 import ArtifactRef, Kind, TaskArgument, TaskInvocation, TaskStatus
 from PIL import Image, ImageDraw
 
 from services.executor.execute import execute
@@ -43,6 +43,22 @@ async def test_text_classification_through_the_real_pipeline(tiny_classifier: Pa
     assert result.status == TaskStatus.TASK_STATUS_SUCCEEDED, result.error
     labels = json.loads(next(o.json for o in result.outputs if o.name == "labels"))
     assert labels[0]["label"] in ("POSITIVE", "NEGATIVE") and 0 <= labels[0]["score"] <= 1
+
+
+async def test_text_longer_than_the_model_takes_is_truncated(tiny_classifier: Path) -> None:
+    loaded = load(ModelSpec("text-classification", str(tiny_classifier)), "cpu", False)
+    inv = _invocation("text-classification", str(tiny_classifier), text="good " * 500)
+    result = await execute(inv, loaded, MemoryArtifacts(), "w")
+    assert result.status == TaskStatus.TASK_STATUS_SUCCEEDED, result.error
+
+
+async def test_an_expired_input_is_a_bad_input_not_a_model_error() -> None:
+    gone = ArtifactRef(id="gone-photo.png", name="photo.png", kind=Kind.KIND_IMAGE)
+    loaded = load(ModelSpec("canny-control", "builtin:canny"), "cpu", False)
+    inv = _invocation("canny-control", "builtin:canny", image=gone)
+    result = await execute(inv, loaded, MemoryArtifacts(), "w")
+    assert result.status == TaskStatus.TASK_STATUS_FAILED
+    assert result.error.startswith("bad input: artifact 'gone-photo.png' does not exist")
 
 
 async def test_canny_writes_an_edge_image_artifact() -> None:

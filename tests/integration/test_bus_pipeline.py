@@ -221,3 +221,26 @@ async def test_undecodable_messages_on_every_stage_go_to_dead_letter_and_nothing
     assert dead_letters("executor") - before["executor"] == 1
     # Every stage still serves: a whole request goes through afterwards.
     assert response.results[0].status == TaskStatus.TASK_STATUS_SUCCEEDED
+
+
+async def test_a_plan_too_large_for_a_message_fails_clearly(nats_url: str) -> None:
+    text = "Summarize and translate '" + "word " * 80_000 + "'"  # 400 kB, copied into each task
+    async with running_stack(nats_url, CANNY_ONLY):
+        _, response = await _ask_over_bus(nats_url, _request(text))
+    assert (response.error.stage, response.error.code) == ("planner", "payload_too_large")
+    assert "send long inputs as files" in response.error.message
+
+
+async def test_a_request_id_that_is_no_subject_token_is_dead_lettered(nats_url: str) -> None:
+    async with running_stack(nats_url, CANNY_ONLY, services=("planner",)):
+        nc = await nats.connect(nats_url)
+        js = nc.jetstream()
+        dead = await js.subscribe(
+            "chorus.deadletter.>", ordered_consumer=True, deliver_policy=DeliverPolicy.ALL
+        )
+        await js.publish(subjects.REQUEST, _request("hi").SerializeToString())
+        bad = ChatRequest(request_id="a.b.>", messages=[ChatMessage(role="user", content="hi")])
+        await js.publish(subjects.REQUEST, bad.SerializeToString())
+        msg = await dead.next_msg(timeout=10)
+        await nc.close()
+    assert msg.headers and "invalid request_id 'a.b.>'" in msg.headers["Chorus-Error"]

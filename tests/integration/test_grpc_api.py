@@ -34,6 +34,10 @@ async def _expect(call: object, code: grpc.StatusCode, field: str) -> None:
 async def test_bad_requests_name_the_field(channel: grpc.aio.Channel) -> None:
     stub = chorus_pb2_grpc.ChorusStub(channel)
     await _expect(stub.Chat(ChatRequest()), grpc.StatusCode.INVALID_ARGUMENT, "messages")
+    hello = [ChatMessage(role="user", content="hi")]
+    # A request id becomes a subject token: ">" would subscribe to every request's events.
+    wildcard = ChatRequest(request_id=">", messages=hello)
+    await _expect(stub.Chat(wildcard), grpc.StatusCode.INVALID_ARGUMENT, "request_id")
     huge = ChatRequest(messages=[ChatMessage(role="user", content="x" * 300_000)])
     await _expect(stub.Chat(huge), grpc.StatusCode.INVALID_ARGUMENT, "messages: the request is")
     missing = ChatRequest(

@@ -95,7 +95,6 @@ class _TaskStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TaskStatus
     TASK_STATUS_FAILED: _TaskStatus.ValueType  # 2
     TASK_STATUS_SKIPPED: _TaskStatus.ValueType  # 3
     """a dependency failed"""
-    TASK_STATUS_RUNNING: _TaskStatus.ValueType  # 4
 
 class TaskStatus(_TaskStatus, metaclass=_TaskStatusEnumTypeWrapper): ...
 
@@ -104,7 +103,6 @@ TASK_STATUS_SUCCEEDED: TaskStatus.ValueType  # 1
 TASK_STATUS_FAILED: TaskStatus.ValueType  # 2
 TASK_STATUS_SKIPPED: TaskStatus.ValueType  # 3
 """a dependency failed"""
-TASK_STATUS_RUNNING: TaskStatus.ValueType  # 4
 Global___TaskStatus: _TypeAlias = TaskStatus  # noqa: Y015
 
 @_typing.final

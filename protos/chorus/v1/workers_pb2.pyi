@@ -30,7 +30,7 @@ class ServedModel(_message.Message):
     task: _builtins.str
     model: _builtins.str
     backend: _builtins.str
-    """"transformers", "builtin", "sentence-transformers", ..."""
+    """"pipeline", "seq2seq", "sentence-transformers", "builtin" """
     def __init__(
         self,
         *,
