@@ -53,6 +53,7 @@ class ScriptedLLM:
 
     replies: list[Reply] = field(default_factory=list)
     delay_s: float = 0.0
+    json_mode_supported: bool = True  # False: answer 400 to `response_format`, as many servers do
     requests: list[dict[str, Any]] = field(default_factory=list)
     port: int = 0
     _server: ThreadingHTTPServer | None = None
@@ -71,6 +72,10 @@ class ScriptedLLM:
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 llm.requests.append(body)
+                if "response_format" in body and not llm.json_mode_supported:
+                    error = {"error": {"message": "response_format is not supported"}}
+                    self._send_json(error, status=400)
+                    return
                 time.sleep(llm.delay_s)
                 reply = llm._next(body["messages"])
                 if body.get("stream"):
@@ -78,9 +83,9 @@ class ScriptedLLM:
                 else:
                     self._send_json(_completion(reply, body["model"]))
 
-            def _send_json(self, data: dict[str, Any]) -> None:
+            def _send_json(self, data: dict[str, Any], status: int = 200) -> None:
                 raw = json.dumps(data).encode()
-                self.send_response(200)
+                self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(raw)))
                 self.end_headers()

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
 import grpc
 from chorus.v1.messages_pb2 import ChatMessage, ChatRequest, ChatResponse, StopAfter
 
-from services.cli.client import ChorusClient, describe_task, response_json
+from services.cli.client import ChorusClient, describe_task, plan_json, response_json
 from services.common.tasks import status_name
 
 
@@ -25,46 +26,78 @@ STOP_AFTER = {"plan": StopAfter.STOP_AFTER_PLAN, "execute": StopAfter.STOP_AFTER
 def ask(
     text: str, files: list[Path], *, addr: str, out: Path, as_json: bool, stop_after: str | None
 ) -> int:
+    """`chorus ask`: progress as it happens, the answer, the saved files (or one JSON object)."""
+    stop = STOP_AFTER.get(stop_after or "", StopAfter.STOP_AFTER_UNSPECIFIED)
+
+    def run(client: ChorusClient, request: ChatRequest) -> int:
+        request.stop_after = stop
+        response = _run(client, request, sys.stderr if as_json else sys.stdout, quiet=as_json)
+        saved = {a.id: client.download(a.id, out) for a in response.artifacts}
+        if as_json:
+            print(json.dumps(response_json(response, saved), indent=2, ensure_ascii=False))
+        else:
+            for path in saved.values():
+                print(f"saved {path}")
+        return _report_error(response, quiet=as_json)
+
+    return _with_client("ask", text, files, addr, run)
+
+
+def plan(text: str, files: list[Path], *, addr: str) -> int:
+    """`chorus plan`: the plan alone, as JSON in HuggingGPT's shape; notes on stderr."""
+
+    def run(client: ChorusClient, request: ChatRequest) -> int:
+        request.stop_after = StopAfter.STOP_AFTER_PLAN
+        response = _run(client, request, sys.stderr, quiet=True)
+        print(json.dumps(plan_json(response.plan.tasks), indent=2, ensure_ascii=False))
+        for note in response.plan.notes:
+            print(f"note: {note}", file=sys.stderr)
+        return _report_error(response, quiet=False)
+
+    return _with_client("plan", text, files, addr, run)
+
+
+def _with_client(
+    command: str,
+    text: str,
+    files: list[Path],
+    addr: str,
+    run: Callable[[ChorusClient, ChatRequest], int],
+) -> int:
+    """Uploads the files, builds the request, runs `run`; gRPC failures become one clear line."""
     for path in files:
         if not path.is_file():
-            print(f"chorus ask: no such file: {path}", file=sys.stderr)
+            print(f"chorus {command}: no such file: {path}", file=sys.stderr)
             return 2
     client = ChorusClient(addr)
     try:
         message = ChatMessage(role="user", content=text)
         message.artifacts.extend(client.upload(p) for p in files)
-        request = ChatRequest(
-            messages=[message],
-            stop_after=STOP_AFTER.get(stop_after or "", StopAfter.STOP_AFTER_UNSPECIFIED),
-        )
-        response = _run(client, request, sys.stderr if as_json else sys.stdout, quiet=as_json)
-        saved = {a.id: client.download(a.id, out) for a in response.artifacts}
+        return run(client, ChatRequest(messages=[message]))
     except StreamEnded as e:
-        print(f"chorus ask: {e}", file=sys.stderr)
+        print(f"chorus {command}: {e}", file=sys.stderr)
         return 2
     except grpc.RpcError as e:
         code = e.code()
         if code == grpc.StatusCode.UNAVAILABLE and "connect" in str(e.details()).lower():
             print(
-                f"chorus ask: cannot reach Chorus at {addr} (is `chorus up` running?)",
+                f"chorus {command}: cannot reach Chorus at {addr} (is `chorus up` running?)",
                 file=sys.stderr,
             )
         else:
-            print(f"chorus ask: {code.name}: {e.details()}", file=sys.stderr)
+            print(f"chorus {command}: {code.name}: {e.details()}", file=sys.stderr)
         return 2
     finally:
         client.close()
-    if as_json:
-        print(json.dumps(response_json(response, saved), indent=2, ensure_ascii=False))
-    else:
-        for path in saved.values():
-            print(f"saved {path}")
-    if response.HasField("error"):
-        if not as_json:
-            err = response.error
-            print(f"error in {err.stage} ({err.code}): {err.message}", file=sys.stderr)
-        return 1
-    return 0
+
+
+def _report_error(response: ChatResponse, quiet: bool) -> int:
+    if not response.HasField("error"):
+        return 0
+    if not quiet:
+        err = response.error
+        print(f"error in {err.stage} ({err.code}): {err.message}", file=sys.stderr)
+    return 1
 
 
 def _run(client: ChorusClient, request: ChatRequest, out: TextIO, quiet: bool) -> ChatResponse:

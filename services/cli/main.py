@@ -64,6 +64,12 @@ def _parser() -> argparse.ArgumentParser:
         help="where generated files are saved (default: ./chorus-out)",
     )
     ask.set_defaults(run=_ask)
+
+    plan = commands.add_parser("plan", help="print the plan for a request as JSON")
+    plan.add_argument("text")
+    plan.add_argument("--file", action="append", default=[], type=Path, help="attach a file")
+    plan.add_argument("--grpc", default=os.environ.get("CHORUS_GRPC_ADDR", DEFAULT_GRPC))
+    plan.set_defaults(run=_plan)
     return parser
 
 
@@ -129,6 +135,12 @@ def _ask(args: argparse.Namespace) -> int:
         as_json=args.json,
         stop_after=args.stop_after,
     )
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from services.cli.ask import plan
+
+    return plan(args.text, args.file, addr=args.grpc)
 
 
 if __name__ == "__main__":

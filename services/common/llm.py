@@ -11,7 +11,7 @@ from typing import Protocol, cast
 
 import openai
 from openai import AsyncOpenAI, omit
-from openai.types.chat import ChatCompletionMessageParam
+from openai.types.chat import ChatCompletion, ChatCompletionMessageParam
 from prometheus_client import Counter, Histogram
 
 from services.common.settings import LLMSettings
@@ -47,7 +47,7 @@ class LLM(Protocol):
 
 
 class OpenAILLM:
-    """Any OpenAI-compatible server (OpenAI, Azure, vLLM, TGI, Ollama, llama.cpp) by base URL."""
+    """Any OpenAI-compatible server (OpenAI, vLLM, TGI, Ollama, llama.cpp) by base URL."""
 
     def __init__(self, settings: LLMSettings) -> None:
         self.name = settings.model
@@ -57,24 +57,43 @@ class OpenAILLM:
             timeout=settings.timeout_s,
             max_retries=settings.max_retries,
         )
+        self._json_mode = True  # until the server turns `response_format` down
 
     async def complete(self, messages: Sequence[ChatTurn], *, json_mode: bool = False) -> str:
         with _accounted("complete"):
+            use_json = json_mode and self._json_mode
             try:
-                reply = await self._client.chat.completions.create(
-                    model=self.name,
-                    messages=_wire(messages),
-                    temperature=0,
-                    response_format={"type": "json_object"} if json_mode else omit,
-                )
-            except openai.OpenAIError as e:
-                raise LLMError(f"LLM {self.name} unavailable: {e}") from e
+                reply = await self._create(messages, use_json)
+            except openai.BadRequestError as e:
+                if not use_json:
+                    raise LLMError(f"LLM {self.name} refused the request: {e}") from e
+                # Many OpenAI-compatible servers lack JSON mode; the parsers cope without it.
+                log.warning("LLM %s refused JSON mode; asking in plain text from now on", self.name)
+                self._json_mode = False
+                try:
+                    reply = await self._create(messages, False)
+                except openai.BadRequestError as again:
+                    raise LLMError(f"LLM {self.name} refused the request: {again}") from again
             if reply.usage:
                 LLM_TOKENS.labels("prompt").inc(reply.usage.prompt_tokens)
                 LLM_TOKENS.labels("completion").inc(reply.usage.completion_tokens)
             if not reply.choices or reply.choices[0].message.content is None:
                 raise LLMError(f"LLM {self.name} returned no content")
             return reply.choices[0].message.content
+
+    async def _create(self, messages: Sequence[ChatTurn], json_mode: bool) -> ChatCompletion:
+        """One completion; a refused request stays `BadRequestError`, other failures `LLMError`."""
+        try:
+            return await self._client.chat.completions.create(
+                model=self.name,
+                messages=_wire(messages),
+                temperature=0,
+                response_format={"type": "json_object"} if json_mode else omit,
+            )
+        except openai.BadRequestError:
+            raise
+        except openai.OpenAIError as e:
+            raise LLMError(f"LLM {self.name} unavailable: {e}") from e
 
     async def stream(self, messages: Sequence[ChatTurn]) -> AsyncIterator[str]:
         with _accounted("stream"):

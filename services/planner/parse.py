@@ -1,118 +1,380 @@
-"""Turns an LLM's planning reply (HuggingGPT's JSON task list) into validated `Task`s."""
+"""Turns an LLM's planning reply (HuggingGPT's JSON task list) into a valid task graph.
+
+Real replies are read as leniently as is safe, and every liberty taken is named: a task type
+spelt another way, ids that count from 1, `<GENERATED-0>` for `<GENERATED>-0`, two generated
+inputs in one argument, a dependency on a task that is not there. What cannot be made into a
+valid graph is rejected with the precise reason (`PlanError`), for the repair round.
+"""
 
 from __future__ import annotations
 
-import json
+import difflib
 import re
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from chorus.v1.messages_pb2 import ArtifactRef, GeneratedRef, Task, TaskArgument
+from chorus.v1.messages_pb2 import ArtifactRef, GeneratedRef, Kind, Task, TaskArgument
 
+from services.common.artifacts import kind_for, media_type_for
 from services.common.resources import find_resource
-from services.common.tasks import task_type
+from services.common.tasks import KIND_NAMES, TASK_TYPES, TEXT, Slot, TaskType
+from services.planner.lenient_json import JSONRepairError, load_lenient
 
-_GENERATED = re.compile(r"<\s*GENERATED\s*>\s*-\s*(\d+)|<\s*GENERATED\s*-\s*(\d+)\s*>", re.I)
+MAX_TASKS = 64
 
-
-_MAX_ID = 10_000  # far above any real plan; keeps ids inside protobuf's int32
+_GENERATED = re.compile(
+    r"<\s*GENERATED\s*>\s*[-_]\s*(\d+)|<\s*GENERATED\s*[-_]\s*(\d+)\s*>|<\s*node\s*[-_]\s*(\d+)\s*>",
+    re.I,
+)
+_CANONICAL_REF = re.compile(r"<GENERATED>-(\d+)")
+_FILE = re.compile(r"\.([A-Za-z0-9]{2,4})$")
+_SYNONYMS = {
+    "image-captioning": "image-to-text",
+    "image-caption": "image-to-text",
+    "captioning": "image-to-text",
+    "speech-recognition": "automatic-speech-recognition",
+    "speech-to-text": "automatic-speech-recognition",
+    "asr": "automatic-speech-recognition",
+    "tts": "text-to-speech",
+    "text-to-audio": "text-to-speech",
+    "speech-synthesis": "text-to-speech",
+    "ner": "token-classification",
+    "named-entity-recognition": "token-classification",
+    "sentiment-analysis": "text-classification",
+    "image-generation": "text-to-image",
+    "video-generation": "text-to-video",
+    "vqa": "visual-question-answering",
+    "summarize": "summarization",
+    "translate": "translation",
+    "chat": "conversational",
+    "dialogue": "conversational",
+    "image-editing": "image-to-image",
+    "segmentation": "image-segmentation",
+    "detection": "object-detection",
+}
 
 
 class PlanError(ValueError):
-    """The reply is not a valid plan; the message says exactly why."""
+    """The reply cannot be made into a valid plan; the message says exactly why."""
 
 
-def parse_plan(reply: str, resources: dict[str, ArtifactRef]) -> list[Task]:
-    items = _load_task_list(reply)
-    tasks = [_task(i, item, resources) for i, item in enumerate(items)]
-    _check_graph(tasks)
-    return tasks
+@dataclass(frozen=True)
+class ParsedPlan:
+    tasks: list[Task]
+    normalizations: list[str]  # empty: the reply was a valid plan exactly as written
 
 
-def _load_task_list(reply: str) -> list[Any]:
-    start = min((i for i in (reply.find("["), reply.find("{")) if i >= 0), default=-1)
-    if start < 0:
-        raise PlanError("the reply holds no JSON")
-    end = max(reply.rfind("]"), reply.rfind("}")) + 1
+@dataclass
+class _Draft:
+    """One task as the reply wrote it, before ids are settled."""
+
+    position: int
+    raw_id: int | None
+    type: TaskType
+    declared_deps: list[int]
+    args: list[tuple[str, str]]  # (slot name as written, value as written)
+    notes: list[str] = field(default_factory=list)
+
+
+def parse_plan(reply: str, resources: dict[str, ArtifactRef]) -> ParsedPlan:
     try:
-        data = json.loads(reply[start:end])
-    except json.JSONDecodeError as e:
-        raise PlanError(f"the reply is not valid JSON: {e}") from e
-    if isinstance(data, dict):
-        data = data.get("tasks", [data] if "task" in data else None)
-    if not isinstance(data, list):
-        raise PlanError("the reply is not a list of tasks")
-    return data
+        loaded = load_lenient(reply)
+    except JSONRepairError as e:
+        raise PlanError(str(e)) from e
+    notes = list(loaded.repairs)
+    items = _task_items(loaded.value, notes)
+    if len(items) > MAX_TASKS:
+        raise PlanError(f"the plan has {len(items)} tasks, more than {MAX_TASKS}")
+    drafts = _unfold([_draft(i, item, notes) for i, item in enumerate(items)], notes)
+    return ParsedPlan(_Linker(drafts, resources, notes).tasks(), notes)
 
 
 def normalize_task_name(name: str) -> str:
-    return re.sub(r"[\s_]+", "-", name.strip().lower())
+    return re.sub(r"[\s_-]+", "-", name.strip().lower()).strip("-")
 
 
-def _task(index: int, item: Any, resources: dict[str, ArtifactRef]) -> Task:
+def _task_items(value: Any, notes: list[str]) -> list[Any]:
+    if isinstance(value, dict):
+        if isinstance(value.get("tasks"), list):
+            if set(value) != {"tasks"}:
+                notes.append("read the task list out of a wrapping object")
+            return list(value["tasks"])
+        if "task" in value:
+            notes.append("read a single task object as a plan of one task")
+            return [value]
+        raise PlanError("the reply is an object without a task list")
+    if not isinstance(value, list):
+        raise PlanError(f"the reply is a JSON {type(value).__name__}, not a list of tasks")
+    return value
+
+
+def _draft(position: int, item: Any, notes: list[str]) -> _Draft:
+    where = f"task #{position}"
     if not isinstance(item, dict):
-        raise PlanError(f"task #{index} is not an object")
-    name = normalize_task_name(str(item.get("task", "")))
-    kind = task_type(name)
-    if kind is None:
-        raise PlanError(f"task #{index}: unknown task type {item.get('task')!r}")
+        raise PlanError(f"{where} is not an object")
+    task_type = _task_type(str(item.get("task", "")), where, notes)
+    raw_id = _optional_int(item.get("id"), f"{where}: id")
+    deps = [
+        d
+        for d in (_optional_int(v, f"{where}: dep") for v in _as_list(item.get("dep")))
+        if d is not None and d >= 0
+    ]
+    return _Draft(position, raw_id, task_type, deps, _arguments(item, task_type, where, notes))
+
+
+def _task_type(name: str, where: str, notes: list[str]) -> TaskType:
+    if name in TASK_TYPES:
+        return TASK_TYPES[name]
+    normalized = normalize_task_name(name)
+    found = normalized if normalized in TASK_TYPES else _SYNONYMS.get(normalized)
+    if found is None:
+        close = difflib.get_close_matches(normalized, list(TASK_TYPES), n=1, cutoff=0.88)
+        found = close[0] if close else None
+    if found is None:
+        raise PlanError(f"{where}: unknown task type {name!r}")
+    notes.append(f"read task type {name!r} as {found!r}")
+    return TASK_TYPES[found]
+
+
+def _optional_int(value: Any, what: str) -> int | None:
+    if value is None or value == "":
+        return None
     try:
-        task_id = int(item.get("id", index))
-        deps = [int(d) for d in item.get("dep", []) if int(d) >= 0]
-    except (TypeError, ValueError) as e:
-        raise PlanError(f"task #{index}: id and dep must be integers") from e
-    if not all(0 <= i <= _MAX_ID for i in [task_id, *deps]):
-        raise PlanError(f"task #{index}: ids must be between 0 and {_MAX_ID}")
-    args = item.get("args", {})
-    if not isinstance(args, dict):
-        raise PlanError(f"task {task_id}: args must be an object")
-    task = Task(id=task_id, task=name)
-    for slot_name, value in args.items():
-        slot = kind.slot(slot_name)
-        if slot is None:
-            raise PlanError(f"task {task_id} ({name}): no argument named {slot_name!r}")
-        arg = TaskArgument(name=slot_name)
-        text = str(value)
-        generated = _GENERATED.search(text)
-        if generated:
-            source = int(generated.group(1) or generated.group(2))
-            if source > _MAX_ID:
-                raise PlanError(f"task {task_id}: <GENERATED>-{source} is out of range")
-            arg.generated.CopyFrom(GeneratedRef(task_id=source, kind=slot.kind))
-            deps.append(source)
-        elif (artifact := find_resource(text, resources)) is not None:
-            arg.artifact.CopyFrom(artifact)
-        else:
-            arg.text = text
-        task.args.append(arg)
-    task.deps.extend(sorted(set(deps)))
-    return task
+        number = int(str(value).strip())
+    except ValueError as e:
+        raise PlanError(f"{what} is not a number: {value!r}") from e
+    if abs(number) > 10_000:
+        raise PlanError(f"{what} is out of range: {number}")
+    return number
 
 
-def _check_graph(tasks: list[Task]) -> None:
-    ids = [t.id for t in tasks]
-    if len(set(ids)) != len(ids):
-        raise PlanError(f"task ids repeat: {ids}")
-    known = set(ids)
-    for task in tasks:
-        for dep in task.deps:
-            if dep == task.id:
-                raise PlanError(f"task {task.id} depends on itself")
-            if dep not in known:
-                raise PlanError(f"task {task.id} depends on task {dep}, which does not exist")
-    order = topological_order(tasks)
-    if order is None:
-        raise PlanError("the dependencies form a cycle")
+def _as_list(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, list | tuple) else [value]
 
 
-def topological_order(tasks: list[Task]) -> list[int] | None:
-    """Task ids in an order that respects dependencies, or None when there is a cycle."""
-    remaining = {t.id: set(t.deps) for t in tasks}
+def _arguments(
+    item: dict[str, Any], task_type: TaskType, where: str, notes: list[str]
+) -> list[tuple[str, str]]:
+    """The (slot, value) pairs, from an `args` object, a bare string, or a list in slot order."""
+    raw = item.get("args", item.get("arguments", {}))
+    if isinstance(raw, dict):
+        return [(str(k), _text(v)) for k, v in raw.items()]
+    values = [_text(v) for v in _as_list(raw)]
+    if values:
+        notes.append(f"{where}: gave unnamed arguments to {task_type.name}'s slots in order")
+    return [("", v) for v in values]
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, list | tuple):
+        return " ".join(_text(v) for v in value)
+    return "" if value is None else str(value)
+
+
+def _unfold(drafts: list[_Draft], notes: list[str]) -> list[_Draft]:
+    """One task per generated input where an argument names several (HuggingGPT's unfold)."""
+    unfolded: list[_Draft] = []
+    for draft in drafts:
+        multi = [(i, refs) for i, (_, v) in enumerate(draft.args) if len(refs := _refs(v)) > 1]
+        if not multi:
+            unfolded.append(draft)
+            continue
+        index, refs = multi[0]
+        slot = draft.args[index][0]
+        notes.append(f"split task #{draft.position} into {len(refs)}, one per generated input")
+        for n, ref in enumerate(refs):
+            args = list(draft.args)
+            args[index] = (slot, f"<GENERATED>-{ref}")
+            # The first copy keeps the id, so references to the task still find it.
+            unfolded.append(replace(draft, raw_id=draft.raw_id if n == 0 else None, args=args))
+    for position, draft in enumerate(unfolded):
+        draft.position = position
+    return unfolded
+
+
+def _refs(value: str) -> list[int]:
+    return [int(next(g for g in m.groups() if g)) for m in _GENERATED.finditer(value)]
+
+
+class _Linker:
+    """Settles ids, resolves references and arguments, and checks the graph."""
+
+    def __init__(
+        self, drafts: list[_Draft], resources: dict[str, ArtifactRef], notes: list[str]
+    ) -> None:
+        self._drafts = drafts
+        self._resources = resources
+        self._notes = notes
+        explicit = [d.raw_id for d in drafts]
+        self._ids_given = any(i is not None for i in explicit)
+
+    def tasks(self) -> list[Task]:
+        deps: dict[int, set[int]] = {}
+        args: dict[int, list[TaskArgument]] = {}
+        for draft in self._drafts:
+            deps[draft.position] = self._declared_deps(draft)
+            args[draft.position] = self._resolve_args(draft, deps[draft.position])
+        order = _topological(deps)
+        if order is None:
+            cycle = sorted(p for p, d in deps.items() if d)
+            raise PlanError(f"the dependencies form a cycle among tasks {cycle}")
+        if order != sorted(order):
+            self._notes.append("reordered the tasks so that each comes after its inputs")
+        self._note_renumbering(order)
+        new_id = {position: i for i, position in enumerate(order)}
+        tasks = []
+        for position in order:
+            task = Task(id=new_id[position], task=self._drafts[position].type.name)
+            task.deps.extend(sorted(new_id[d] for d in deps[position]))
+            for arg in args[position]:
+                if arg.WhichOneof("value") == "generated":
+                    arg.generated.task_id = new_id[arg.generated.task_id]
+                task.args.append(arg)
+            tasks.append(task)
+        return tasks
+
+    def _position_of(self, raw_id: int, referrer: int) -> int | None:
+        """The task an id names: the latest with that id before the referrer, else the first."""
+        if not self._ids_given:
+            return raw_id if 0 <= raw_id < len(self._drafts) else None
+        matches = [d.position for d in self._drafts if d.raw_id == raw_id]
+        before = [p for p in matches if p < referrer]
+        return before[-1] if before else (matches[0] if matches else None)
+
+    def _declared_deps(self, draft: _Draft) -> set[int]:
+        found = set()
+        for raw in draft.declared_deps:
+            position = self._position_of(raw, draft.position)
+            if position == draft.position:
+                self._notes.append(f"task #{draft.position}: dropped its dependency on itself")
+            elif position is None:
+                self._notes.append(
+                    f"task #{draft.position}: dropped a dependency on task {raw}, "
+                    "which is not in the plan"
+                )
+            else:
+                found.add(position)
+        return found
+
+    def _resolve_args(self, draft: _Draft, deps: set[int]) -> list[TaskArgument]:
+        where = f"task #{draft.position} ({draft.type.name})"
+        filled: dict[str, TaskArgument] = {}
+        for slot_name, value in draft.args:
+            arg, kind = self._value(value, draft, deps, where)
+            if arg.WhichOneof("value") == "generated" and draft.type.slot(slot_name):
+                kind = None  # a named slot takes a generated input; its kind is checked below
+            slot = self._slot_for(slot_name, kind, draft.type, filled, where)
+            if arg.WhichOneof("value") == "generated":
+                arg.generated.kind = slot.kind
+                self._check_producer(arg.generated.task_id, slot.kind, draft, where)
+            arg.name = slot.name
+            filled[slot.name] = arg
+        for slot in draft.type.slots:
+            if slot.required and slot.name not in filled:
+                filled[slot.name] = self._fill_missing(slot.name, slot.kind, deps, draft, where)
+        order = [s.name for s in draft.type.slots]
+        return sorted(filled.values(), key=lambda a: order.index(a.name))
+
+    def _value(
+        self, value: str, draft: _Draft, deps: set[int], where: str
+    ) -> tuple[TaskArgument, Kind.ValueType | None]:
+        """The argument a value makes, and its kind when the value itself shows it."""
+        refs = _refs(value)
+        if refs:
+            position = self._position_of(refs[0], draft.position)
+            if position is None:
+                raise PlanError(
+                    f"{where} uses the output of task {refs[0]}, which is not in the plan"
+                )
+            if position == draft.position:
+                raise PlanError(f"{where} uses its own output")
+            if not _CANONICAL_REF.fullmatch(value.strip()):
+                self._notes.append(f"{where}: read {value.strip()[:60]!r} as <GENERATED>-{refs[0]}")
+            deps.add(position)
+            produced = self._drafts[position].type.outputs
+            return TaskArgument(generated=GeneratedRef(task_id=position)), produced[0]
+        artifact = find_resource(value, self._resources)
+        if artifact is not None:
+            return TaskArgument(artifact=artifact), artifact.kind
+        file_kind = _file_kind(value)
+        return TaskArgument(text=value), file_kind
+
+    def _slot_for(
+        self,
+        name: str,
+        kind: Kind.ValueType | None,
+        task_type: TaskType,
+        filled: dict[str, TaskArgument],
+        where: str,
+    ) -> Slot:
+        slot = task_type.slot(name)
+        if slot is not None and slot.name not in filled and (kind is None or kind == slot.kind):
+            return slot
+        # A value of a known kind goes to the free slot of that kind (an audio file given as
+        # "image" to a speech task); an unnamed or misnamed text to the first free text slot.
+        wanted = kind if kind is not None else TEXT
+        free = [s for s in task_type.slots if s.name not in filled and s.kind == wanted]
+        if not free:
+            shown = KIND_NAMES.get(wanted, "value")
+            raise PlanError(
+                f"{where}: no free argument slot for {'a' if name == '' else repr(name) + ','} "
+                f"{shown} input (slots: {', '.join(s.name for s in task_type.slots)})"
+            )
+        if name:
+            self._notes.append(f"{where}: moved argument {name!r} to slot {free[0].name!r}")
+        return free[0]
+
+    def _check_producer(
+        self, position: int, kind: Kind.ValueType, draft: _Draft, where: str
+    ) -> None:
+        producer = self._drafts[position].type
+        if kind not in producer.outputs and not (kind == TEXT and producer.outputs):
+            makes = ", ".join(KIND_NAMES[k] for k in producer.outputs)
+            raise PlanError(
+                f"{where} wants {KIND_NAMES.get(kind)} from task #{position} ({producer.name}), "
+                f"which makes {makes}"
+            )
+
+    def _fill_missing(
+        self, slot: str, kind: Kind.ValueType, deps: set[int], draft: _Draft, where: str
+    ) -> TaskArgument:
+        producers = [p for p in sorted(deps) if kind in self._drafts[p].type.outputs]
+        if len(producers) == 1:
+            self._notes.append(
+                f"{where}: filled {slot!r} from task #{producers[0]}, its dependency"
+            )
+            return TaskArgument(name=slot, generated=GeneratedRef(task_id=producers[0], kind=kind))
+        files = [r for r in self._resources.values() if r.kind == kind]
+        if len(files) == 1:
+            self._notes.append(f"{where}: filled {slot!r} with the attached {files[0].name}")
+            return TaskArgument(name=slot, artifact=files[0])
+        raise PlanError(f"{where}: missing argument {slot!r}")
+
+    def _note_renumbering(self, order: list[int]) -> None:
+        written = [self._drafts[p].raw_id for p in order]
+        if self._ids_given and written != list(range(len(order))):
+            self._notes.append(f"renumbered task ids {written} as 0..{len(order) - 1}")
+
+
+def _file_kind(value: str) -> Kind.ValueType | None:
+    """The kind of a file name or URL, by its extension; None for plain text."""
+    match = _FILE.search(value.strip().split("?")[0])
+    if not match or " " in value.strip():
+        return None
+    kind = kind_for(media_type_for("x." + match.group(1).lower()))
+    return kind if kind != Kind.KIND_UNSPECIFIED and kind != TEXT else None
+
+
+def _topological(deps: dict[int, set[int]]) -> list[int] | None:
+    """Positions in an order that respects dependencies (stable), or None on a cycle."""
     order: list[int] = []
-    while remaining:
-        ready = sorted(i for i, deps in remaining.items() if not deps - set(order))
+    placed: set[int] = set()
+    while len(order) < len(deps):
+        ready = [p for p in sorted(deps) if p not in placed and deps[p] <= placed]
         if not ready:
             return None
-        order.extend(ready)
-        for i in ready:
-            del remaining[i]
+        order.append(ready[0])
+        placed.add(ready[0])
     return order

@@ -10,8 +10,10 @@ from services.common.llm import ChatTurn
 from services.common.prompts import load_prompt
 from services.common.resources import request_text, resources_of
 from services.common.tasks import KIND_NAMES, TASK_TYPES
+from services.common.tokens import count_tokens
 
-# Rough budget for earlier turns; the newest are kept. Characters / 4 approximates tokens.
+# Earlier turns are cut to this many tokens, the newest kept: the request and its demos
+# must fit in small contexts too.
 HISTORY_TOKEN_BUDGET = 1500
 
 
@@ -42,7 +44,7 @@ def _within_budget(history: list[ChatTurn]) -> list[ChatTurn]:
     kept: list[ChatTurn] = []
     used = 0
     for turn in reversed(history):
-        used += len(turn.content) // 4 + 4
+        used += count_tokens(turn.content) + 4  # + the turn's role and separators
         if used > HISTORY_TOKEN_BUDGET:
             break
         kept.append(turn)

@@ -125,6 +125,27 @@ def test_sentence_similarity_runs_on_the_bundled_model(chorus_up: dict[str, Any]
     assert 0.2 < score <= 1.0
 
 
+def test_chorus_plan_prints_the_plan_in_hugginggpts_shape(chorus_up: dict[str, Any]) -> None:
+    done = subprocess.run(
+        [*CHORUS, "plan", "Generate an image of a red fox, then describe it"],
+        env=chorus_up["env"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == [
+        {
+            "id": 0,
+            "task": "text-to-image",
+            "dep": [],
+            "args": {"text": "Generate an image of a red fox, then describe it"},
+        },
+        {"id": 1, "task": "image-to-text", "dep": [0], "args": {"image": "<GENERATED>-0"}},
+    ]
+    assert "offline rules planner" in done.stderr
+
+
 def test_sigterm_stops_everything(chorus_up: dict[str, Any]) -> None:
     proc: subprocess.Popen[str] = chorus_up["proc"]
     assert len(chorus_up["children"]) == 5  # NATS and four services

@@ -1,48 +1,164 @@
 from __future__ import annotations
 
+import json
+import time
+from pathlib import Path
+
 import pytest
-from chorus.v1.messages_pb2 import ArtifactRef, Kind
+from chorus.v1.messages_pb2 import ArtifactRef, Kind, Task
 
 from services.planner.parse import PlanError, parse_plan
 
 PHOTO = ArtifactRef(id="a1-photo.jpg", name="photo.jpg", kind=Kind.KIND_IMAGE)
+FILES = {"photo.jpg": PHOTO}
 
 
-def test_hugginggpt_reply_with_prose_and_generated_refs() -> None:
-    reply = (
-        'Here is the plan: [{"task": "image-to-text", "id": 0, "dep": [-1], '
-        '"args": {"image": "/examples/photo.jpg"}}, {"task": "Text_To_Speech", "id": 1, '
-        '"dep": [], "args": {"text": "<GENERATED>-0"}}] Hope it helps.'
+def _shape(tasks: list[Task]) -> list[tuple[int, str, list[int], dict[str, str]]]:
+    def value(arg: object) -> str:
+        which = arg.WhichOneof("value")  # type: ignore[attr-defined]
+        if which == "generated":
+            return f"<{arg.generated.task_id}>"  # type: ignore[attr-defined]
+        return str(arg.artifact.name if which == "artifact" else arg.text)  # type: ignore[attr-defined]
+
+    return [(t.id, t.task, list(t.deps), {a.name: value(a) for a in t.args}) for t in tasks]
+
+
+def test_a_well_formed_plan_is_read_exactly() -> None:
+    reply = json.dumps(
+        {
+            "tasks": [
+                {"task": "image-to-text", "id": 0, "dep": [], "args": {"image": "photo.jpg"}},
+                {"task": "text-to-speech", "id": 1, "dep": [0], "args": {"text": "<GENERATED>-0"}},
+            ]
+        }
     )
-    first, second = parse_plan(reply, {"photo.jpg": PHOTO})
-    assert first.args[0].artifact.id == PHOTO.id and list(first.deps) == []
-    assert second.task == "text-to-speech" and list(second.deps) == [0]
-    assert second.args[0].generated.task_id == 0
+    parsed = parse_plan(reply, FILES)
+    assert parsed.normalizations == []
+    assert _shape(parsed.tasks) == [
+        (0, "image-to-text", [], {"image": "photo.jpg"}),
+        (1, "text-to-speech", [0], {"text": "<0>"}),
+    ]
 
 
-def test_wrapped_object_is_accepted() -> None:
-    (task,) = parse_plan('{"tasks": [{"task": "summarization", "args": {"text": "x"}}]}', {})
-    assert task.task == "summarization" and task.id == 0
+@pytest.mark.parametrize(
+    ("reply", "expected", "normalized"),
+    [
+        (  # prose, a code fence, Python quoting with an apostrophe, other spellings, ids from 1
+            "Here you go:\n```json\n[{'task': 'Image_To_Text', 'id': 1, 'dep': [-1], "
+            "'args': {'image': '/examples/photo.jpg'}}, {'task': 'Text-to-Speech', 'id': 2, "
+            "'dep': [1], 'args': {'text': 'don't forget <GENERATED-1>'}},]\n```",
+            [
+                (0, "image-to-text", [], {"image": "photo.jpg"}),
+                (1, "text-to-speech", [0], {"text": "<0>"}),
+            ],
+            ["code fence", "Python-style", "'Image_To_Text'", "renumbered", "<GENERATED>-1"],
+        ),
+        (  # the original demo's defect: a missing opening bracket
+            '{"task": "image-to-text", "id": 0, "dep": [-1], "args": {"image": "photo.jpg"}}, '
+            '{"task": "tts", "id": 1, "dep": [0], "args": {"text": "<GENERATED>-0"}}]',
+            [
+                (0, "image-to-text", [], {"image": "photo.jpg"}),
+                (1, "text-to-speech", [0], {"text": "<0>"}),
+            ],
+            ["brackets", "'tts'"],
+        ),
+        (  # two generated inputs in one argument unfold into two tasks with distinct ids
+            '[{"task": "text-to-image", "id": 0, "args": {"text": "a cat"}},'
+            ' {"task": "text-to-image", "id": 1, "args": {"text": "a dog"}},'
+            ' {"task": "image-to-text", "id": 2, "dep": [0, 1],'
+            ' "args": {"image": "<GENERATED>-0, <GENERATED>-1"}}]',
+            [
+                (0, "text-to-image", [], {"text": "a cat"}),
+                (1, "text-to-image", [], {"text": "a dog"}),
+                (2, "image-to-text", [0, 1], {"image": "<0>"}),
+                (3, "image-to-text", [0, 1], {"image": "<1>"}),
+            ],
+            ["split task #2 into 2"],
+        ),
+        (  # forward reference, a self dependency, a dependency on a missing task, a bare string
+            '[{"task": "text-to-speech", "id": 0, "dep": [0, 1, 9], "args": {"text": "<GENERATED>-1"}},'
+            ' {"task": "image-to-text", "id": 1, "args": "photo.jpg"}]',
+            [
+                (0, "image-to-text", [], {"image": "photo.jpg"}),
+                (1, "text-to-speech", [0], {"text": "<0>"}),
+            ],
+            ["itself", "task 9", "reordered", "unnamed arguments"],
+        ),
+        (  # an audio file given as "image" to a speech task moves to the audio slot
+            '[{"task": "automatic-speech-recognition", "args": {"image": "talk.wav"}}]',
+            [(0, "automatic-speech-recognition", [], {"audio": "talk.wav"})],
+            ["moved argument 'image' to slot 'audio'"],
+        ),
+    ],
+)
+def test_real_defects_are_normalized_and_named(
+    reply: str, expected: list[tuple[int, str, list[int], dict[str, str]]], normalized: list[str]
+) -> None:
+    parsed = parse_plan(reply, FILES)
+    assert _shape(parsed.tasks) == expected
+    said = " | ".join(parsed.normalizations)
+    for fragment in normalized:
+        assert fragment in said, said
 
 
 @pytest.mark.parametrize(
     ("reply", "reason"),
     [
         ("I cannot help with that.", "no JSON"),
-        ('[{"task": "fly-to-moon", "id": 0, "args": {}}]', "unknown task type"),
-        ('[{"task": "summarization", "id": 0, "dep": [0], "args": {"text": "x"}}]', "itself"),
+        ('[{"task": "fly-to-moon", "id": 0, "args": {}}]', "unknown task type 'fly-to-moon'"),
         (
-            '[{"task": "summarization", "id": 0, "dep": [4], "args": {"text": "x"}}]',
-            "does not exist",
+            '[{"task": "summarization", "id": 0, "args": {"text": "<GENERATED>-0"}}]',
+            "its own output",
         ),
         (
-            '[{"task": "summarization", "id": 0, "dep": [1], "args": {"text": "x"}},'
-            ' {"task": "translation", "id": 1, "dep": [0], "args": {"text": "y"}}]',
+            '[{"task": "summarization", "id": 0, "args": {"text": "<GENERATED>-4"}}]',
+            "task 4, which is not",
+        ),
+        (
+            '[{"task": "summarization", "id": 0, "args": {"text": "<GENERATED>-1"}},'
+            ' {"task": "translation", "id": 1, "args": {"text": "<GENERATED>-0"}}]',
             "cycle",
         ),
-        ('[{"task": "summarization", "id": 0, "args": {"image": "x"}}]', "no argument named"),
+        ('[{"task": "image-to-text", "id": 0, "args": {"text": "hi"}}]', "no free argument slot"),
+        ('[{"task": "image-to-text", "args": {}}]', "missing argument 'image'"),
+        (
+            '[{"task": "text-classification", "args": {"text": "x"}},'
+            ' {"task": "image-to-text", "args": {"image": "<GENERATED>-0"}}]',
+            "which makes text",
+        ),
+        ('[{"task": "summarization", "id": 99999999999, "args": {"text": "x"}}]', "out of range"),
     ],
 )
-def test_invalid_plans_are_rejected_with_a_reason(reply: str, reason: str) -> None:
+def test_what_cannot_be_normalized_is_rejected_with_a_reason(reply: str, reason: str) -> None:
     with pytest.raises(PlanError, match=reason):
         parse_plan(reply, {})
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "[" * 5000 + "]" * 5000,  # deeply nested
+        json.dumps([{"task": "summarization", "args": {"text": "x"}}] * 500),  # 500 tasks
+        '[{"task": "summarization", "args": {"text": "' + "x" * 1_000_000 + '"}}]',  # 1 MB
+        "{" * 100_000,
+    ],
+)
+def test_hostile_replies_are_rejected_quickly(reply: str) -> None:
+    started = time.perf_counter()
+    with pytest.raises(PlanError):
+        parse_plan(reply, {})
+    assert time.perf_counter() - started < 5  # a guard against hangs, not a speed target
+
+
+def test_the_original_demos_all_parse(tmp_path: Path) -> None:
+    """HuggingGPT's own few-shot plans, defects included (inlined: tests need no shared data)."""
+    demos = [
+        '[{"task": "image-to-text", "id": 0, "dep": [-1], "args": {"image": "e1.jpg" }}, '
+        '{"task": "visual-question-answering", "id": 1, "dep": [0], "args": {"image": "e1.jpg", '
+        '"text": "How many sheep in the picture"}} }}, {"task": "object-detection", "id": 2, '
+        '"dep": [-1], "args": {"image": "e1.jpg" }}]',
+        '[{"task": "image-to-text", "id": 0, "dep": [-1], "args": {"image": "/e.jpg" }}, '
+        '{"task": "text-to-image", "id": 1, "dep": [0], "args": {"text": "<GENERATED-0>" }}]',
+    ]
+    for demo in demos:
+        assert parse_plan(demo, {}).tasks

@@ -40,3 +40,20 @@ def test_chit_chat_plans_nothing() -> None:
 def test_text_task_uses_the_quoted_text() -> None:
     (task,) = plan_by_rules("What is the sentiment of 'what a great movie'?", {})
     assert (task.task, task.args[0].text) == ("text-classification", "what a great movie")
+
+
+def test_files_the_request_names_are_inputs_too() -> None:
+    (task,) = plan_by_rules("Detect the objects in 'street/example.jpg', please", {})
+    assert task.task == "object-detection"
+    assert task.args[0].text == "street/example.jpg"  # a path, passed on as written
+
+
+def test_generated_image_feeds_the_next_task() -> None:
+    first, second = plan_by_rules("Generate an image of a red fox, then describe it", {})
+    assert (first.task, second.task) == ("text-to-image", "image-to-text")
+    assert second.args[0].generated.task_id == 0 and list(second.deps) == [0]
+
+
+def test_a_file_named_in_passing_is_not_an_entity_request() -> None:
+    (task,) = plan_by_rules("Transcribe the file named 'meeting.wav'", {})
+    assert task.task == "automatic-speech-recognition"

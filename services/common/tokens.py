@@ -1,0 +1,21 @@
+"""Counting tokens without a tokenizer download.
+
+The exact count depends on the model's tokenizer, which the planner does not ship (no
+`tiktoken` data, no `transformers`). This estimate follows how BPE vocabularies of GPT-style
+models split English: a common word is one token, a long word one per ~4 characters, and
+each punctuation mark, digit group or symbol its own. It is used for budgets (cut the
+history to fit) and for comparing prompts, where the same estimate is applied to both sides.
+"""
+
+from __future__ import annotations
+
+import re
+
+_PIECES = re.compile(r"[A-Za-z]+|\d{1,3}|[^\sA-Za-z\d]")
+
+
+def count_tokens(text: str) -> int:
+    total = 0
+    for piece in _PIECES.findall(text):
+        total += 1 + (len(piece) - 1) // 6 if piece.isalpha() else 1
+    return total
