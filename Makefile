@@ -48,6 +48,9 @@ demo: setup
 
 bench: setup
 	$(PY) -m bench.pipeline
+	$(PY) -m bench.taskbench_rules
+	$(PY) -m bench.planner_robustness
+	$(PY) -m bench.planner_prompt_tokens
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

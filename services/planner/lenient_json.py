@@ -73,13 +73,14 @@ def _json_part(reply: str) -> tuple[str, tuple[str, ...]]:
 
 
 def _parse(text: str) -> tuple[Any, tuple[str, ...]] | None:
+    # ValueError covers JSONDecodeError and numbers too long to convert (over 4,300 digits).
     try:
         return json.loads(text), ()
-    except (json.JSONDecodeError, RecursionError):
+    except (ValueError, RecursionError):
         pass
     try:
         return json.loads(_python_to_json(text)), ("read Python-style quoting",)
-    except (json.JSONDecodeError, RecursionError):
+    except (ValueError, RecursionError):
         return None
 
 
@@ -193,9 +194,9 @@ def _scan(text: str) -> list[tuple[str, str]]:
 
 
 def _is_apostrophe(text: str, i: int, quote: str) -> bool:
-    """In a 'single-quoted' string, the `'` of "don't" does not end it."""
+    """In a 'single-quoted' string, a `'` ends it only where JSON syntax follows: the `'` of
+    "don't" or of 'a 'green' city' does not."""
     if quote != "'":
         return False
-    before = text[i - 1] if i > 0 else " "
-    after = text[i + 1] if i + 1 < len(text) else " "
-    return before.isalpha() and after.isalpha()
+    rest = text[i + 1 : i + 64].lstrip()
+    return bool(rest) and rest[0] not in ",:}]"

@@ -30,6 +30,27 @@ _CANONICAL_REF = re.compile(r"<GENERATED>-(\d+)")
 _FILE = re.compile(r"\.([A-Za-z0-9]{2,4})$")
 _SYNONYMS = {
     "image-captioning": "image-to-text",
+    "caption-generation": "image-to-text",
+    "text-rewriting": "text2text-generation",
+    "text-rewriter": "text2text-generation",
+    "paraphrasing": "text2text-generation",
+    "text-completion": "text-generation",
+    "text-gen": "text-generation",
+    "text-generator": "text-generation",
+    "text2image": "text-to-image",
+    "text2video": "text-to-video",
+    "text-summarization": "summarization",
+    "text-summarizer": "summarization",
+    "machine-translation": "translation",
+    "text-translation": "translation",
+    "text-translator": "translation",
+    "image-transformation": "image-to-image",
+    "speech-enhancement": "audio-to-audio",
+    "audio-enhancement": "audio-to-audio",
+    "noise-reduction": "audio-to-audio",
+    "audio-noise-reduction": "audio-to-audio",
+    "transcription": "automatic-speech-recognition",
+    "audio-to-text": "automatic-speech-recognition",
     "image-caption": "image-to-text",
     "captioning": "image-to-text",
     "speech-recognition": "automatic-speech-recognition",
@@ -112,7 +133,7 @@ def _draft(position: int, item: Any, notes: list[str]) -> _Draft:
     where = f"task #{position}"
     if not isinstance(item, dict):
         raise PlanError(f"{where} is not an object")
-    task_type = _task_type(str(item.get("task", "")), where, notes)
+    task_type = _task_type(_clean(str(item.get("task", ""))), where, notes)
     raw_id = _optional_int(item.get("id"), f"{where}: id")
     deps = [
         d
@@ -160,7 +181,7 @@ def _arguments(
     """The (slot, value) pairs, from an `args` object, a bare string, or a list in slot order."""
     raw = item.get("args", item.get("arguments", {}))
     if isinstance(raw, dict):
-        return [(str(k), _text(v)) for k, v in raw.items()]
+        return [(_clean(str(k)), _text(v)) for k, v in raw.items()]
     values = [_text(v) for v in _as_list(raw)]
     if values:
         notes.append(f"{where}: gave unnamed arguments to {task_type.name}'s slots in order")
@@ -170,7 +191,12 @@ def _arguments(
 def _text(value: Any) -> str:
     if isinstance(value, list | tuple):
         return " ".join(_text(v) for v in value)
-    return "" if value is None else str(value)
+    return "" if value is None else _clean(str(value))
+
+
+def _clean(text: str) -> str:
+    """Valid UTF-8 only: JSON may carry a lone surrogate (`\\ud800`) that protobuf refuses."""
+    return text.encode("utf-8", "replace").decode("utf-8")
 
 
 def _unfold(drafts: list[_Draft], notes: list[str]) -> list[_Draft]:
@@ -195,7 +221,8 @@ def _unfold(drafts: list[_Draft], notes: list[str]) -> list[_Draft]:
 
 
 def _refs(value: str) -> list[int]:
-    return [int(next(g for g in m.groups() if g)) for m in _GENERATED.finditer(value)]
+    digits = [next(g for g in m.groups() if g) for m in _GENERATED.finditer(value)]
+    return [int(d) if len(d) <= 6 else 10**6 for d in digits]  # a huge id names no task
 
 
 class _Linker:

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -143,11 +142,10 @@ def test_what_cannot_be_normalized_is_rejected_with_a_reason(reply: str, reason:
         "{" * 100_000,
     ],
 )
-def test_hostile_replies_are_rejected_quickly(reply: str) -> None:
-    started = time.perf_counter()
+@pytest.mark.timeout(10)  # a hang fails the test; speed itself is measured by the benchmark
+def test_hostile_replies_are_rejected(reply: str) -> None:
     with pytest.raises(PlanError):
         parse_plan(reply, {})
-    assert time.perf_counter() - started < 5  # a guard against hangs, not a speed target
 
 
 def test_the_original_demos_all_parse(tmp_path: Path) -> None:
