@@ -14,6 +14,7 @@ from nats.js.kv import KeyValue
 
 from services.common import subjects
 from services.common.bus import open_key_value
+from services.common.periodic import Periodic
 
 log = logging.getLogger(__name__)
 
@@ -87,33 +88,17 @@ class WorkerAnnouncer:
     def __init__(self, kv: KeyValue, info: WorkerInfo, ttl_s: float) -> None:
         self._kv = kv
         self.info = info
-        self._interval = ttl_s / 3
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = asyncio.Event()
+        self._heartbeat = Periodic(self.announce, ttl_s / 3, "worker heartbeat")
 
     async def start(self) -> None:
         await self.announce()
-        self._task = asyncio.create_task(self._loop())
+        self._heartbeat.start()
 
     async def announce(self) -> None:
         self.info.heartbeat_unix = time.time()
         await self._kv.put(self.info.worker_id, self.info.SerializeToString())
 
-    async def _loop(self) -> None:
-        # Stopped by an event, not by cancel: the NATS client may swallow a cancellation
-        # that lands inside a request, which would leave this loop running forever.
-        while not self._stopping.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self._interval)
-                return
-            try:
-                await self.announce()
-            except Exception as e:  # a NATS blip must not kill the replica
-                log.warning("worker heartbeat failed: %s", e)
-
     async def stop(self) -> None:
-        self._stopping.set()
-        if self._task:
-            await self._task
+        await self._heartbeat.stop()
         with contextlib.suppress(Exception):
             await self._kv.delete(self.info.worker_id)

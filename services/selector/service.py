@@ -27,14 +27,16 @@ from chorus.v1.messages_pb2 import (
 )
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StorageType
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
 from nats.js.kv import KeyValue
 from prometheus_client import Counter
 
 from services.common import bus, events, subjects
 from services.common.llm import LLM, open_llm
+from services.common.periodic import Periodic
 from services.common.resources import request_text
 from services.common.runtime import Runtime
+from services.common.telemetry import request_id_var, trace_id_var
 from services.common.workers import WorkerRegistry
 from services.selector.dag import (
     UnresolvedInput,
@@ -48,6 +50,11 @@ from services.selector.select import NoCandidate, Selection, candidates_for, sel
 log = logging.getLogger(__name__)
 STAGE = "selector"
 RUN_TTL_S = 24 * 3600.0
+SWEEP_INTERVAL_S = 5.0
+OVERDUE_GRACE_S = 5.0  # an executor that finishes right at the deadline still gets its say
+OVERDUE = Counter(
+    "chorus_selector_overdue_tasks_total", "Dispatched tasks failed for want of a result."
+)
 STRAY_RESULTS = Counter(
     "chorus_selector_stray_results_total",
     "Results that matched no running task, by reason (unknown_request, duplicate).",
@@ -73,7 +80,7 @@ class Selector:
         self._deadline_s = task_deadline_s
 
     async def handle_plan(self, plan: TaskPlan) -> None:
-        state = RunState(started_unix=time.time())
+        state = RunState(started_unix=time.time(), trace_id=trace_id_var.get())
         state.plan.CopyFrom(plan)
         if plan.request.stop_after == StopAfter.STOP_AFTER_PLAN or not plan.tasks:
             await self._report(state)
@@ -95,20 +102,65 @@ class Selector:
 
         await self._transact(result.request_id, record)
 
-    async def _transact(self, request_id: str, change: Callable[[RunState], list[Publish]]) -> None:
+    async def sweep_overdue(self) -> None:
+        """Fails dispatched tasks whose deadline passed with no result: their replica may have
+        died with the work, and a request must still finish. Any selector replica may sweep;
+        compare-and-set keeps them from clashing, and a late result counts as a duplicate."""
+        for request_id in await self._run_ids():
+            request_id_var.set(request_id)
+            await self._transact(request_id, self._fail_overdue, missing_ok=True)
+
+    async def _run_ids(self) -> list[str]:
+        try:
+            return list(await self._runs.keys())
+        except NoKeysError:
+            return []
+
+    def _fail_overdue(self, state: RunState) -> list[Publish]:
+        trace_id_var.set(state.trace_id)  # what the sweep publishes joins the request's trace
+        now = time.time()
+        effects = []
+        for task_id, started in state.dispatched.items():
+            late = now - started.deadline_unix - OVERDUE_GRACE_S
+            if task_id in state.results or started.deadline_unix == 0 or late < 0:
+                continue
+            result = TaskResult(
+                request_id=state.plan.request_id,
+                task_id=task_id,
+                task=started.task,
+                model=started.model,
+                status=TaskStatus.TASK_STATUS_FAILED,
+                error="no result by the task's deadline (its executor may have stopped)",
+            )
+            state.results[task_id].CopyFrom(result)
+            OVERDUE.inc()
+            effects.append(self._finished_event(result))
+        return effects
+
+    async def _transact(
+        self,
+        request_id: str,
+        change: Callable[[RunState], list[Publish]],
+        *,
+        missing_ok: bool = False,
+    ) -> None:
         """Applies `change` and advances the graph under compare-and-set, retrying on conflict."""
         choices: dict[int, Selection] = {}
         while True:
             try:
                 entry = await self._runs.get(request_id)
             except KeyNotFoundError:
-                STRAY_RESULTS.labels("unknown_request").inc()
-                log.warning("message for a request with no run state ignored")
+                if not missing_ok:
+                    STRAY_RESULTS.labels("unknown_request").inc()
+                    log.warning("message for a request with no run state ignored")
                 return
             state = RunState.FromString(entry.value or b"")
             if state.reported:
                 return
+            unchanged = state.SerializeToString(deterministic=True)
             effects = change(state) + await self._advance(state, choices)
+            if not effects and state.SerializeToString(deterministic=True) == unchanged:
+                return  # nothing to do (a sweep that found nothing overdue): no write
             for publish in effects:
                 await publish()
             try:
@@ -158,14 +210,19 @@ class Selector:
             failed.error = str(e)
             state.results[task.id].CopyFrom(failed)
             return [self._finished_event(failed)]
+        deadline = time.time() + self._deadline_s
         started = TaskStarted(
-            task_id=task.id, task=task.task, model=choice.model, selection_reason=choice.reason
+            task_id=task.id,
+            task=task.task,
+            model=choice.model,
+            selection_reason=choice.reason,
+            deadline_unix=deadline,
         )
         state.dispatched[task.id].CopyFrom(started)
         invocation = TaskInvocation(
             request_id=request_id, task_id=task.id, task=task.task, model=choice.model, args=args
         )
-        invocation.deadline.FromNanoseconds(int((time.time() + self._deadline_s) * 1e9))
+        invocation.deadline.FromNanoseconds(int(deadline * 1e9))
         event = events.new_event(request_id)
         event.task_started.CopyFrom(started)
 
@@ -236,4 +293,7 @@ async def build(rt: Runtime, stack: AsyncExitStack) -> list[bus.Consumer[Any]]:
         handle=selector.handle_result,
         give_up=events.fail_on_give_up(rt.js, STAGE),
     )
+    sweeper = Periodic(selector.sweep_overdue, SWEEP_INTERVAL_S, "overdue sweep")
+    sweeper.start()
+    stack.push_async_callback(sweeper.stop)
     return [bus.Consumer(rt.js, plans), bus.Consumer(rt.js, results)]

@@ -607,10 +607,13 @@ class TaskStarted(_message.Message):
     TASK_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
     SELECTION_REASON_FIELD_NUMBER: _builtins.int
+    DEADLINE_UNIX_FIELD_NUMBER: _builtins.int
     task_id: _builtins.int
     task: _builtins.str
     model: _builtins.str
     selection_reason: _builtins.str
+    deadline_unix: _builtins.float
+    """the selector fails the task if no result has come by then"""
     def __init__(
         self,
         *,
@@ -618,10 +621,11 @@ class TaskStarted(_message.Message):
         task: _builtins.str = ...,
         model: _builtins.str = ...,
         selection_reason: _builtins.str = ...,
+        deadline_unix: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "selection_reason", b"selection_reason", "task", b"task", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deadline_unix", b"deadline_unix", "model", b"model", "selection_reason", b"selection_reason", "task", b"task", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -726,8 +730,11 @@ class RunState(_message.Message):
     DISPATCHED_FIELD_NUMBER: _builtins.int
     STARTED_UNIX_FIELD_NUMBER: _builtins.int
     REPORTED_FIELD_NUMBER: _builtins.int
+    TRACE_ID_FIELD_NUMBER: _builtins.int
     started_unix: _builtins.float
     reported: _builtins.bool
+    trace_id: _builtins.str
+    """the request's W3C trace, for work done outside its messages (sweeps)"""
     @_builtins.property
     def plan(self) -> Global___TaskPlan: ...
     @_builtins.property
@@ -744,10 +751,11 @@ class RunState(_message.Message):
         dispatched: _abc.Mapping[_builtins.int, Global___TaskStarted] | None = ...,
         started_unix: _builtins.float = ...,
         reported: _builtins.bool = ...,
+        trace_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["plan", b"plan"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dispatched", b"dispatched", "plan", b"plan", "reported", b"reported", "results", b"results", "started_unix", b"started_unix"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dispatched", b"dispatched", "plan", b"plan", "reported", b"reported", "results", b"results", "started_unix", b"started_unix", "trace_id", b"trace_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,43 @@
+"""A background loop that does one thing every so often, until stopped."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+log = logging.getLogger(__name__)
+
+
+class Periodic:
+    """Runs `work` every `interval_s` until stopped; a failure is logged, not fatal.
+
+    Stopped by an event rather than by cancel: the NATS client may swallow a cancellation that
+    lands inside a request, which would leave the loop running forever.
+    """
+
+    def __init__(self, work: Callable[[], Awaitable[None]], interval_s: float, name: str) -> None:
+        self._work = work
+        self._interval_s = interval_s
+        self._name = name
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop())
+
+    async def _loop(self) -> None:
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self._interval_s)
+                return
+            try:
+                await self._work()
+            except Exception as e:
+                log.warning("%s failed: %s", self._name, e)
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        if self._task:
+            await self._task
