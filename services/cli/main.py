@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+from services.cli import catalog as catalog_cli
 from services.cli.cluster import ClusterError, LocalCluster
 
 DEFAULT_GRPC = "127.0.0.1:50051"
@@ -70,6 +71,19 @@ def _parser() -> argparse.ArgumentParser:
     plan.add_argument("--file", action="append", default=[], type=Path, help="attach a file")
     plan.add_argument("--grpc", default=os.environ.get("CHORUS_GRPC_ADDR", DEFAULT_GRPC))
     plan.set_defaults(run=_plan)
+
+    catalog = commands.add_parser("catalog", help="the model catalog the selector ranks with")
+    catalog_commands = catalog.add_subparsers(required=True, metavar="ACTION")
+    imports = catalog_commands.add_parser("import", help="add HuggingGPT's p0_models.jsonl")
+    imports.add_argument("file", type=Path)
+    imports.set_defaults(run=lambda a: catalog_cli.import_file(a.file))
+    sync = catalog_commands.add_parser("sync", help="refresh from the Hugging Face Hub")
+    sync.add_argument("--task", action="append", default=[], help="only this task (repeatable)")
+    sync.add_argument("--limit", type=int, default=20, help="models per task (default 20)")
+    sync.set_defaults(run=lambda a: catalog_cli.sync(a.task, a.limit))
+    listing = catalog_commands.add_parser("list", help="the catalog, most downloaded first")
+    listing.add_argument("--task")
+    listing.set_defaults(run=lambda a: catalog_cli.list_models(a.task))
     return parser
 
 

@@ -12,6 +12,7 @@ from chorus.v1.workers_pb2 import WorkerInfo
 
 from services.common.llm import LLM, ChatTurn, LLMError
 from services.common.prompts import load_prompt
+from services.selector.catalog import Catalog
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +22,9 @@ class Candidate:
     model: str
     replicas: int
     load: float  # in-flight work per unit of capacity over its replicas; 0 is idle
+    downloads: int = 0  # from the catalog; 0 when it does not list the model
+    likes: int = 0
+    description: str = ""
 
 
 @dataclass(frozen=True)
@@ -33,8 +37,11 @@ class NoCandidate(LookupError):
     """No live replica serves the task."""
 
 
-def candidates_for(task: str, workers: list[WorkerInfo]) -> list[Candidate]:
-    """Models a live replica serves for `task`, least loaded first."""
+def candidates_for(
+    task: str, workers: list[WorkerInfo], catalog: Catalog | None = None
+) -> list[Candidate]:
+    """Models a live replica serves for `task`: least loaded first, then the most downloaded
+    and liked in the catalog."""
     capacity: dict[str, int] = {}
     in_flight: dict[str, int] = {}
     replicas: dict[str, int] = {}
@@ -44,8 +51,20 @@ def candidates_for(task: str, workers: list[WorkerInfo]) -> list[Candidate]:
                 capacity[served.model] = capacity.get(served.model, 0) + max(worker.capacity, 1)
                 in_flight[served.model] = in_flight.get(served.model, 0) + worker.in_flight
                 replicas[served.model] = replicas.get(served.model, 0) + 1
-    ranked = [Candidate(m, replicas[m], in_flight[m] / capacity[m]) for m in capacity]
-    return sorted(ranked, key=lambda c: (c.load, -c.replicas, c.model))
+    ranked = []
+    for model in capacity:
+        facts = catalog.get(model) if catalog else None
+        ranked.append(
+            Candidate(
+                model,
+                replicas[model],
+                in_flight[model] / capacity[model],
+                downloads=facts.downloads if facts else 0,
+                likes=facts.likes if facts else 0,
+                description=facts.description if facts else "",
+            )
+        )
+    return sorted(ranked, key=lambda c: (c.load, -c.downloads, -c.likes, -c.replicas, c.model))
 
 
 async def select_model(
@@ -57,7 +76,9 @@ async def select_model(
     if len(candidates) == 1:
         return Selection(top.model, "the only model a live replica serves for this task")
     if llm is None:
-        return Selection(top.model, f"top-ranked of {len(candidates)} (least loaded; no LLM)")
+        return Selection(
+            top.model, f"top-ranked of {len(candidates)} (load, then downloads and likes; no LLM)"
+        )
     try:
         reply = await llm.complete(_prompt(task, request_text, candidates))
     except LLMError as e:
@@ -70,7 +91,9 @@ async def select_model(
 
 def _prompt(task: Task, request_text: str, candidates: list[Candidate]) -> list[ChatTurn]:
     listing = "\n".join(
-        f"- {c.model} (replicas: {c.replicas}, load: {c.load:.2f})" for c in candidates
+        f"- {c.model}: {c.description or 'no description'} "
+        f"(downloads: {c.downloads}, likes: {c.likes}, load: {c.load:.2f})"
+        for c in candidates
     )
     user = f"Request: {request_text}\nTask: {task.task}\nCandidates:\n{listing}"
     return [

@@ -36,8 +36,10 @@ from services.common.llm import LLM, open_llm
 from services.common.periodic import Periodic
 from services.common.resources import request_text
 from services.common.runtime import Runtime
+from services.common.settings import SettingsError
 from services.common.telemetry import request_id_var, trace_id_var
 from services.common.workers import WorkerRegistry
+from services.selector.catalog import Catalog, CatalogError, load_catalog
 from services.selector.dag import (
     UnresolvedInput,
     blocked_tasks,
@@ -71,12 +73,14 @@ class Selector:
         runs: KeyValue,
         registry: WorkerRegistry,
         llm: LLM | None,
+        catalog: Catalog,
         task_deadline_s: float,
     ) -> None:
         self._js = js
         self._runs = runs
         self._registry = registry
         self._llm = llm
+        self._catalog = catalog
         self._deadline_s = task_deadline_s
 
     async def handle_plan(self, plan: TaskPlan) -> None:
@@ -201,7 +205,7 @@ class Selector:
             args = resolve_args(task, state)
             choice = choices.get(task.id)
             if choice is None:
-                candidates = candidates_for(task.task, self._registry.live())
+                candidates = candidates_for(task.task, self._registry.live(), self._catalog)
                 choice = await select_model(
                     task, request_text(state.plan.request), candidates, self._llm
                 )
@@ -274,8 +278,13 @@ async def build(rt: Runtime, stack: AsyncExitStack) -> list[bus.Consumer[Any]]:
     )
     registry = await WorkerRegistry.watch(rt.js, settings.worker_ttl_s, settings.stream_replicas)
     stack.push_async_callback(registry.stop)
+    try:
+        catalog = load_catalog(settings.env)
+    except (CatalogError, OSError) as e:
+        raise SettingsError(f"model catalog: {e}") from e
+    log.info("model catalog: %d models", len(catalog.entries))
     selector = Selector(
-        rt.js, runs, registry, open_llm(settings.llm, stack), settings.task_deadline_s
+        rt.js, runs, registry, open_llm(settings.llm, stack), catalog, settings.task_deadline_s
     )
     plans = bus.ConsumerSpec(
         stage=STAGE,
