@@ -91,7 +91,7 @@ def load_catalog(env: Mapping[str, str] | None = None) -> Catalog:
     """The shipped default, then the user's catalog (`CHORUS_CATALOG`) over it."""
     env = os.environ if env is None else env
     catalog = Catalog()
-    shipped = resources.files("services.selector") / "catalog" / "default.jsonl"
+    shipped = resources.files("services.selector") / "data" / "default_catalog.jsonl"
     catalog.add(_entries(shipped.read_text(encoding="utf-8").splitlines(), "default catalog"))
     user = user_catalog_path(env)
     if user.is_file():
