@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from chorus.v1.messages_pb2 import ArtifactRef, GeneratedRef, Kind, Task, TaskArgument
@@ -94,7 +94,6 @@ class _Draft:
     type: TaskType
     declared_deps: list[int]
     args: list[tuple[str, str]]  # (slot name as written, value as written)
-    notes: list[str] = field(default_factory=list)
 
 
 def parse_plan(reply: str, resources: dict[str, ArtifactRef]) -> ParsedPlan:
