@@ -161,10 +161,12 @@ class Selector:
             state = RunState.FromString(entry.value or b"")
             if state.reported:
                 return
-            unchanged = state.SerializeToString(deterministic=True)
             effects = change(state) + await self._advance(state, choices)
-            if not effects and state.SerializeToString(deterministic=True) == unchanged:
-                return  # nothing to do (a sweep that found nothing overdue): no write
+            if not effects:
+                # Every change to a run publishes something (an event, an invocation, the
+                # report), so no effects means nothing changed: a sweep that found nothing
+                # overdue, or a duplicate result. No write.
+                return
             for publish in effects:
                 await publish()
             try:
