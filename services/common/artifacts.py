@@ -45,6 +45,11 @@ def kind_for(media_type: str) -> Kind.ValueType:
     return _KIND_BY_MAJOR.get(major, Kind.KIND_UNSPECIFIED)
 
 
+def kind_for_name(name: str) -> Kind.ValueType:
+    """The kind of a file name, path or URL, by its extension (a URL's query is ignored)."""
+    return kind_for(media_type_for(name.split("?")[0]))
+
+
 def safe_file_name(name: str) -> str:
     """A base name that cannot escape a directory: `../../etc/passwd` becomes `passwd`."""
     base = PurePosixPath(name.replace("\\", "/")).name

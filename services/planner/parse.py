@@ -15,7 +15,7 @@ from typing import Any
 
 from chorus.v1.messages_pb2 import ArtifactRef, GeneratedRef, Kind, Task, TaskArgument
 
-from services.common.artifacts import kind_for, media_type_for
+from services.common.artifacts import kind_for_name
 from services.common.resources import find_resource
 from services.common.tasks import KIND_NAMES, TASK_TYPES, TEXT, Slot, TaskType
 from services.planner.lenient_json import JSONRepairError, load_lenient
@@ -389,7 +389,7 @@ def _file_kind(value: str) -> Kind.ValueType | None:
     match = _FILE.search(value.strip().split("?")[0])
     if not match or " " in value.strip():
         return None
-    kind = kind_for(media_type_for("x." + match.group(1).lower()))
+    kind = kind_for_name("x." + match.group(1).lower())
     return kind if kind != Kind.KIND_UNSPECIFIED and kind != TEXT else None
 
 

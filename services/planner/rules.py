@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from chorus.v1.messages_pb2 import ArtifactRef, GeneratedRef, Kind, Task, TaskArgument
 
-from services.common.artifacts import kind_for, media_type_for
+from services.common.artifacts import kind_for_name, media_type_for
 from services.common.tasks import AUDIO, IMAGE, TEXT, task_type
 
 
@@ -134,7 +134,7 @@ def mentioned_files(text: str) -> list[ArtifactRef]:
     found = []
     for match in _MENTION.finditer(text):
         name = match.group(0)
-        kind = kind_for(media_type_for(name.split("?")[0]))
+        kind = kind_for_name(name)
         if kind != Kind.KIND_UNSPECIFIED:
             found.append(ArtifactRef(name=name, media_type=media_type_for(name), kind=kind))
     return found
