@@ -88,6 +88,12 @@ TASK_TYPES: dict[str, TaskType] = {
 }
 
 
+# Text tasks that HuggingGPT hands to the LLM itself rather than to a Hub model.
+LLM_TASKS = frozenset(
+    {"summarization", "translation", "conversational", "text-generation", "text2text-generation"}
+)
+
+
 def task_type(name: str) -> TaskType | None:
     return TASK_TYPES.get(name)
 

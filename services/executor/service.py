@@ -72,11 +72,13 @@ class Executor:
                 status=TaskStatus.TASK_STATUS_FAILED,
                 error=f"executor error: {error}",
                 executor=self._announcer.info.worker_id,
+                attempt=invocation.attempt,
             )
         )
 
     async def _publish(self, result: TaskResult) -> None:
-        msg_id = f"{result.request_id}.{result.task_id}.result"
+        # The attempt is in the id: a retry's result is a new message, not a duplicate to drop.
+        msg_id = f"{result.request_id}.{result.task_id}.{result.attempt}.result"
         await bus.publish(self._js, subjects.RESULT, result, msg_id=msg_id)
 
 
