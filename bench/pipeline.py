@@ -39,8 +39,10 @@ from services.executor.execute import execute
 from services.executor.models import ModelSpec, load
 from services.planner.plan import plan
 from services.responder.respond import respond
+from services.selector.catalog import Catalog
 from services.selector.dag import ready_tasks, resolve_args
-from services.selector.select import candidates_for, select_model
+from services.selector.rank import RequestFacts, rank
+from services.selector.select import decide
 from tests.support import MemoryArtifacts, ScriptedLLM
 
 CHAIN = json.dumps(
@@ -131,7 +133,8 @@ async def _in_process_side(llm_url: str, photo_bytes: bytes) -> dict[str, float]
         state.plan.CopyFrom(task_plan)
         while ready := ready_tasks(state):
             for task in ready:
-                choice = await select_model(task, "", candidates_for(task.task, [worker]), llm)
+                candidates = rank(task.task, RequestFacts.of(""), [worker], Catalog())
+                choice = decide(task.task, candidates, None)
                 invocation = TaskInvocation(
                     request_id="r",
                     task_id=task.id,

@@ -70,5 +70,10 @@ def invoke(task: str, model: str) -> str:
     return f"{INVOKE_PREFIX}.{subject_token(task)}.{subject_token(model)}"
 
 
+def result_msg_id(request_id: str, task_id: int, attempt: int) -> str:
+    """The dedup id of a task's result: a retry's result is a new message, not a duplicate."""
+    return f"{request_id}.{task_id}.{attempt}.result"
+
+
 def consumer_name(*parts: str) -> str:
     return "-".join(subject_token(p) if _UNSAFE.search(p) else p for p in parts)

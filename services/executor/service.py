@@ -77,8 +77,7 @@ class Executor:
         )
 
     async def _publish(self, result: TaskResult) -> None:
-        # The attempt is in the id: a retry's result is a new message, not a duplicate to drop.
-        msg_id = f"{result.request_id}.{result.task_id}.{result.attempt}.result"
+        msg_id = subjects.result_msg_id(result.request_id, result.task_id, result.attempt)
         await bus.publish(self._js, subjects.RESULT, result, msg_id=msg_id)
 
 

@@ -16,9 +16,9 @@ from typing import Any
 from chorus.v1.messages_pb2 import ArtifactRef, GeneratedRef, Kind, Task, TaskArgument
 
 from services.common.artifacts import kind_for_name
+from services.common.lenient_json import JSONRepairError, load_lenient
 from services.common.resources import find_resource
 from services.common.tasks import KIND_NAMES, TASK_TYPES, TEXT, Slot, TaskType
-from services.planner.lenient_json import JSONRepairError, load_lenient
 
 MAX_TASKS = 64
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import ast
 import json
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -64,15 +64,24 @@ class CatalogEntry:
 @dataclass
 class Catalog:
     entries: dict[str, CatalogEntry] = field(default_factory=dict)  # by model id
+    # The models of each task, most downloaded first: the selector asks on every dispatch.
+    _by_task: dict[str, list[CatalogEntry]] | None = field(default=None, repr=False)
 
     def add(self, entries: Iterable[CatalogEntry]) -> None:
         for entry in entries:
             self.entries[entry.id] = entry
+        self._by_task = None
 
-    def for_task(self, task: str) -> list[CatalogEntry]:
+    def for_task(self, task: str) -> Sequence[CatalogEntry]:
         """The task's models, most downloaded first."""
-        found = [e for e in self.entries.values() if e.task == task]
-        return sorted(found, key=lambda e: (-e.downloads, -e.likes, e.id))
+        if self._by_task is None:
+            by_task: dict[str, list[CatalogEntry]] = {}
+            for entry in sorted(
+                self.entries.values(), key=lambda e: (-e.downloads, -e.likes, e.id)
+            ):
+                by_task.setdefault(entry.task, []).append(entry)
+            self._by_task = by_task
+        return self._by_task.get(task, ())
 
     def get(self, model: str) -> CatalogEntry | None:
         return self.entries.get(model)

@@ -7,15 +7,58 @@ from chorus.v1.messages_pb2 import (
     Task,
     TaskArgument,
     TaskOutput,
+    TaskPlan,
     TaskResult,
     TaskStatus,
 )
 
-from services.common.tasks import TEXT
+from services.common.tasks import TEXT, task_type
 
 
 class UnresolvedInput(ValueError):
     """A `<GENERATED>` argument points to an output that does not exist."""
+
+
+def dependencies(task: Task) -> set[int]:
+    """The tasks this one waits for: those it lists, and those whose outputs it takes."""
+    generated = {a.generated.task_id for a in task.args if a.WhichOneof("value") == "generated"}
+    return set(task.deps) | generated
+
+
+def drop_duplicate_ids(plan: TaskPlan) -> list[str]:
+    """Keeps the first task of each id (results are kept by id); says what was dropped."""
+    seen: set[int] = set()
+    kept, notes = [], []
+    for task in plan.tasks:
+        if task.id in seen:
+            notes.append(f"task id {task.id} appears twice in the plan; the second was dropped")
+            continue
+        seen.add(task.id)
+        kept.append(task)
+    if notes:
+        del plan.tasks[:]
+        plan.tasks.extend(kept)
+    return notes
+
+
+def unrunnable_tasks(plan: TaskPlan) -> list[TaskResult]:
+    """Failed results for tasks that could never start: an unknown task type, a dependency
+    that is not in the plan, or a place in a dependency cycle. Their dependents are then
+    skipped like those of any failed task, so a bad plan finishes instead of stalling."""
+    ids = {t.id for t in plan.tasks}
+    failed = []
+    for task in plan.tasks:
+        missing = sorted(dependencies(task) - ids)
+        if task_type(task.task) is None:
+            error = f"unknown task type {task.task!r}"
+        elif missing:
+            error = f"depends on task {missing[0]}, which is not in the plan"
+        elif _in_cycle(plan, task.id):
+            error = "part of a dependency cycle"
+        else:
+            continue
+        failed.append(_result(plan.request_id, task, TaskStatus.TASK_STATUS_FAILED, error))
+    return failed
 
 
 def ready_tasks(state: RunState) -> list[Task]:
@@ -25,7 +68,7 @@ def ready_tasks(state: RunState) -> list[Task]:
         for t in state.plan.tasks
         if t.id not in state.results
         and t.id not in state.dispatched
-        and all(_succeeded(state, d) for d in t.deps)
+        and all(_succeeded(state, d) for d in dependencies(t))
     ]
 
 
@@ -35,16 +78,13 @@ def blocked_tasks(state: RunState) -> list[TaskResult]:
     for task in state.plan.tasks:
         if task.id in state.results or task.id in state.dispatched:
             continue
-        failed = [d for d in task.deps if d in state.results and not _succeeded(state, d)]
+        failed = sorted(
+            d for d in dependencies(task) if d in state.results and not _succeeded(state, d)
+        )
         if failed:
+            error = f"skipped: task {failed[0]} did not succeed"
             skipped.append(
-                TaskResult(
-                    request_id=state.plan.request_id,
-                    task_id=task.id,
-                    task=task.task,
-                    status=TaskStatus.TASK_STATUS_SKIPPED,
-                    error=f"skipped: task {failed[0]} did not succeed",
-                )
+                _result(state.plan.request_id, task, TaskStatus.TASK_STATUS_SKIPPED, error)
             )
     return skipped
 
@@ -84,6 +124,28 @@ def _output_of_kind(result: TaskResult, kind: int) -> TaskOutput | None:
         if which == "text" and kind == TEXT:
             return output
     return None
+
+
+def _result(request_id: str, task: Task, status: TaskStatus.ValueType, error: str) -> TaskResult:
+    return TaskResult(
+        request_id=request_id, task_id=task.id, task=task.task, status=status, error=error
+    )
+
+
+def _in_cycle(plan: TaskPlan, start: int) -> bool:
+    """Whether `start` can reach itself by following dependencies."""
+    by_id = {t.id: t for t in plan.tasks}
+    stack = list(dependencies(by_id[start]))
+    seen: set[int] = set()
+    while stack:
+        current = stack.pop()
+        if current == start:
+            return True
+        if current in seen or current not in by_id:
+            continue
+        seen.add(current)
+        stack.extend(dependencies(by_id[current]))
+    return False
 
 
 def _succeeded(state: RunState, task_id: int) -> bool:

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 import uuid
 from pathlib import Path
 
 import nats
-import pytest
 from chorus.v1.messages_pb2 import (
     ChatMessage,
     ChatRequest,
@@ -246,32 +244,3 @@ async def test_a_request_id_that_is_no_subject_token_is_dead_lettered(nats_url: 
         msg = await dead.next_msg(timeout=10)
         await nc.close()
     assert msg.headers and "invalid request_id 'a.b.>'" in msg.headers["Chorus-Error"]
-
-
-async def test_a_task_whose_replica_died_fails_at_its_deadline(
-    nats_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from chorus.v1.workers_pb2 import ServedModel, WorkerInfo
-
-    from services.common.workers import WorkerAnnouncer, open_worker_bucket
-    from services.selector import service as selector_service
-
-    monkeypatch.setattr(selector_service, "SWEEP_INTERVAL_S", 0.5)
-    monkeypatch.setattr(selector_service, "OVERDUE_GRACE_S", 0.5)
-    env = {"CHORUS_TASK_DEADLINE": "1"}
-    async with running_stack(nats_url, env, services=("planner", "selector", "responder")):
-        nc = await nats.connect(nats_url)
-        # A replica that announced itself and then died with the work: nothing consumes it.
-        ghost = WorkerInfo(
-            worker_id="ghost",
-            capacity=1,
-            models=[ServedModel(task="summarization", model="ghost/model")],
-        )
-        announcer = WorkerAnnouncer(await open_worker_bucket(nc.jetstream(), 3, 1), ghost, 3)
-        await announcer.announce()
-        await asyncio.sleep(0.2)  # let the selector's registry watch see it
-        _, response = await _ask_over_bus(nats_url, _request("Summarize 'a long story'"))
-        await nc.close()
-    (result,) = response.results
-    assert result.model == "ghost/model" and result.status == TaskStatus.TASK_STATUS_FAILED
-    assert "no result by the task's deadline" in result.error

@@ -6,7 +6,7 @@ from pathlib import Path
 from chorus.v1.workers_pb2 import ServedModel, WorkerInfo
 
 from services.selector.catalog import Catalog, CatalogEntry, import_hugginggpt, load_catalog
-from services.selector.select import candidates_for
+from services.selector.rank import RequestFacts, rank
 
 # HuggingGPT's format as it really is: numbers as strings, `meta` a Python repr.
 P0_LINES = [
@@ -75,5 +75,5 @@ def test_equal_load_ranks_by_downloads_then_likes() -> None:
             for m in ("org/small", "org/big", "x/unknown")
         ],
     )
-    ranked = candidates_for("text-classification", [worker], catalog)
+    ranked = rank("text-classification", RequestFacts.of("label this"), [worker], catalog)
     assert [c.model for c in ranked] == ["org/big", "org/small", "x/unknown"]

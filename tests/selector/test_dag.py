@@ -9,6 +9,7 @@ from chorus.v1.messages_pb2 import (
     Task,
     TaskArgument,
     TaskOutput,
+    TaskPlan,
     TaskResult,
     TaskStarted,
     TaskStatus,
@@ -17,9 +18,12 @@ from chorus.v1.messages_pb2 import (
 from services.selector.dag import (
     UnresolvedInput,
     blocked_tasks,
+    dependencies,
+    drop_duplicate_ids,
     is_complete,
     ready_tasks,
     resolve_args,
+    unrunnable_tasks,
 )
 
 
@@ -78,3 +82,44 @@ def test_an_output_of_the_wrong_kind_does_not_resolve() -> None:
     _done(state, 1, TaskStatus.TASK_STATUS_SUCCEEDED, TaskOutput(name="text", text="t"))
     with pytest.raises(UnresolvedInput, match="task 0"):
         resolve_args(state.plan.tasks[2], state)
+
+
+def _plan(*tasks: Task) -> TaskPlan:
+    plan = TaskPlan(request_id="r")
+    plan.tasks.extend(tasks)
+    return plan
+
+
+def test_generated_inputs_are_dependencies_even_when_unlisted() -> None:
+    text_of_0 = TaskArgument(name="text", generated=GeneratedRef(task_id=0, kind=Kind.KIND_TEXT))
+    task = Task(id=1, task="summarization", args=[text_of_0])
+    assert dependencies(task) == {0}
+    state = RunState()
+    state.plan.CopyFrom(_plan(Task(id=0, task="image-to-text"), task))
+    assert [t.id for t in ready_tasks(state)] == [0]
+
+
+def test_plans_that_could_never_run_fail_their_tasks_with_the_reason() -> None:
+    plan = _plan(
+        Task(id=0, task="make-coffee"),
+        Task(id=1, task="summarization", deps=[7]),
+        Task(id=2, task="summarization", deps=[3]),
+        Task(id=3, task="translation", deps=[2]),
+        Task(id=4, task="translation", deps=[3]),  # behind the cycle: skipped later, not failed
+        Task(id=5, task="translation", deps=[5]),
+    )
+    errors = {r.task_id: r.error for r in unrunnable_tasks(plan)}
+    assert errors == {
+        0: "unknown task type 'make-coffee'",
+        1: "depends on task 7, which is not in the plan",
+        2: "part of a dependency cycle",
+        3: "part of a dependency cycle",
+        5: "part of a dependency cycle",
+    }
+
+
+def test_a_repeated_task_id_keeps_the_first() -> None:
+    plan = _plan(Task(id=0, task="summarization"), Task(id=0, task="translation"))
+    (note,) = drop_duplicate_ids(plan)
+    assert "task id 0 appears twice" in note
+    assert [t.task for t in plan.tasks] == ["summarization"]

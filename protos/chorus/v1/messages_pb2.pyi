@@ -420,6 +420,7 @@ class TaskResult(_message.Message):
     EXECUTOR_FIELD_NUMBER: _builtins.int
     SELECTION_REASON_FIELD_NUMBER: _builtins.int
     ATTEMPT_FIELD_NUMBER: _builtins.int
+    RETRYABLE_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     task_id: _builtins.int
     task: _builtins.str
@@ -431,6 +432,10 @@ class TaskResult(_message.Message):
     """replica that ran it"""
     selection_reason: _builtins.str
     attempt: _builtins.int
+    retryable: _builtins.bool
+    """Set by the executor when the failure was its own (not the input's or the model's): the
+    selector may run the task again, elsewhere.
+    """
     @_builtins.property
     def outputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___TaskOutput]: ...
     def __init__(
@@ -447,10 +452,11 @@ class TaskResult(_message.Message):
         executor: _builtins.str = ...,
         selection_reason: _builtins.str = ...,
         attempt: _builtins.int = ...,
+        retryable: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "error", b"error", "executor", b"executor", "model", b"model", "outputs", b"outputs", "request_id", b"request_id", "seconds", b"seconds", "selection_reason", b"selection_reason", "status", b"status", "task", b"task", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "error", b"error", "executor", b"executor", "model", b"model", "outputs", b"outputs", "request_id", b"request_id", "retryable", b"retryable", "seconds", b"seconds", "selection_reason", b"selection_reason", "status", b"status", "task", b"task", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -608,12 +614,18 @@ class TaskStarted(_message.Message):
     MODEL_FIELD_NUMBER: _builtins.int
     SELECTION_REASON_FIELD_NUMBER: _builtins.int
     DEADLINE_UNIX_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    ROUTE_FIELD_NUMBER: _builtins.int
     task_id: _builtins.int
     task: _builtins.str
     model: _builtins.str
     selection_reason: _builtins.str
     deadline_unix: _builtins.float
-    """the selector fails the task if no result has come by then"""
+    """the selector retries or fails the task if no result has come by then"""
+    attempt: _builtins.int
+    """0 first; a result of an earlier attempt is stale"""
+    route: _builtins.str
+    """the replicas it went to: the model itself, "llm" or "hf-inference" """
     def __init__(
         self,
         *,
@@ -622,10 +634,12 @@ class TaskStarted(_message.Message):
         model: _builtins.str = ...,
         selection_reason: _builtins.str = ...,
         deadline_unix: _builtins.float = ...,
+        attempt: _builtins.int = ...,
+        route: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["deadline_unix", b"deadline_unix", "model", b"model", "selection_reason", b"selection_reason", "task", b"task", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "deadline_unix", b"deadline_unix", "model", b"model", "route", b"route", "selection_reason", b"selection_reason", "task", b"task", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -725,12 +739,35 @@ class RunState(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class ChoicesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.int
+        @_builtins.property
+        def value(self) -> Global___ModelChoice: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.int = ...,
+            value: Global___ModelChoice | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     PLAN_FIELD_NUMBER: _builtins.int
     RESULTS_FIELD_NUMBER: _builtins.int
     DISPATCHED_FIELD_NUMBER: _builtins.int
     STARTED_UNIX_FIELD_NUMBER: _builtins.int
     REPORTED_FIELD_NUMBER: _builtins.int
     TRACE_ID_FIELD_NUMBER: _builtins.int
+    CHOICES_FIELD_NUMBER: _builtins.int
+    NOTES_FIELD_NUMBER: _builtins.int
     started_unix: _builtins.float
     reported: _builtins.bool
     trace_id: _builtins.str
@@ -743,6 +780,14 @@ class RunState(_message.Message):
 
     @_builtins.property
     def dispatched(self) -> _containers.MessageMap[_builtins.int, Global___TaskStarted]: ...
+    @_builtins.property
+    def choices(self) -> _containers.MessageMap[_builtins.int, Global___ModelChoice]:
+        """the LLM's choices, made once for the whole plan"""
+
+    @_builtins.property
+    def notes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """what the selector changed or refused in the plan"""
+
     def __init__(
         self,
         *,
@@ -752,11 +797,37 @@ class RunState(_message.Message):
         started_unix: _builtins.float = ...,
         reported: _builtins.bool = ...,
         trace_id: _builtins.str = ...,
+        choices: _abc.Mapping[_builtins.int, Global___ModelChoice] | None = ...,
+        notes: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["plan", b"plan"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dispatched", b"dispatched", "plan", b"plan", "reported", b"reported", "results", b"results", "started_unix", b"started_unix", "trace_id", b"trace_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["choices", b"choices", "dispatched", b"dispatched", "notes", b"notes", "plan", b"plan", "reported", b"reported", "results", b"results", "started_unix", b"started_unix", "trace_id", b"trace_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RunState: _TypeAlias = RunState  # noqa: Y015
+
+@_typing.final
+class ModelChoice(_message.Message):
+    """The LLM's choice of model for one task; `model` is empty when it made none (`reason` says why)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ModelChoice: _TypeAlias = ModelChoice  # noqa: Y015
