@@ -4,7 +4,7 @@
 
 1. Selection latency without an LLM call: the live worker registry (a real JetStream KV
    watch) holding 1, 10 and 100 replicas, the catalog with HuggingGPT's 673 models imported,
-   one selection = `registry.live()` + `rank` + `decide` for a task of the request.
+   one selection = `registry.serving(task)` + `rank` + `decide` for a task of the request.
    "local": candidates are what replicas serve; "hybrid": one replica also offers remote
    inference, so every catalog model of the task is ranked too.
 2. Scheduling overhead: a 3-level DAG (two roots, two middle tasks, one join) of no-op tasks
@@ -141,7 +141,7 @@ async def _selection_latency(nats_url: str, catalog: Catalog) -> dict[str, Any]:
                 task = tasks[i % len(tasks)]
                 facts = RequestFacts.of(REQUESTS[i % len(REQUESTS)])
                 started = time.perf_counter()
-                candidates = rank(task, facts, registry.live(), catalog)
+                candidates = rank(task, facts, registry.serving(task), catalog)
                 if candidates:
                     decide(task, candidates, None)
                 samples.append((time.perf_counter() - started) * 1e6)

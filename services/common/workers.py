@@ -46,6 +46,8 @@ class WorkerRegistry:
         self._kv = kv
         self._ttl_s = ttl_s
         self._workers: dict[str, WorkerInfo] = {}
+        # Worker ids by the task types they serve: a selection looks at one task's replicas.
+        self._by_task: dict[str, set[str]] = {}
         self._task: asyncio.Task[None] | None = None
         self._synced = asyncio.Event()
 
@@ -74,20 +76,32 @@ class WorkerRegistry:
             if entry is None:  # end of the initial values
                 self._synced.set()
                 continue
+            self._forget(entry.key)
             if entry.operation in ("DEL", "PURGE") or not entry.value:
-                self._workers.pop(entry.key, None)
-            else:
-                try:
-                    self._workers[entry.key] = WorkerInfo.FromString(entry.value)
-                except Exception:
-                    log.warning("ignored an undecodable worker entry %s", entry.key)
+                continue
+            try:
+                worker = WorkerInfo.FromString(entry.value)
+            except Exception:
+                log.warning("ignored an undecodable worker entry %s", entry.key)
+                continue
+            self._workers[entry.key] = worker
+            for served in worker.models:
+                self._by_task.setdefault(served.task, set()).add(entry.key)
+
+    def _forget(self, worker_id: str) -> None:
+        worker = self._workers.pop(worker_id, None)
+        for served in worker.models if worker else ():
+            self._by_task.get(served.task, set()).discard(worker_id)
 
     def live(self) -> list[WorkerInfo]:
         cutoff = time.time() - self._ttl_s
         return [w for w in self._workers.values() if w.heartbeat_unix >= cutoff]
 
     def serving(self, task: str) -> list[WorkerInfo]:
-        return [w for w in self.live() if any(m.task == task for m in w.models)]
+        """The live replicas that serve `task`."""
+        cutoff = time.time() - self._ttl_s
+        workers = (self._workers[i] for i in self._by_task.get(task, ()))
+        return [w for w in workers if w.heartbeat_unix >= cutoff]
 
 
 class WorkerAnnouncer:

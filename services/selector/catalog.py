@@ -11,8 +11,10 @@ from __future__ import annotations
 import ast
 import json
 import os
+import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,6 +43,13 @@ class CatalogEntry:
     license: str = ""
     size_bytes: int = 0  # 0: unknown
     description: str = ""
+
+    @cached_property
+    def tag_words(self) -> frozenset[str]:
+        """The words of its tags ("emotion-detection" -> emotion, detection), for matching."""
+        return frozenset(
+            w for tag in self.tags for w in re.split(r"[-_ ]", tag.lower()) if len(w) > 3
+        )
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False)

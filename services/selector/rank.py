@@ -101,8 +101,7 @@ def fit(entry: CatalogEntry, request: RequestFacts) -> float:
         score += 1.0
     elif languages:
         score -= 1.0
-    tag_words = {w for tag in entry.tags for w in re.split(r"[-_ ]", tag.lower()) if len(w) > 3}
-    return score + 0.5 * len(tag_words & request.words)
+    return score + 0.5 * len(entry.tag_words & request.words)
 
 
 @dataclass

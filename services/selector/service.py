@@ -304,7 +304,7 @@ class Selector:
         return [publish]
 
     def _rank(self, task: str, facts: RequestFacts) -> list[Candidate]:
-        return rank(task, facts, self._registry.live(), self._catalog, self._config.top_k)
+        return rank(task, facts, self._registry.serving(task), self._catalog, self._config.top_k)
 
     def _finish(self, state: RunState, result: TaskResult) -> list[Publish]:
         """Records a task's final result and announces it."""
