@@ -134,8 +134,8 @@ class Selector:
     async def sweep(self) -> None:
         """Retries or fails dispatched tasks that went overdue or whose model disappeared.
 
-        Any selector replica may sweep; compare-and-set keeps them from clashing, and a late
-        result of an attempt given up on counts as stale.
+        Any selector replica may sweep; compare-and-set keeps them from clashing. A retried
+        attempt's late answer still counts if it succeeded; a late failure is stale.
         """
         for request_id in await self._run_ids():
             request_id_var.set(request_id)
