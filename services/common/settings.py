@@ -22,6 +22,8 @@ class LLMSettings:
     model: str
     timeout_s: float
     max_retries: int
+    # The model's context window in tokens: prompts are cut to fit it with room for the reply.
+    context_tokens: int = 8192
 
     @property
     def configured(self) -> bool:
@@ -65,6 +67,7 @@ class Settings:
                 model=env.get("CHORUS_LLM_MODEL", "gpt-4o-mini"),
                 timeout_s=float_setting(env, "CHORUS_LLM_TIMEOUT", 30.0),
                 max_retries=int_setting(env, "CHORUS_LLM_MAX_RETRIES", 2),
+                context_tokens=_context_tokens(env),
             ),
             planner=planner,
             max_upload_bytes=int_setting(env, "CHORUS_MAX_UPLOAD_BYTES", 64 * 1024 * 1024),
@@ -74,6 +77,13 @@ class Settings:
             stream_replicas=_replicas(env),
             env=dict(env),
         )
+
+
+def _context_tokens(env: Mapping[str, str]) -> int:
+    tokens = int_setting(env, "CHORUS_LLM_CONTEXT_TOKENS", 8192)
+    if tokens < 1024:
+        raise SettingsError(f"CHORUS_LLM_CONTEXT_TOKENS must be at least 1024, not {tokens}")
+    return tokens
 
 
 def _log_level(env: Mapping[str, str]) -> str:
