@@ -35,6 +35,7 @@ class LLMSettings:
 class Settings:
     nats_url: str
     grpc_addr: str
+    openai_addr: str  # host:port of the OpenAI-compatible HTTP endpoint; empty: not served
     metrics_port: int
     llm: LLMSettings
     planner: str  # "auto" (LLM when configured) | "rules"
@@ -60,6 +61,7 @@ class Settings:
         return cls(
             nats_url=nats_url,
             grpc_addr=env.get("CHORUS_GRPC_ADDR", "127.0.0.1:50051"),
+            openai_addr=_host_port(env, "CHORUS_OPENAI_ADDR"),
             metrics_port=int_setting(env, "CHORUS_METRICS_PORT", 0),
             llm=LLMSettings(
                 base_url=base_url,
@@ -77,6 +79,14 @@ class Settings:
             stream_replicas=_replicas(env),
             env=dict(env),
         )
+
+
+def _host_port(env: Mapping[str, str], name: str) -> str:
+    value = env.get(name, "").strip()
+    _host, sep, port = value.rpartition(":")
+    if value and (not sep or not port.isdigit() or not 0 <= int(port) < 65536):
+        raise SettingsError(f"{name} is not host:port: {value!r}")
+    return value
 
 
 def _context_tokens(env: Mapping[str, str]) -> int:
