@@ -13,7 +13,7 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def _example() -> str:
-    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+    blocks: list[str] = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
     (example,) = [b for b in blocks if '"chorus.request"' in b]
     return example
 
