@@ -24,11 +24,15 @@ class ScriptedLLM:
     """An OpenAI-compatible `/v1/chat/completions` server answering from a script.
 
     Each call takes the next scripted reply (or the last one, repeated); a reply may be a
-    function of the request's messages. Streaming sends the reply word by word.
+    function of the request's messages. Streaming sends the reply word by word, one word
+    every `token_interval_s`, then a chunk with `finish_reason`; with `cut_after` set it
+    closes the connection after that many words instead, as a server that dies mid-reply.
     """
 
     replies: list[Reply] = field(default_factory=list)
     delay_s: float = 0.0
+    token_interval_s: float = 0.0
+    cut_after: int | None = None
     json_mode_supported: bool = True  # False: answer 400 to `response_format`, as many servers do
     requests: list[dict[str, Any]] = field(default_factory=list)
     port: int = 0
@@ -73,19 +77,25 @@ class ScriptedLLM:
                 self.end_headers()
                 words = reply.split(" ")
                 for i, word in enumerate(words):
+                    if llm.cut_after is not None and i >= llm.cut_after:
+                        return  # the connection closes with no finish_reason and no [DONE]
+                    if i and llm.token_interval_s:
+                        time.sleep(llm.token_interval_s)
                     piece = word + (" " if i < len(words) - 1 else "")
-                    chunk = {
-                        "id": "c",
-                        "object": "chat.completion.chunk",
-                        "created": 0,
-                        "model": model,
-                        "choices": [
-                            {"index": 0, "delta": {"content": piece}, "finish_reason": None}
-                        ],
-                    }
-                    self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
-                    self.wfile.flush()
+                    self._chunk(model, {"content": piece}, None)
+                self._chunk(model, {}, "stop")
                 self.wfile.write(b"data: [DONE]\n\n")
+
+            def _chunk(self, model: str, delta: dict[str, str], finish: str | None) -> None:
+                chunk = {
+                    "id": "c",
+                    "object": "chat.completion.chunk",
+                    "created": 0,
+                    "model": model,
+                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+                }
+                self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                self.wfile.flush()
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.port = self._server.server_port

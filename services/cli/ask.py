@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
 import grpc
-from chorus.v1.messages_pb2 import ChatMessage, ChatRequest, ChatResponse, StopAfter
+from chorus.v1.messages_pb2 import ArtifactRef, ChatMessage, ChatRequest, ChatResponse, StopAfter
 
-from services.cli.client import ChorusClient, describe_task, plan_json, response_json
-from services.common.tasks import status_name
+from services.cli.client import ChorusClient, plan_json, response_json
+from services.cli.view import ProgressView
 
 
 class StreamEnded(RuntimeError):
@@ -24,17 +23,31 @@ STOP_AFTER = {"plan": StopAfter.STOP_AFTER_PLAN, "execute": StopAfter.STOP_AFTER
 
 
 def ask(
-    text: str, files: list[Path], *, addr: str, out: Path, as_json: bool, stop_after: str | None
+    text: str,
+    files: list[Path],
+    *,
+    addr: str,
+    out: Path,
+    as_json: bool,
+    stop_after: str | None,
+    quiet: bool = False,
 ) -> int:
-    """`chorus ask`: progress as it happens, the answer, the saved files (or one JSON object)."""
+    """`chorus ask`: a live view, the answer as it streams, the saved files.
+
+    `as_json`: one JSON object on stdout and nothing else; `quiet`: the answer alone.
+    """
     stop = STOP_AFTER.get(stop_after or "", StopAfter.STOP_AFTER_UNSPECIFIED)
 
     def run(client: ChorusClient, request: ChatRequest) -> int:
         request.stop_after = stop
-        response = _run(client, request, sys.stderr if as_json else sys.stdout, quiet=as_json)
+        shown = not (as_json or quiet)
+        view = ProgressView(sys.stdout, live=sys.stdout.isatty()) if shown else None
+        response = _run(client, request, view)
         saved = {a.id: client.download(a.id, out) for a in response.artifacts}
         if as_json:
             print(json.dumps(response_json(response, saved), indent=2, ensure_ascii=False))
+        elif quiet:
+            print(response.answer)
         else:
             for path in saved.values():
                 print(f"saved {path}")
@@ -43,12 +56,68 @@ def ask(
     return _with_client("ask", text, files, addr, run)
 
 
+def chat(addr: str, out: Path, stdin: TextIO, stdout: TextIO) -> int:
+    """`chorus chat`: one conversation, a request per line; `/file PATH` attaches, `/quit` ends.
+
+    The conversation (each turn's text and files, the answers' generated files included)
+    goes with every request, so "the image from before" can be found.
+    """
+    interactive = stdin.isatty()
+    client = ChorusClient(addr)
+    history: list[ChatMessage] = []
+    attached: list[ArtifactRef] = []
+    try:
+        while True:
+            if interactive:
+                stdout.write("you> ")
+                stdout.flush()
+            line = stdin.readline()
+            if not line:
+                return 0
+            text = line.strip()
+            if text in ("/quit", "/exit"):
+                return 0
+            if text.startswith("/file "):
+                path = Path(text.removeprefix("/file ").strip()).expanduser()
+                if not path.is_file():
+                    stdout.write(f"no such file: {path}\n")
+                    continue
+                attached.append(client.upload(path))
+                stdout.write(f"attached {path.name}\n")
+                continue
+            if not text:
+                continue
+            message = ChatMessage(role="user", content=text, artifacts=attached)
+            request = ChatRequest(messages=[*history, message])
+            view = ProgressView(stdout, live=stdout.isatty())
+            try:
+                response = _run(client, request, view)
+            except (StreamEnded, grpc.RpcError) as e:
+                stdout.write(f"error: {_rpc_message(e, addr)}\n")
+                continue
+            attached = []
+            for artifact in response.artifacts:
+                stdout.write(f"saved {client.download(artifact.id, out)}\n")
+            if response.HasField("error"):
+                err = response.error
+                stdout.write(f"error in {err.stage} ({err.code}): {err.message}\n")
+                continue
+            history += [
+                message,
+                ChatMessage(
+                    role="assistant", content=response.answer, artifacts=response.artifacts
+                ),
+            ]
+    finally:
+        client.close()
+
+
 def plan(text: str, files: list[Path], *, addr: str) -> int:
     """`chorus plan`: the plan alone, as JSON in HuggingGPT's shape; notes on stderr."""
 
     def run(client: ChorusClient, request: ChatRequest) -> int:
         request.stop_after = StopAfter.STOP_AFTER_PLAN
-        response = _run(client, request, sys.stderr, quiet=True)
+        response = _run(client, request, None)
         print(json.dumps(plan_json(response.plan.tasks), indent=2, ensure_ascii=False))
         for note in response.plan.notes:
             print(f"note: {note}", file=sys.stderr)
@@ -78,17 +147,19 @@ def _with_client(
         print(f"chorus {command}: {e}", file=sys.stderr)
         return 2
     except grpc.RpcError as e:
-        code = e.code()
-        if code == grpc.StatusCode.UNAVAILABLE and "connect" in str(e.details()).lower():
-            print(
-                f"chorus {command}: cannot reach Chorus at {addr} (is `chorus up` running?)",
-                file=sys.stderr,
-            )
-        else:
-            print(f"chorus {command}: {code.name}: {e.details()}", file=sys.stderr)
+        print(f"chorus {command}: {_rpc_message(e, addr)}", file=sys.stderr)
         return 2
     finally:
         client.close()
+
+
+def _rpc_message(e: Exception, addr: str) -> str:
+    if not isinstance(e, grpc.RpcError):
+        return str(e)
+    code = e.code()
+    if code == grpc.StatusCode.UNAVAILABLE and "connect" in str(e.details()).lower():
+        return f"cannot reach Chorus at {addr} (is `chorus up` running?)"
+    return f"{code.name}: {e.details()}"
 
 
 def _report_error(response: ChatResponse, quiet: bool) -> int:
@@ -100,41 +171,15 @@ def _report_error(response: ChatResponse, quiet: bool) -> int:
     return 1
 
 
-def _run(client: ChorusClient, request: ChatRequest, out: TextIO, quiet: bool) -> ChatResponse:
-    """Streams the request, printing progress as it happens; returns the final response."""
-    started = time.monotonic()
-
-    def say(line: str) -> None:
-        if not quiet:
-            print(f"{time.monotonic() - started:6.2f}s  {line}", file=out, flush=True)
-
-    answering = False
-    for event in client.stream_chat(request):
-        kind = event.WhichOneof("event")
-        if kind == "plan_ready":
-            plan = event.plan_ready
-            say(f"plan: {len(plan.tasks)} task(s)" + "".join(f"; {n}" for n in plan.notes))
-            for task in plan.tasks:
-                say(f"  {describe_task(task)}")
-        elif kind == "task_started":
-            s = event.task_started
-            say(f"task {s.task_id} {s.task} -> {s.model} ({s.selection_reason})")
-        elif kind == "task_finished":
-            r = event.task_finished
-            detail = r.error or ", ".join(
-                o.text or o.artifact.name for o in r.outputs if o.text or o.artifact.name
-            )
-            say(f"task {r.task_id} {status_name(r.status)} in {r.seconds:.2f}s: {detail[:200]}")
-        elif kind == "answer_token":
-            if not quiet:
-                if not answering:
-                    print("\n", file=out, end="")
-                    answering = True
-                print(event.answer_token, end="", file=out, flush=True)
-        elif kind == "done":
-            if answering:
-                print("\n", file=out)
-            for note in event.done.notes:
-                say(f"note: {note}")
-            return event.done
+def _run(client: ChorusClient, request: ChatRequest, view: ProgressView | None) -> ChatResponse:
+    """Streams the request through `view` (None: silently); returns the final response."""
+    try:
+        for event in client.stream_chat(request):
+            if view is not None:
+                view.on_event(event)
+            if event.HasField("done"):
+                return event.done
+    finally:
+        if view is not None:
+            view.close()
     raise StreamEnded("the event stream ended without a response")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import mimetypes
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -57,7 +58,10 @@ class ChorusClient:
         out_dir.mkdir(parents=True, exist_ok=True)
         chunks = self._stub.DownloadArtifact(DownloadArtifactRequest(id=artifact_id))
         first = next(chunks)
-        target = _unused(out_dir / safe_file_name(first.name or artifact_id))
+        name = safe_file_name(first.name or artifact_id)
+        if not Path(name).suffix and first.media_type:  # a file type the OS can open it by
+            name += mimetypes.guess_extension(first.media_type) or ""
+        target = _unused(out_dir / name)
         with target.open("wb") as f:
             f.write(first.data)
             for chunk in chunks:

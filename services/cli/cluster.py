@@ -78,6 +78,7 @@ class LocalCluster:
     executor_models: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
     log_dir: Path | None = None
+    openai_addr: str = ""  # the planner serves the OpenAI-compatible endpoint here; "": not at all
     metrics_ports: dict[str, int] = field(default_factory=dict)
     _procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     _tmp: tempfile.TemporaryDirectory[str] | None = None
@@ -108,6 +109,8 @@ class LocalCluster:
             "CHORUS_METRICS_PORT": str(port),
             "CHORUS_GRPC_ADDR": self.grpc_addr,
         }
+        if name == "planner":
+            env["CHORUS_OPENAI_ADDR"] = self.openai_addr
         if name == "executor" and self.executor_models:
             env["CHORUS_EXECUTOR_MODELS"] = ";".join(self.executor_models)
         self._procs[name] = subprocess.Popen(

@@ -13,6 +13,7 @@ from services.cli import catalog as catalog_cli
 from services.cli.cluster import ClusterError, LocalCluster
 
 DEFAULT_GRPC = "127.0.0.1:50051"
+DEFAULT_OPENAI = "127.0.0.1:8000"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -37,6 +38,11 @@ def _parser() -> argparse.ArgumentParser:
         metavar="TASK=MODEL",
         help="an extra model for the executor (repeatable)",
     )
+    up.add_argument(
+        "--openai-addr",
+        default=os.environ.get("CHORUS_OPENAI_ADDR", DEFAULT_OPENAI),
+        help=f"the OpenAI-compatible endpoint (default {DEFAULT_OPENAI}; '' turns it off)",
+    )
     up.add_argument("--log-dir", type=Path, default=None, help="write each service's log here")
     up.set_defaults(run=_up)
 
@@ -55,7 +61,9 @@ def _parser() -> argparse.ArgumentParser:
     ask = commands.add_parser("ask", help="send a request to a running Chorus")
     ask.add_argument("text")
     ask.add_argument("--file", action="append", default=[], type=Path, help="attach a file")
-    ask.add_argument("--json", action="store_true", help="print one JSON object")
+    shown = ask.add_mutually_exclusive_group()
+    shown.add_argument("--json", action="store_true", help="print one JSON object")
+    shown.add_argument("--quiet", "-q", action="store_true", help="print the answer alone")
     ask.add_argument("--stop-after", choices=["plan", "execute"])
     ask.add_argument("--grpc", default=os.environ.get("CHORUS_GRPC_ADDR", DEFAULT_GRPC))
     ask.add_argument(
@@ -65,6 +73,16 @@ def _parser() -> argparse.ArgumentParser:
         help="where generated files are saved (default: ./chorus-out)",
     )
     ask.set_defaults(run=_ask)
+
+    chat = commands.add_parser("chat", help="an interactive conversation with a running Chorus")
+    chat.add_argument("--grpc", default=os.environ.get("CHORUS_GRPC_ADDR", DEFAULT_GRPC))
+    chat.add_argument(
+        "--out",
+        type=Path,
+        default=Path("chorus-out"),
+        help="where generated files are saved (default: ./chorus-out)",
+    )
+    chat.set_defaults(run=_chat)
 
     plan = commands.add_parser("plan", help="print the plan for a request as JSON")
     plan.add_argument("text")
@@ -94,6 +112,7 @@ def _up(args: argparse.Namespace) -> int:
         grpc_addr=grpc_addr,
         executor_models=args.model,
         log_dir=args.log_dir,
+        openai_addr=args.openai_addr,
     )
     stopping = False
 
@@ -110,7 +129,8 @@ def _up(args: argparse.Namespace) -> int:
         print(f"chorus up: {e}", file=sys.stderr)
         return 1
     ports = ", ".join(f"{n} :{p}" for n, p in cluster.metrics_ports.items())
-    print(f"Chorus is up. gRPC: {grpc_addr}  NATS: {cluster.nats_url}", flush=True)
+    openai = f"  OpenAI-compatible: http://{args.openai_addr}/v1" if args.openai_addr else ""
+    print(f"Chorus is up. gRPC: {grpc_addr}  NATS: {cluster.nats_url}{openai}", flush=True)
     print(f"metrics (/metrics, /healthz, /readyz): {ports}", flush=True)
     print("Ctrl-C stops everything.", flush=True)
     code = 0
@@ -148,7 +168,18 @@ def _ask(args: argparse.Namespace) -> int:
         out=args.out,
         as_json=args.json,
         stop_after=args.stop_after,
+        quiet=args.quiet,
     )
+
+
+def _chat(args: argparse.Namespace) -> int:
+    from services.cli.ask import chat
+
+    if sys.stdin.isatty():
+        print(
+            "Chorus chat: one request per line; /file PATH attaches a file; /quit or Ctrl-D ends."
+        )
+    return chat(args.grpc, args.out, sys.stdin, sys.stdout)
 
 
 def _plan(args: argparse.Namespace) -> int:

@@ -28,6 +28,10 @@ class LLMError(RuntimeError):
     """The LLM could not be reached or gave no usable reply."""
 
 
+class LLMStreamCut(LLMError):
+    """A streamed reply stopped partway: what came before it is all there is."""
+
+
 @dataclass(frozen=True)
 class ChatTurn:
     role: str
@@ -96,16 +100,27 @@ class OpenAILLM:
             raise LLMError(f"LLM {self.name} unavailable: {e}") from e
 
     async def stream(self, messages: Sequence[ChatTurn]) -> AsyncIterator[str]:
+        """Raises `LLMStreamCut` when the stream ends before the server said it finished."""
         with _accounted("stream"):
+            finished = started = False
             try:
                 chunks = await self._client.chat.completions.create(
                     model=self.name, messages=_wire(messages), temperature=0, stream=True
                 )
                 async for chunk in chunks:
-                    if chunk.choices and chunk.choices[0].delta.content:
-                        yield chunk.choices[0].delta.content
+                    if not chunk.choices:
+                        continue
+                    choice = chunk.choices[0]
+                    if choice.delta.content:
+                        started = True
+                        yield choice.delta.content
+                    finished = finished or choice.finish_reason is not None
             except openai.OpenAIError as e:
+                if started:
+                    raise LLMStreamCut(f"LLM {self.name} stream broke off: {e}") from e
                 raise LLMError(f"LLM {self.name} unavailable: {e}") from e
+            if not finished:
+                raise LLMStreamCut(f"LLM {self.name} stream stopped before the reply was finished")
 
     async def close(self) -> None:
         await self._client.close()

@@ -22,6 +22,8 @@ class LLMSettings:
     model: str
     timeout_s: float
     max_retries: int
+    # The model's context window in tokens: prompts are cut to fit it with room for the reply.
+    context_tokens: int = 8192
 
     @property
     def configured(self) -> bool:
@@ -33,6 +35,7 @@ class LLMSettings:
 class Settings:
     nats_url: str
     grpc_addr: str
+    openai_addr: str  # host:port of the OpenAI-compatible HTTP endpoint; empty: not served
     metrics_port: int
     llm: LLMSettings
     planner: str  # "auto" (LLM when configured) | "rules"
@@ -57,6 +60,7 @@ class Settings:
         return cls(
             nats_url=nats_url,
             grpc_addr=env.get("CHORUS_GRPC_ADDR", "127.0.0.1:50051"),
+            openai_addr=_host_port(env, "CHORUS_OPENAI_ADDR"),
             metrics_port=int_setting(env, "CHORUS_METRICS_PORT", 0),
             llm=LLMSettings(
                 base_url=base_url,
@@ -64,6 +68,7 @@ class Settings:
                 model=env.get("CHORUS_LLM_MODEL", "gpt-4o-mini"),
                 timeout_s=float_setting(env, "CHORUS_LLM_TIMEOUT", 30.0),
                 max_retries=int_setting(env, "CHORUS_LLM_MAX_RETRIES", 2),
+                context_tokens=_context_tokens(env),
             ),
             planner=planner,
             max_upload_bytes=int_setting(env, "CHORUS_MAX_UPLOAD_BYTES", 64 * 1024 * 1024),
@@ -72,6 +77,21 @@ class Settings:
             stream_replicas=_replicas(env),
             env=dict(env),
         )
+
+
+def _host_port(env: Mapping[str, str], name: str) -> str:
+    value = env.get(name, "").strip()
+    _host, sep, port = value.rpartition(":")
+    if value and (not sep or not port.isdigit() or not 0 <= int(port) < 65536):
+        raise SettingsError(f"{name} is not host:port: {value!r}")
+    return value
+
+
+def _context_tokens(env: Mapping[str, str]) -> int:
+    tokens = int_setting(env, "CHORUS_LLM_CONTEXT_TOKENS", 8192)
+    if tokens < 1024:
+        raise SettingsError(f"CHORUS_LLM_CONTEXT_TOKENS must be at least 1024, not {tokens}")
+    return tokens
 
 
 def _log_level(env: Mapping[str, str]) -> str:

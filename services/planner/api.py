@@ -6,11 +6,10 @@ call. Exceptions become gRPC status codes here and nowhere else.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
-import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any
 
 import grpc
 from chorus.v1 import chorus_pb2, chorus_pb2_grpc
@@ -19,38 +18,44 @@ from chorus.v1.chorus_pb2 import (
     DownloadArtifactRequest,
     ListModelsRequest,
     ListModelsResponse,
+    WatchChatRequest,
 )
 from chorus.v1.messages_pb2 import ArtifactRef, ChatRequest, ChatResponse, ProgressEvent
-from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from nats.errors import TimeoutError as NatsTimeoutError
-from nats.js.api import DeliverPolicy
 
-from services.common import bus, subjects
-from services.common.artifacts import ArtifactNotFound, ArtifactStore
+from services.common.artifacts import ArtifactNotFound
 from services.common.runtime import Runtime
-from services.common.telemetry import ERRORS, continue_trace, request_id_var
 from services.common.workers import WorkerRegistry
+from services.planner.frontdoor import (
+    FrontDoor,
+    InvalidRequest,
+    RequestError,
+    RequestNotFound,
+    RequestTimedOut,
+)
 
 log = logging.getLogger(__name__)
 
-MAX_REQUEST_BYTES = 256 * 1024  # larger inputs travel as artifacts
 CHUNK_BYTES = 1024 * 1024
-REQUEST_TIMEOUT_S = 900.0
 _STATUS_BY_ERROR = {
     "invalid_request": grpc.StatusCode.INVALID_ARGUMENT,
     "llm_unavailable": grpc.StatusCode.UNAVAILABLE,
     "payload_too_large": grpc.StatusCode.INVALID_ARGUMENT,
 }
+_STATUS_BY_REFUSAL = {
+    InvalidRequest.code: grpc.StatusCode.INVALID_ARGUMENT,
+    RequestNotFound.code: grpc.StatusCode.NOT_FOUND,
+    RequestTimedOut.code: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
 
 
 class ChorusApi(chorus_pb2_grpc.ChorusServicer):
-    def __init__(self, rt: Runtime, store: ArtifactStore, registry: WorkerRegistry) -> None:
-        self._js = rt.js
-        self._store = store
+    def __init__(self, front: FrontDoor, registry: WorkerRegistry, max_upload: int) -> None:
+        self._front = front
+        self._store = front.store
         self._registry = registry
-        self._max_upload = rt.settings.max_upload_bytes
+        self._max_upload = max_upload
 
     async def Chat(
         self, request: ChatRequest, context: grpc.aio.ServicerContext[ChatRequest, ChatResponse]
@@ -74,82 +79,22 @@ class ChorusApi(chorus_pb2_grpc.ChorusServicer):
             async for event in events:
                 yield event
 
-    async def _run(
+    async def WatchChat(
+        self,
+        request: WatchChatRequest,
+        context: grpc.aio.ServicerContext[WatchChatRequest, ProgressEvent],
+    ) -> AsyncIterator[ProgressEvent]:
+        watched = self._front.watch(request.request_id, api="grpc")
+        async with contextlib.aclosing(_aborting(watched, context)) as events:
+            async for event in events:
+                yield event
+
+    def _run(
         self, request: ChatRequest, context: grpc.aio.ServicerContext[ChatRequest, object]
     ) -> AsyncGenerator[ProgressEvent, None]:
-        """Publishes the request and yields its events until `done`."""
-        await self._validate(request, context)
-        request.request_id = request.request_id or uuid.uuid4().hex
-        request_id_var.set(request.request_id)
         metadata = dict(context.invocation_metadata() or ())
-        continue_trace(str(metadata.get("traceparent", "")))
-        if not request.HasField("created_at"):
-            request.created_at.GetCurrentTime()
-        # Subscribe before publishing; the stream also replays, so nothing is missed either way.
-        sub = await self._js.subscribe(
-            subjects.event(request.request_id),
-            ordered_consumer=True,
-            deliver_policy=DeliverPolicy.ALL,
-        )
-        try:
-            await bus.publish(self._js, subjects.REQUEST, request, msg_id=request.request_id)
-            deadline = asyncio.get_running_loop().time() + REQUEST_TIMEOUT_S
-            while True:
-                remaining = deadline - asyncio.get_running_loop().time()
-                if remaining <= 0:
-                    ERRORS.labels("planner", "deadline").inc()
-                    await context.abort(
-                        grpc.StatusCode.DEADLINE_EXCEEDED,
-                        f"request {request.request_id} got no response in {REQUEST_TIMEOUT_S}s",
-                    )
-                try:
-                    msg = await sub.next_msg(timeout=min(remaining, 5.0))
-                except NatsTimeoutError:
-                    continue
-                try:
-                    event = ProgressEvent.FromString(msg.data)
-                except DecodeError:
-                    log.warning("skipped an undecodable message on %s", msg.subject)
-                    continue
-                yield event
-                if event.HasField("done"):
-                    return
-        finally:
-            await sub.unsubscribe()
-
-    async def _validate(
-        self, request: ChatRequest, context: grpc.aio.ServicerContext[ChatRequest, object]
-    ) -> None:
-        """Checks the request, and replaces each attachment with what the store holds for it."""
-        if request.request_id and not subjects.valid_request_id(request.request_id):
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                "request_id: 1 to 64 letters, digits, '-' or '_' (or empty, to get one)",
-            )
-        if not request.messages:
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT, "messages: must hold at least one message"
-            )
-        if not request.messages[-1].content.strip():
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"messages[{len(request.messages) - 1}].content: the last message is empty",
-            )
-        size = request.ByteSize()
-        if size > MAX_REQUEST_BYTES:
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"messages: the request is {size} bytes, over the {MAX_REQUEST_BYTES}-byte "
-                "limit; send large inputs with UploadArtifact",
-            )
-        for i, message in enumerate(request.messages):
-            for j, artifact in enumerate(message.artifacts):
-                try:
-                    artifact.CopyFrom(await self._store.info(artifact.id))
-                except ArtifactNotFound as e:
-                    await context.abort(
-                        grpc.StatusCode.NOT_FOUND, f"messages[{i}].artifacts[{j}].id: {e}"
-                    )
+        traceparent = str(metadata.get("traceparent", ""))
+        return _aborting(self._front.run(request, api="grpc", traceparent=traceparent), context)
 
     async def UploadArtifact(
         self,
@@ -196,9 +141,19 @@ class ChorusApi(chorus_pb2_grpc.ChorusServicer):
         return ListModelsResponse(workers=workers)
 
 
-async def start_grpc(
-    rt: Runtime, store: ArtifactStore, registry: WorkerRegistry
-) -> grpc.aio.Server:
+async def _aborting(
+    events: AsyncGenerator[ProgressEvent, None], context: grpc.aio.ServicerContext[Any, Any]
+) -> AsyncGenerator[ProgressEvent, None]:
+    """The front door's events; its refusals become gRPC status codes, here and nowhere else."""
+    async with contextlib.aclosing(events):
+        try:
+            async for event in events:
+                yield event
+        except RequestError as e:
+            await context.abort(_STATUS_BY_REFUSAL[e.code], str(e))
+
+
+async def start_grpc(rt: Runtime, front: FrontDoor, registry: WorkerRegistry) -> grpc.aio.Server:
     max_message = 4 * 1024 * 1024
     server = grpc.aio.server(
         options=[
@@ -206,7 +161,8 @@ async def start_grpc(
             ("grpc.max_send_message_length", max_message),
         ]
     )
-    chorus_pb2_grpc.add_ChorusServicer_to_server(ChorusApi(rt, store, registry), server)
+    api = ChorusApi(front, registry, rt.settings.max_upload_bytes)
+    chorus_pb2_grpc.add_ChorusServicer_to_server(api, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     service_name = chorus_pb2.DESCRIPTOR.services_by_name["Chorus"].full_name

@@ -141,8 +141,12 @@ def mentioned_files(text: str) -> list[ArtifactRef]:
 
 
 def _input_files(text: str, attached: dict[str, ArtifactRef]) -> list[ArtifactRef]:
-    """Attached files the text names (or all of them when it names none), then other mentions."""
-    named = [r for r in attached.values() if r.name in text] or list(attached.values())
+    """Attached files the text names, then other mentions.
+
+    When it names none, every attached file, newest turn first: in a chat, "the image from
+    before" is the latest one, whether the user sent it or an earlier answer made it.
+    """
+    named = [r for r in attached.values() if r.name in text] or list(attached.values())[::-1]
     names = {r.name for r in named}
     others = [m for m in mentioned_files(text) if m.name.rsplit("/", 1)[-1] not in names]
     return named + others

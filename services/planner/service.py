@@ -15,6 +15,8 @@ from services.common.resources import request_text
 from services.common.runtime import Runtime
 from services.common.workers import WorkerRegistry
 from services.planner.api import start_grpc
+from services.planner.frontdoor import FrontDoor
+from services.planner.openai_http import start_openai_http
 from services.planner.plan import plan
 
 log = logging.getLogger(__name__)
@@ -60,8 +62,12 @@ async def build(rt: Runtime, stack: AsyncExitStack) -> list[bus.Consumer[Any]]:
         rt.js, rt.settings.worker_ttl_s, rt.settings.stream_replicas
     )
     stack.push_async_callback(registry.stop)
-    server = await start_grpc(rt, store, registry)
+    front = FrontDoor(rt.js, store)
+    server = await start_grpc(rt, front, registry)
     stack.push_async_callback(server.stop, 5.0)
+    if rt.settings.openai_addr:
+        http = await start_openai_http(front, rt.settings.openai_addr)
+        stack.push_async_callback(http.stop)
     planner = Planner(rt, llm)
     spec = bus.ConsumerSpec(
         stage=STAGE,

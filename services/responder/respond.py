@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Awaitable, Callable, Iterable
 
@@ -12,22 +11,27 @@ from chorus.v1.messages_pb2 import (
     ExecutionReport,
     StopAfter,
     TaskResult,
-    TaskStatus,
     Timings,
 )
 
 from services.common.events import seconds_since
-from services.common.llm import LLM, ChatTurn, LLMError
-from services.common.prompts import load_prompt
-from services.common.resources import request_text
-from services.common.tasks import status_name
+from services.common.llm import LLM, LLMError, LLMStreamCut
+from services.responder.prompt import response_prompt
+from services.responder.template import templated_answer
 
 OnToken = Callable[[str], Awaitable[None]]
 TEMPLATE_NOTE = "answer written from a template (no LLM)"
-MAX_RESULT_CHARS = 2000  # per task in the prompt; whole files travel as references
+DEFAULT_CONTEXT_TOKENS = 8192
 
 
-async def respond(report: ExecutionReport, llm: LLM | None, on_token: OnToken) -> ChatResponse:
+async def respond(
+    report: ExecutionReport,
+    llm: LLM | None,
+    on_token: OnToken,
+    *,
+    context_tokens: int = DEFAULT_CONTEXT_TOKENS,
+) -> ChatResponse:
+    """The response to a report; the answer goes out through `on_token` as it is written."""
     started = time.perf_counter()
     request = report.plan.request
     response = ChatResponse(request_id=report.request_id, plan=report.plan)
@@ -35,9 +39,8 @@ async def respond(report: ExecutionReport, llm: LLM | None, on_token: OnToken) -
     response.artifacts.extend(_artifacts(report.results))
     response.notes.extend([*report.plan.notes, *report.notes])
     if request.stop_after == StopAfter.STOP_AFTER_UNSPECIFIED:
-        response.answer, note = await _answer(report, llm, on_token)
-        if note:
-            response.notes.append(note)
+        response.answer, notes = await _answer(report, llm, on_token, context_tokens)
+        response.notes.extend(notes)
     response.timings.CopyFrom(
         Timings(
             planning_seconds=report.plan.planning_seconds,
@@ -52,77 +55,36 @@ async def respond(report: ExecutionReport, llm: LLM | None, on_token: OnToken) -
 
 
 async def _answer(
-    report: ExecutionReport, llm: LLM | None, on_token: OnToken
-) -> tuple[str, str | None]:
-    """The answer, streamed through `on_token`, and a note when a fallback wrote it."""
-    note, streamed = TEMPLATE_NOTE, ""
-    if llm is not None:
-        pieces: list[str] = []
-        try:
-            async for piece in llm.stream(_prompt(report)):
-                pieces.append(piece)
-                await on_token(piece)
-            return "".join(pieces), None
-        except LLMError as e:
-            note = f"the LLM failed while answering ({e}); {TEMPLATE_NOTE}"
-            if pieces:  # the template follows what was already streamed
-                streamed = "".join(pieces) + "\n\n"
-                await on_token("\n\n")
-    answer = templated_answer(report)
-    await on_token(answer)
-    return streamed + answer, note
-
-
-def _prompt(report: ExecutionReport) -> list[ChatTurn]:
-    workflow = [
-        {
-            "task": r.task,
-            "id": r.task_id,
-            "model": r.model,
-            "reason": r.selection_reason,
-            "status": status_name(r.status),
-            "result": _describe_outputs(r)[:MAX_RESULT_CHARS],
-            "error": r.error,
-        }
-        for r in report.results
-    ]
-    history = [ChatTurn(m.role, m.content) for m in report.plan.request.messages[:-1]]
-    user = (
-        f"Request: {request_text(report.plan.request)}\n"
-        f"Workflow: {json.dumps(workflow, ensure_ascii=False)}"
-    )
-    return [
-        ChatTurn("system", load_prompt("services.responder", "response.txt")),
-        *history,
-        ChatTurn("user", user),
-    ]
-
-
-def templated_answer(report: ExecutionReport) -> str:
-    if not report.results:
-        return (
-            "No model was needed for this request, and no LLM is configured to answer it "
-            "directly. Set CHORUS_LLM_BASE_URL or CHORUS_LLM_API_KEY for free-form answers."
+    report: ExecutionReport, llm: LLM | None, on_token: OnToken, context_tokens: int
+) -> tuple[str, list[str]]:
+    """The answer, streamed through `on_token`, and notes on how it was written."""
+    if llm is None:
+        answer = templated_answer(report)
+        await on_token(answer)
+        return answer, [TEMPLATE_NOTE]
+    prompt = response_prompt(report, context_tokens)
+    notes = []
+    if prompt.cut:
+        notes.append(
+            f"{prompt.cut} task result(s) or earlier turn(s) were shortened to fit the LLM's "
+            f"context ({prompt.tokens} of {prompt.budget} prompt tokens)"
         )
-    lines = [f"I ran {len(report.results)} task(s) for your request:"]
-    for r in report.results:
-        head = f"{r.task_id + 1}. {r.task}" + (f" with {r.model}" if r.model else "")
-        if r.status == TaskStatus.TASK_STATUS_SUCCEEDED:
-            lines.append(f"{head}: {_describe_outputs(r)}")
+    pieces: list[str] = []
+    try:
+        async for piece in llm.stream(prompt.turns):
+            pieces.append(piece)
+            await on_token(piece)
+        return "".join(pieces), notes
+    except LLMError as e:
+        if isinstance(e, LLMStreamCut) and pieces:
+            # Keep what the user has already read; the template adds the results in full.
+            note = f"the answer was cut short ({e}); the task results follow from a template"
         else:
-            lines.append(f"{head}: {status_name(r.status)} — {r.error}")
-    return "\n".join(lines)
-
-
-def _describe_outputs(result: TaskResult) -> str:
-    parts = []
-    for output in result.outputs:
-        which = output.WhichOneof("value")
-        if which == "text":
-            parts.append(output.text)
-        elif which == "artifact":
-            parts.append(f"generated file {output.artifact.name}")
-    return "; ".join(parts) or "(no output)"
+            note = f"the LLM failed while answering ({e}); {TEMPLATE_NOTE}"
+    streamed = "".join(pieces)
+    tail = ("\n\n[answer cut short]\n\n" if streamed else "") + templated_answer(report)
+    await on_token(tail)
+    return streamed + tail, [*notes, note]
 
 
 def _artifacts(results: Iterable[TaskResult]) -> list[ArtifactRef]:

@@ -20,9 +20,10 @@ STAGE = "responder"
 
 
 class Responder:
-    def __init__(self, js: JetStreamContext, llm: LLM | None) -> None:
+    def __init__(self, js: JetStreamContext, llm: LLM | None, context_tokens: int) -> None:
         self._js = js
         self._llm = llm
+        self._context_tokens = context_tokens
 
     async def handle(self, report: ExecutionReport) -> None:
         counter = itertools.count()
@@ -35,12 +36,13 @@ class Responder:
                 self._js, event, msg_id=f"{report.request_id}.token.{next(counter)}"
             )
 
-        response = await respond(report, self._llm, on_token)
+        response = await respond(report, self._llm, on_token, context_tokens=self._context_tokens)
         await events.finish(self._js, response)
 
 
 async def build(rt: Runtime, stack: AsyncExitStack) -> list[bus.Consumer[Any]]:
-    responder = Responder(rt.js, open_llm(rt.settings.llm, stack))
+    llm_settings = rt.settings.llm
+    responder = Responder(rt.js, open_llm(llm_settings, stack), llm_settings.context_tokens)
     spec = bus.ConsumerSpec(
         stage=STAGE,
         subject=subjects.REPORT,

@@ -46,7 +46,12 @@ def chorus_up(
     tmp_path_factory: pytest.TempPathFactory, tiny_classifier: Path
 ) -> Iterator[dict[str, Any]]:
     home = tmp_path_factory.mktemp("home")
-    env = {**os.environ, "CHORUS_GRPC_ADDR": f"127.0.0.1:{free_port()}", "HF_HOME": str(home)}
+    env = {
+        **os.environ,
+        "CHORUS_GRPC_ADDR": f"127.0.0.1:{free_port()}",
+        "CHORUS_OPENAI_ADDR": f"127.0.0.1:{free_port()}",
+        "HF_HOME": str(home),
+    }
     proc = subprocess.Popen(
         [
             *CHORUS,
@@ -144,6 +149,19 @@ def test_chorus_plan_prints_the_plan_in_hugginggpts_shape(chorus_up: dict[str, A
         {"id": 1, "task": "image-to-text", "dep": [0], "args": {"image": "<GENERATED>-0"}},
     ]
     assert "offline rules planner" in done.stderr
+
+
+def test_chorus_up_serves_the_openai_compatible_endpoint(chorus_up: dict[str, Any]) -> None:
+    from openai import OpenAI
+
+    addr = chorus_up["env"]["CHORUS_OPENAI_ADDR"]
+    with OpenAI(base_url=f"http://{addr}/v1", api_key="unused", max_retries=0) as client:
+        assert [m.id for m in client.models.list().data] == ["chorus"]
+        reply = client.chat.completions.create(
+            model="chorus",
+            messages=[{"role": "user", "content": "What is the sentiment of 'i great movie'?"}],
+        )
+    assert "text-classification" in (reply.choices[0].message.content or "")
 
 
 def test_sigterm_stops_everything(chorus_up: dict[str, Any]) -> None:

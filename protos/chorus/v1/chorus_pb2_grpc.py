@@ -61,6 +61,11 @@ class ChorusStub:
                 request_serializer=chorus_dot_v1_dot_chorus__pb2.ListModelsRequest.SerializeToString,
                 response_deserializer=chorus_dot_v1_dot_chorus__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
+        self.WatchChat = channel.unary_stream(
+                '/chorus.v1.Chorus/WatchChat',
+                request_serializer=chorus_dot_v1_dot_chorus__pb2.WatchChatRequest.SerializeToString,
+                response_deserializer=chorus_dot_v1_dot_messages__pb2.ProgressEvent.FromString,
+                _registered_method=True)
 
 
 class ChorusServicer:
@@ -101,6 +106,15 @@ class ChorusServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchChat(self, request, context):
+        """The events of a request sent earlier (by any client, over gRPC or the bus), replayed from
+        the first, then live until `done`: how a client that lost its stream picks it up again.
+        NOT_FOUND when no such request exists (or its events expired).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ChorusServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -128,6 +142,11 @@ def add_ChorusServicer_to_server(servicer, server):
                     servicer.ListModels,
                     request_deserializer=chorus_dot_v1_dot_chorus__pb2.ListModelsRequest.FromString,
                     response_serializer=chorus_dot_v1_dot_chorus__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'WatchChat': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchChat,
+                    request_deserializer=chorus_dot_v1_dot_chorus__pb2.WatchChatRequest.FromString,
+                    response_serializer=chorus_dot_v1_dot_messages__pb2.ProgressEvent.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -266,6 +285,33 @@ class Chorus:
             '/chorus.v1.Chorus/ListModels',
             chorus_dot_v1_dot_chorus__pb2.ListModelsRequest.SerializeToString,
             chorus_dot_v1_dot_chorus__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchChat(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/chorus.v1.Chorus/WatchChat',
+            chorus_dot_v1_dot_chorus__pb2.WatchChatRequest.SerializeToString,
+            chorus_dot_v1_dot_messages__pb2.ProgressEvent.FromString,
             options,
             channel_credentials,
             insecure,

@@ -43,6 +43,11 @@ class ChorusStub:
     DownloadArtifact: _grpc.UnaryStreamMultiCallable[_chorus_pb2.DownloadArtifactRequest, _chorus_pb2.ArtifactChunk]
     ListModels: _grpc.UnaryUnaryMultiCallable[_chorus_pb2.ListModelsRequest, _chorus_pb2.ListModelsResponse]
     """Models that a live executor replica serves now."""
+    WatchChat: _grpc.UnaryStreamMultiCallable[_chorus_pb2.WatchChatRequest, _messages_pb2.ProgressEvent]
+    """The events of a request sent earlier (by any client, over gRPC or the bus), replayed from
+    the first, then live until `done`: how a client that lost its stream picks it up again.
+    NOT_FOUND when no such request exists (or its events expired).
+    """
 
 @_typing.type_check_only
 class ChorusAsyncStub(ChorusStub):
@@ -58,6 +63,11 @@ class ChorusAsyncStub(ChorusStub):
     DownloadArtifact: _aio.UnaryStreamMultiCallable[_chorus_pb2.DownloadArtifactRequest, _chorus_pb2.ArtifactChunk]  # type: ignore[assignment]
     ListModels: _aio.UnaryUnaryMultiCallable[_chorus_pb2.ListModelsRequest, _chorus_pb2.ListModelsResponse]  # type: ignore[assignment]
     """Models that a live executor replica serves now."""
+    WatchChat: _aio.UnaryStreamMultiCallable[_chorus_pb2.WatchChatRequest, _messages_pb2.ProgressEvent]  # type: ignore[assignment]
+    """The events of a request sent earlier (by any client, over gRPC or the bus), replayed from
+    the first, then live until `done`: how a client that lost its stream picks it up again.
+    NOT_FOUND when no such request exists (or its events expired).
+    """
 
 class ChorusServicer(metaclass=_abc_1.ABCMeta):
     """The client API, served by the planner."""
@@ -100,5 +110,16 @@ class ChorusServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_chorus_pb2.ListModelsResponse, _abc.Awaitable[_chorus_pb2.ListModelsResponse]]:
         """Models that a live executor replica serves now."""
+
+    @_abc_1.abstractmethod
+    def WatchChat(
+        self,
+        request: _chorus_pb2.WatchChatRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_messages_pb2.ProgressEvent], _abc.AsyncIterator[_messages_pb2.ProgressEvent]]:
+        """The events of a request sent earlier (by any client, over gRPC or the bus), replayed from
+        the first, then live until `done`: how a client that lost its stream picks it up again.
+        NOT_FOUND when no such request exists (or its events expired).
+        """
 
 def add_ChorusServicer_to_server(servicer: ChorusServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,159 @@
+"""What `chorus ask` and `chorus chat` show while a request runs.
+
+The plan as a small tree, each task with its model, status and elapsed time, then the answer
+as it streams. On a terminal the tree is redrawn in place with a spinner (plain ANSI); piped,
+each change is one plain line, so logs and scripts read it too.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import TextIO
+
+from chorus.v1.messages_pb2 import ProgressEvent, TaskPlan, TaskStatus
+
+from services.cli.client import describe_task
+from services.common.tasks import status_name
+
+SPINNER = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
+_MARK = {
+    TaskStatus.TASK_STATUS_SUCCEEDED: "✓",
+    TaskStatus.TASK_STATUS_FAILED: "✗",
+    TaskStatus.TASK_STATUS_SKIPPED: "-",
+}
+
+
+@dataclass
+class _Row:
+    label: str
+    model: str = ""
+    status: str = "waiting"
+    mark: str = "·"
+    started: float | None = None
+    seconds: float | None = None
+    detail: str = ""
+
+
+class ProgressView:
+    """Consumes a request's events and writes them to `out`; `live` redraws in place."""
+
+    def __init__(self, out: TextIO, *, live: bool, show_answer: bool = True) -> None:
+        self._out = out
+        self._live = live
+        self._show_answer = show_answer
+        self._started = time.monotonic()
+        self._rows: dict[int, _Row] = {}
+        self._drawn = 0  # lines of the tree now on screen
+        self._answering = False
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._spinner: threading.Thread | None = None
+
+    def on_event(self, event: ProgressEvent) -> None:
+        kind = event.WhichOneof("event")
+        with self._lock:
+            if kind == "plan_ready":
+                self._plan(event.plan_ready)
+            elif kind == "task_started":
+                s = event.task_started
+                row = self._rows.setdefault(s.task_id, _Row(f"[{s.task_id}] {s.task}"))
+                row.model, row.status, row.started = s.model, "running", time.monotonic()
+                self._changed(row, f"{row.label} -> {s.model} ({s.selection_reason})")
+            elif kind == "task_finished":
+                r = event.task_finished
+                row = self._rows.setdefault(r.task_id, _Row(f"[{r.task_id}] {r.task}"))
+                row.model = r.model or row.model
+                row.status, row.mark, row.seconds = (
+                    status_name(r.status),
+                    _MARK.get(r.status, "?"),
+                    r.seconds,
+                )
+                row.detail = r.error or ", ".join(
+                    o.text or o.artifact.name for o in r.outputs if o.text or o.artifact.name
+                )
+                self._changed(
+                    row, f"{row.label} {row.status} in {r.seconds:.2f}s: {row.detail[:200]}"
+                )
+            elif kind == "answer_token" and self._show_answer:
+                self._token(event.answer_token)
+            elif kind == "done":
+                self._finish(event)
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._spinner is not None:
+            self._spinner.join()
+
+    def _plan(self, plan: TaskPlan) -> None:
+        for task in plan.tasks:
+            self._rows[task.id] = _Row(describe_task(task))
+        notes = "".join(f"; {n}" for n in plan.notes)
+        if not self._live:
+            self._line(f"plan: {len(plan.tasks)} task(s){notes}")
+            for i, task in enumerate(plan.tasks):
+                branch = "└─" if i == len(plan.tasks) - 1 else "├─"
+                self._line(f"  {branch} {describe_task(task)}")
+            return
+        self._out.write(f"plan: {len(plan.tasks)} task(s){notes}\n")
+        self._redraw()
+        self._spinner = threading.Thread(target=self._spin, daemon=True)
+        self._spinner.start()
+
+    def _changed(self, row: _Row, line: str) -> None:
+        if self._live:
+            self._redraw()
+        else:
+            self._line(line)
+
+    def _token(self, piece: str) -> None:
+        if not self._answering:
+            self._answering = True
+            self._stop.set()  # the tree stays as it is; the answer goes below it
+            if self._live:
+                self._redraw(final=True)
+            self._out.write("\n")
+        self._out.write(piece)
+        self._out.flush()
+
+    def _finish(self, event: ProgressEvent) -> None:
+        self._stop.set()
+        if self._live and not self._answering:
+            self._redraw(final=True)
+        if self._answering:
+            self._out.write("\n\n")
+        for note in event.done.notes:
+            self._line(f"note: {note}")
+        self._out.flush()
+
+    def _line(self, text: str) -> None:
+        self._out.write(f"{time.monotonic() - self._started:6.2f}s  {text}\n")
+        self._out.flush()
+
+    def _spin(self) -> None:
+        while not self._stop.wait(0.1):
+            with self._lock:
+                if not self._stop.is_set():
+                    self._redraw()
+
+    def _redraw(self, final: bool = False) -> None:
+        """The tree in place: cursor up over the last drawing, clear to the end, draw again."""
+        frame = SPINNER[int(time.monotonic() * 10) % len(SPINNER)]
+        lines = []
+        rows = list(self._rows.values())
+        for i, row in enumerate(rows):
+            branch = "└─" if i == len(rows) - 1 else "├─"
+            mark = frame if row.status == "running" and not final else row.mark
+            if row.seconds is not None:
+                elapsed = f"{row.seconds:.1f}s"
+            elif row.started is not None:
+                elapsed = f"{time.monotonic() - row.started:.1f}s"
+            else:
+                elapsed = ""
+            model = f"  {row.model}" if row.model else ""
+            lines.append(f"  {branch} {mark} {row.label}{model}  {row.status} {elapsed}".rstrip())
+        up = f"\x1b[{self._drawn}F" if self._drawn else ""
+        self._out.write(up + "\x1b[J" + "".join(f"{line}\n" for line in lines))
+        self._out.flush()
+        self._drawn = len(lines)
