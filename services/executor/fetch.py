@@ -89,7 +89,8 @@ class FetchPolicy:
         ip = ipaddress.ip_address(address.split("%")[0])
         if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
             ip = ip.ipv4_mapped
-        if not ip.is_global and not self.allow_private:
+        public = ip.is_global and not (ip.is_multicast or ip.is_reserved or ip.is_unspecified)
+        if not public and not self.allow_private:
             raise FetchRefused(f"{host} resolves to {address}, a non-public address")
 
     def _download(self, scheme: str, host: str, address: str, port: int, target: str) -> bytes:
