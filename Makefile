@@ -51,6 +51,7 @@ bench: setup
 	$(PY) -m bench.taskbench_rules
 	$(PY) -m bench.planner_robustness
 	$(PY) -m bench.planner_prompt_tokens
+	$(PY) -m bench.executor
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

@@ -575,7 +575,8 @@ _HANDLERS = [
         "audio-classification",
         _LABELS,
         _labels,
-        Local("pipeline", _pipeline(_audio_input), "audio-classification", batchable=True),
+        # Not batched: padded audio without an attention mask (wav2vec2-base) changes answers.
+        Local("pipeline", _pipeline(_audio_input), "audio-classification"),
         lambda c, url, i: c.audio_classification(_wav(i), model=url),
     ),
     *_controls(),
