@@ -304,6 +304,19 @@ def main() -> int:
         "cpus": os.cpu_count(),
         "device": "cpu",
     }
+    figures["notes"] = [
+        "All processes (nats-server, this client, every replica) share the machine's "
+        f"{os.cpu_count()} CPUs; a replica is CPU-bound in the forward pass, so replicas beyond "
+        "the core count add contention, not capacity.",
+        "With torch's default threads each replica uses every core, so N replicas ask for "
+        "N x cores threads; one thread per replica (OMP_NUM_THREADS=1) is the fair scale-out.",
+        "The bus path is one JetStream publish, a pull, a result publish with dedup id, and an "
+        "ack per invocation, in Python on the same cores: at high rates it competes with the "
+        "model for CPU. On more cores or a GPU per replica, replicas scale until NATS or the "
+        "client saturates.",
+        "Latency (b) uses the replica without batching (no batch window); with batching a lone "
+        f"invocation also waits up to CHORUS_BATCH_WAIT_MS ({BATCH_WAIT_MS} ms here).",
+    ]
     _print(figures)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(figures, indent=2) + "\n")
@@ -313,6 +326,7 @@ def main() -> int:
 
 def _print(figures: dict[str, Any]) -> None:
     b, lat, scale = figures["batching"], figures["bus_latency"], figures["scale_out"]
+    one = figures["scale_out_one_thread_each"]
     print(f"one replica at concurrency {CONCURRENCY} (median of {REPEATS} runs):")
     print(f"  without batching {b['without_median_rps']:8.1f} invocations/s")
     print(f"  with batching    {b['with_median_rps']:8.1f} invocations/s  ({b['ratio']:.2f}x)")
@@ -323,10 +337,9 @@ def _print(figures: dict[str, Any]) -> None:
     ):
         print(f"  {name:26}{row['median_ms']:10.2f}{row['p99_ms']:10.2f}")
     print(f"  added by the bus path: {lat['added_median_ms']:.2f} ms median")
-    print(
-        "replicas (batching on):  "
-        + "  ".join(f"{n}: {r['median_rps']:.1f}/s" for n, r in scale.items())
-    )
+    for name, rows in (("default torch threads", scale), ("one torch thread each", one)):
+        line = "  ".join(f"{n}: {r['median_rps']:.1f}/s" for n, r in rows.items())
+        print(f"replicas, batching on, {name}:  {line}")
 
 
 if __name__ == "__main__":

@@ -175,7 +175,7 @@ class MemoryArtifacts:
         return ref
 
 
-def local_run(task: str, model: str, max_batch: int = 1) -> Any:
+def local_run(task: str, model: str, max_batch: int = 1, options: Any = None) -> Any:
     """`execute`'s `run` for a local model through the real backend and pool, unbatched."""
     from services.executor.backends import LocalBackend
     from services.executor.handlers import HANDLERS
@@ -183,7 +183,7 @@ def local_run(task: str, model: str, max_batch: int = 1) -> Any:
     from services.executor.pool import ModelPool
 
     backend = LocalBackend(
-        HANDLERS[task], ModelSpec(task, model), ModelPool(LoadOptions()), max_batch
+        HANDLERS[task], ModelSpec(task, model), ModelPool(options or LoadOptions()), max_batch
     )
 
     async def run(inputs: Any) -> Any:

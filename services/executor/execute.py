@@ -56,8 +56,13 @@ async def execute(
     artifacts: Artifacts,
     worker_id: str,
     fetch: FetchPolicy | None = None,
+    max_seconds: float | None = None,
 ) -> TaskResult:
-    """Decodes the inputs, runs them (`run`: the model's backend, batched or not), stores outputs."""
+    """Decodes the inputs, runs them (`run`: the model's backend, batched or not), stores outputs.
+
+    An invocation without a deadline is given `max_seconds`, so that no task holds its message
+    (kept alive by `in_progress`) for ever.
+    """
     started = time.perf_counter()
     result = TaskResult(
         request_id=invocation.request_id,
@@ -67,7 +72,7 @@ async def execute(
         executor=worker_id,
         attempt=invocation.attempt,
     )
-    produced, error = await _run(invocation, run, artifacts, fetch or FetchPolicy())
+    produced, error = await _run(invocation, run, artifacts, fetch or FetchPolicy(), max_seconds)
     if error:
         result.status, result.error = TaskStatus.TASK_STATUS_FAILED, error
     else:
@@ -79,10 +84,16 @@ async def execute(
 
 
 async def _run(
-    invocation: TaskInvocation, run: Run, artifacts: Artifacts, fetch: FetchPolicy
+    invocation: TaskInvocation,
+    run: Run,
+    artifacts: Artifacts,
+    fetch: FetchPolicy,
+    max_seconds: float | None,
 ) -> tuple[list[Produced], str]:
     """The handler's outputs, or why there are none."""
     remaining = _remaining(invocation)
+    if remaining is None:
+        remaining = max_seconds
     if remaining == 0:
         return [], "the deadline passed before the task could start"
     try:

@@ -88,6 +88,7 @@ class Executor:
         fetch: FetchPolicy,
     ) -> None:
         self._js = rt.js
+        self._max_seconds = rt.settings.task_deadline_s
         self._store = store
         self._announcer = announcer
         self._fetch = fetch
@@ -104,6 +105,7 @@ class Executor:
                         self._store,
                         self._announcer.info.worker_id,
                         self._fetch,
+                        self._max_seconds,
                     )
                 finally:
                     self._announcer.info.in_flight -= 1
@@ -184,6 +186,7 @@ async def build(rt: Runtime, stack: AsyncExitStack) -> list[bus.Consumer[Any]]:
     config = ExecutorConfig.from_env(rt.settings.env, rt.settings.llm.configured)
     metrics.watch_device(config.device)
     pool = ModelPool(config.load, config.max_loaded, on_change=metrics.report_loaded)
+    metrics.report_loaded(pool)
     lanes = await _local_lanes(config, pool) + _routed_lanes(config, rt, stack)
     for lane in lanes:
         stack.push_async_callback(lane.close)

@@ -144,3 +144,12 @@ async def test_a_missing_argument_is_bad_input() -> None:
     no_image = TaskInvocation(request_id="r", task="canny-control")
     result = await execute(no_image, run, MemoryArtifacts(), "w")
     assert result.error == "bad input: argument 'image' is missing"
+
+
+async def test_an_invocation_without_a_deadline_still_has_a_bound() -> None:
+    async def hang(inputs: Inputs) -> list[Produced]:
+        await asyncio.sleep(30)
+        return []
+
+    result = await execute(_text_invocation(), hang, MemoryArtifacts(), "w", max_seconds=0.1)
+    assert result.error == "the task ran past its deadline"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import threading
@@ -229,7 +230,11 @@ async def test_bad_input_over_the_bus_is_answered_once_not_redelivered(
         await bus.publish(js, subjects.invoke("canny-control", "builtin:canny"), inv)
         (result,) = (await _results(sub, 1)).values()
         durable = subjects.consumer_name("executor", "canny-control", "builtin:canny")
-        info = await js.consumer_info(subjects.WORK_STREAM, durable)
+        for _ in range(100):  # the ack follows the result's publish
+            info = await js.consumer_info(subjects.WORK_STREAM, durable)
+            if info.num_ack_pending == 0:
+                break
+            await asyncio.sleep(0.05)
         # The replica still serves: a good invocation after the bad one succeeds.
         good_png = io.BytesIO()
         Image.new("RGB", (16, 16), "white").save(good_png, format="PNG")
@@ -243,3 +248,34 @@ async def test_bad_input_over_the_bus_is_answered_once_not_redelivered(
     assert result.status == TaskStatus.TASK_STATUS_FAILED and "not a readable image" in result.error
     assert info.num_redelivered == 0 and info.num_ack_pending == 0
     assert second.status == TaskStatus.TASK_STATUS_SUCCEEDED
+
+
+async def test_models_load_on_first_use_and_the_least_recently_used_is_evicted(
+    nats_url: str, tiny_classifier: Path, tmp_path: Path
+) -> None:
+    from tests.executor.tiny_models import token_classifier
+
+    tagger = token_classifier(tmp_path / "tagger")
+    env = {
+        "CHORUS_EXECUTOR_DEFAULTS": "0",
+        "CHORUS_EXECUTOR_MODELS": f"text-classification={tiny_classifier};"
+        f"token-classification={tagger}",
+        "CHORUS_EXECUTOR_LOAD": "first-use",
+        "CHORUS_EXECUTOR_MAX_LOADED": "1",
+    }
+    calls = [
+        ("text-classification", str(tiny_classifier)),
+        ("token-classification", str(tagger)),
+        ("text-classification", str(tiny_classifier)),
+    ]
+    async with running_stack(nats_url, env, services=("executor",)), _bus(nats_url) as (js, sub):
+        assert _metric("chorus_executor_loaded_models") == 0  # nothing loaded yet
+        results = []
+        for i, (task, model) in enumerate(calls):
+            inv = _invocation(task, model, i, text="the cat sat on a mat")
+            await bus.publish(js, subjects.invoke(task, model), inv)
+            results.append((await _results(sub, 1))[i])
+            assert _metric("chorus_executor_loaded_models") == 1
+        (worker,) = await _workers(js)
+    assert all(r.status == TaskStatus.TASK_STATUS_SUCCEEDED for r in results), results
+    assert {m.task for m in worker.models} == {"text-classification", "token-classification"}
