@@ -45,6 +45,7 @@ class ExecutorConfig:
         models and what the local Hugging Face cache holds, for tasks no given model covers,
         and the LLM's text tasks when an LLM is configured.
         """
+        load = _load_options(env)
         specs = _specs(env)
         with_defaults = env.get("CHORUS_EXECUTOR_DEFAULTS", "1") != "0"
         defaults: list[ModelSpec] = []
@@ -62,7 +63,7 @@ class ExecutorConfig:
         return cls(
             specs=tuple(specs),
             defaults=tuple(defaults),
-            load=_load_options(env),
+            load=load,
             capacity=max(int_setting(env, "CHORUS_EXECUTOR_CAPACITY", max(batch_size, 2)), 1),
             preload=_preload(env),
             max_loaded=int_setting(env, "CHORUS_EXECUTOR_MAX_LOADED", 0),

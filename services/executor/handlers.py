@@ -19,7 +19,7 @@ import numpy as np
 from chorus.v1.messages_pb2 import Kind
 from PIL import Image
 
-from services.common.tasks import AUDIO, IMAGE, LLM_TASKS, TASK_TYPES, TEXT, VIDEO
+from services.common.tasks import AUDIO, IMAGE, LLM_TASKS, TASK_TYPES, TEXT, VIDEO, Slot
 from services.executor import imageops, render
 from services.executor.media import Audio, encode_png, encode_wav
 
@@ -89,6 +89,11 @@ class Handler:
     # Why the task cannot run locally, when `local` is None: said to whoever asks for it.
     needs: str = ""
     builtins: Mapping[str, Callable[[Image.Image], Image.Image]] = field(default_factory=dict)
+
+    @property
+    def inputs(self) -> tuple[Slot, ...]:
+        """The argument slots, as the task type declares them (`services/common/tasks.py`)."""
+        return TASK_TYPES[self.task].slots
 
 
 class HandlerError(ValueError):

@@ -120,3 +120,11 @@ def test_masks_are_painted_and_depth_is_scaled() -> None:
     assert tuple(seg[5, 5]) == render.colour_for(0) and tuple(seg[5, 15]) == (0, 0, 0)
     depth = np.asarray(render.depth_image(np.array([[0.0, 2.0], [1.0, 2.0]]), (2, 2)).convert("L"))
     assert depth[0, 0] == 0 and depth[0, 1] == 255 and 120 < depth[1, 0] < 135
+
+
+def test_handlers_read_the_slots_their_task_type_declares() -> None:
+    assert [s.name for s in HANDLERS["question-answering"].inputs] == ["text", "context"]
+    assert [(s.name, s.required) for s in HANDLERS["image-to-image"].inputs] == [
+        ("image", True),
+        ("text", False),
+    ]
