@@ -14,7 +14,7 @@ from chorus.v1.messages_pb2 import TaskArgument, TaskInvocation, TaskStatus
 from PIL import Image
 
 from services.executor.execute import execute
-from services.executor.media import Audio, encode_wav
+from services.executor.media import Audio, decode_wav, encode_wav
 from tests.executor import tiny_models as tiny
 from tests.support import MemoryArtifacts, local_run
 
@@ -57,6 +57,7 @@ CASES: list[tuple[str, Callable[[Path], Path], dict[str, str], dict[str, str]]] 
     ("audio-classification", tiny.audio_classifier, {"audio": AUDIO},
      {"text": "text", "labels": "json"}),
     ("automatic-speech-recognition", tiny.speech_recognizer, {"audio": AUDIO}, {"text": "text"}),
+    ("text-to-speech", tiny.speech_synthesizer, {"text": "hello cat"}, {"audio": "audio/wav"}),
 ]  # fmt: skip
 
 
@@ -99,8 +100,12 @@ async def test_task_through_the_real_pipeline(
         else:
             ref, data = store.items[output.artifact.id]
             assert ref.media_type == what and ref.name.startswith(f"{task}-3")
-            picture = Image.open(io.BytesIO(data))
-            assert picture.size == (64, 48)  # drawn over / mapped onto the input image
+            if what == "audio/wav":
+                speech = decode_wav(data, ref.name)
+                assert speech.sampling_rate == 16000 and len(speech.samples) > 0
+            else:
+                picture = Image.open(io.BytesIO(data))
+                assert picture.size == (64, 48)  # drawn over / mapped onto the input image
 
 
 async def test_question_answering_answers_with_a_span_of_the_context(tmp_path: Path) -> None:

@@ -191,3 +191,25 @@ def speech_recognizer(target: Path) -> Path:
     Wav2Vec2ForCTC(_wav2vec2(pad_token_id=0)).save_pretrained(target)
     processor.save_pretrained(target)
     return target
+
+
+def speech_synthesizer(target: Path) -> Path:
+    from transformers import VitsConfig, VitsModel, VitsTokenizer
+
+    target.mkdir(parents=True, exist_ok=True)
+    vocab = {c: i for i, c in enumerate(" abcdefghijklmnopqrstuvwxyz")}
+    (target / "vocab.json").write_text(json.dumps(vocab))
+    VitsTokenizer(
+        str(target / "vocab.json"), add_blank=False, normalize=False, phonemize=False
+    ).save_pretrained(target)
+    config = VitsConfig(
+        vocab_size=len(vocab), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+        ffn_dim=32, flow_size=8, spectrogram_bins=17, upsample_initial_channel=16,
+        upsample_rates=[4, 4], upsample_kernel_sizes=[8, 8], resblock_kernel_sizes=[3],
+        resblock_dilation_sizes=[[1, 3]], prior_encoder_num_flows=1,
+        prior_encoder_num_wavenet_layers=1, posterior_encoder_num_wavenet_layers=1,
+        duration_predictor_num_flows=1, duration_predictor_filter_channels=16,
+        depth_separable_num_layers=1, sampling_rate=16000,
+    )  # fmt: skip
+    VitsModel(config).save_pretrained(target)
+    return target
