@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import nats
+import numpy as np
 import pytest
 from chorus.v1.messages_pb2 import TaskArgument, TaskInvocation, TaskResult, TaskStatus
 from chorus.v1.workers_pb2 import WorkerInfo
@@ -24,6 +25,7 @@ from services.common import bus, subjects
 from services.common.artifacts import ArtifactStore
 from services.common.tasks import LLM_TASKS
 from services.common.workers import LLM_ROUTE, REMOTE_ROUTE
+from services.executor.media import Audio, decode_wav, encode_wav
 from tests.integration.stack import running_stack
 from tests.support import ScriptedLLM
 
@@ -146,6 +148,14 @@ class _InferenceStandIn:
                     self.send_response(503)
                     self.end_headers()
                     return
+                if self.path.endswith("/tts"):
+                    speech = encode_wav(Audio(np.zeros(1600, dtype=np.float32), 16000))
+                    self.send_response(200)
+                    self.send_header("Content-Type", "audio/wav")
+                    self.send_header("Content-Length", str(len(speech)))
+                    self.end_headers()
+                    self.wfile.write(speech)
+                    return
                 if self.path.endswith("/detector"):
                     body = [{"label": "cat", "score": 0.9,
                              "box": {"xmin": 4, "ymin": 4, "xmax": 20, "ymax": 20}}]  # fmt: skip
@@ -197,17 +207,21 @@ async def test_remote_inference_runs_hub_models_named_per_invocation(
             _invocation("object-detection", "acme/detector", 1, image=photo),
             _invocation("text-classification", "acme/broken", 2, text="good movie"),
             _invocation("text-classification", "../../admin", 3, text="good movie"),
+            _invocation("text-to-speech", "acme/tts", 4, text="hello"),
         ]
         for inv in invocations:
             await bus.publish(js, subjects.invoke(inv.task, REMOTE_ROUTE), inv)
-        results = await _results(sub, 4)
+        results = await _results(sub, 5)
         (worker,) = await _workers(js)
+        _, speech = await (await ArtifactStore.open(js)).get(results[4].outputs[0].artifact.id)
     assert results[0].status == TaskStatus.TASK_STATUS_SUCCEEDED, results[0].error
     assert results[0].outputs[0].text == "POSITIVE (0.80)" and results[0].model == "acme/sentiment"
     assert results[1].status == TaskStatus.TASK_STATUS_SUCCEEDED, results[1].error
     assert results[1].outputs[0].artifact.media_type == "image/png"  # boxes drawn
     assert "remote inference failed" in results[2].error and "503" in results[2].error
     assert "is not a Hugging Face model id" in results[3].error
+    assert results[4].outputs[0].artifact.media_type == "audio/wav", results[4].error
+    assert decode_wav(speech, "speech.wav").sampling_rate == 16000
     assert "/models/acme/sentiment" in inference_stand_in.paths
     assert (
         json.loads(
