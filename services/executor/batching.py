@@ -9,7 +9,6 @@ invocation at a time, so a bad input fails only its own task.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -62,12 +61,14 @@ class Batcher:
         return await item.future
 
     async def close(self) -> None:
-        if self._worker is not None:
-            self._worker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._worker
-        if self._running:
-            await asyncio.gather(*self._running, return_exceptions=True)
+        """Stops collecting and abandons batches still running: the service drained its
+        consumers first, so what is left is unacked and will be redelivered elsewhere."""
+        for task in [self._worker, *self._running]:
+            if task is not None:
+                task.cancel()
+        await asyncio.gather(
+            *[t for t in [self._worker, *self._running] if t], return_exceptions=True
+        )
 
     async def _collect(self) -> None:
         while True:
