@@ -53,6 +53,7 @@ bench: setup
 	$(PY) -m bench.planner_prompt_tokens
 	$(PY) -m bench.selector
 	$(PY) -m bench.responder
+	$(PY) -m bench.executor
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

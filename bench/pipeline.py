@@ -36,14 +36,13 @@ from services.cli.cluster import LocalCluster, free_port
 from services.common.llm import OpenAILLM
 from services.common.settings import LLMSettings
 from services.executor.execute import execute
-from services.executor.models import ModelSpec, load
 from services.planner.plan import plan
 from services.responder.respond import respond
 from services.selector.catalog import Catalog
 from services.selector.dag import ready_tasks, resolve_args
 from services.selector.rank import RequestFacts, rank
 from services.selector.select import decide
-from tests.support import MemoryArtifacts, ScriptedLLM
+from tests.support import MemoryArtifacts, ScriptedLLM, local_run
 
 CHAIN = json.dumps(
     [
@@ -122,7 +121,7 @@ async def _in_process_side(llm_url: str, photo_bytes: bytes) -> dict[str, float]
     llm = OpenAILLM(LLMSettings(llm_url, "x", "bench", 30.0, 0))
     store = MemoryArtifacts()
     photo = await store.put(photo_bytes, "photo.png")
-    loaded = load(ModelSpec("canny-control", "builtin:canny"), "cpu", False)
+    loaded = local_run("canny-control", "builtin:canny")
     worker = WorkerInfo(
         worker_id="w", capacity=4, models=[ServedModel(task="canny-control", model="builtin:canny")]
     )

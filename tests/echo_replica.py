@@ -29,12 +29,14 @@ class EchoReplica:
         delay_s: float = 0.0,
         ttl_s: float = 3.0,
         capacity: int = 8,
+        out_of_memory: bool = False,
     ) -> None:
         self._url = nats_url
         self._served = served
         self._delay_s = delay_s
         self._ttl_s = ttl_s
         self._capacity = capacity
+        self._out_of_memory = out_of_memory  # answer every task with a retryable failure
         self.received: list[tuple[TaskInvocation, float]] = []  # with the time each arrived
         self.answered: dict[tuple[str, int], float] = {}  # (request, task) -> when published
         self._nc: NATS | None = None
@@ -96,6 +98,13 @@ class EchoReplica:
             attempt=invocation.attempt,
             executor="echo",
         )
+        if self._out_of_memory:
+            result.status, result.error, result.retryable = (
+                TaskStatus.TASK_STATUS_FAILED,
+                "out of memory: CUDA out of memory",
+                True,
+            )
+            del result.outputs[:]
         assert self._nc is not None
         key = (invocation.request_id, invocation.task_id)
         self.answered[key] = time.time()

@@ -183,3 +183,20 @@ class MemoryArtifacts:
         )
         self.items[ref.id] = (ref, data)
         return ref
+
+
+def local_run(task: str, model: str, max_batch: int = 1, options: Any = None) -> Any:
+    """`execute`'s `run` for a local model through the real backend and pool, unbatched."""
+    from services.executor.backends import LocalBackend
+    from services.executor.handlers import HANDLERS
+    from services.executor.models import LoadOptions, ModelSpec
+    from services.executor.pool import ModelPool
+
+    backend = LocalBackend(
+        HANDLERS[task], ModelSpec(task, model), ModelPool(options or LoadOptions()), max_batch
+    )
+
+    async def run(inputs: Any) -> Any:
+        return (await backend.infer(model, [inputs]))[0]
+
+    return run

@@ -40,6 +40,7 @@ class Settings:
     llm: LLMSettings
     planner: str  # "auto" (LLM when configured) | "rules"
     max_upload_bytes: int
+    task_deadline_s: float  # from dispatch, queueing included (selector) / per run (executor)
     worker_ttl_s: float
     log_level: str
     stream_replicas: int  # JetStream replicas of every stream and bucket (3 on a NATS cluster)
@@ -72,6 +73,7 @@ class Settings:
             ),
             planner=planner,
             max_upload_bytes=int_setting(env, "CHORUS_MAX_UPLOAD_BYTES", 64 * 1024 * 1024),
+            task_deadline_s=float_setting(env, "CHORUS_TASK_DEADLINE", 300.0),
             worker_ttl_s=float_setting(env, "CHORUS_WORKER_TTL", 10.0),
             log_level=_log_level(env),
             stream_replicas=_replicas(env),

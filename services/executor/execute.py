@@ -1,8 +1,9 @@
 """Stage 3, task execution: `TaskInvocation` in, `TaskResult` out. No NATS here.
 
-Bad inputs, a model that raises and a missed deadline become a failed result with the reason:
-running the same invocation again would fail the same way, so it is answered, not redelivered.
-Errors of the artifact store itself propagate, so that the invocation is retried.
+Bad inputs, a model that raises or runs out of memory, and a missed deadline become a failed
+result with the reason, answered rather than redelivered; the result says whether another
+replica might do better (`retryable`), for the selector to decide. Errors of the artifact
+store itself propagate, so that the invocation is redelivered.
 """
 
 from __future__ import annotations
@@ -10,24 +11,33 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import mimetypes
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from chorus.v1.messages_pb2 import (
     ArtifactRef,
+    Kind,
+    TaskArgument,
     TaskInvocation,
     TaskOutput,
     TaskResult,
     TaskStatus,
 )
 
-from services.common.artifacts import ArtifactNotFound
-from services.common.tasks import AUDIO, IMAGE, KIND_NAMES, TEXT, task_type
-from services.executor.handlers import Produced
+from services.common.artifacts import ArtifactNotFound, kind_for_name
+from services.common.llm import LLMError
+from services.common.tasks import AUDIO, IMAGE, KIND_NAMES, TEXT, Slot, task_type
+from services.executor.backends import RemoteInferenceError
+from services.executor.devices import is_out_of_memory
+from services.executor.fetch import FetchPolicy, FetchRefused
+from services.executor.handlers import HANDLERS, Inputs, Produced
 from services.executor.media import MediaError, decode_image, decode_wav, encode_png, encode_wav
-from services.executor.models import LoadedModel
+from services.executor.models import ModelUnavailable
 
 log = logging.getLogger(__name__)
+Run = Callable[[Inputs], Awaitable[list[Produced]]]
 
 
 class Artifacts(Protocol):
@@ -40,9 +50,29 @@ class TaskInputError(ValueError):
     """An argument is missing, of the wrong kind, or unreadable."""
 
 
+class TaskFailed(Exception):
+    """Why a task has no outputs; `retryable` when another replica might succeed (it ran out
+    of memory or could not load the model here, or a remote service failed), not when the
+    input or the model is at fault."""
+
+    def __init__(self, message: str, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
 async def execute(
-    invocation: TaskInvocation, loaded: LoadedModel, artifacts: Artifacts, worker_id: str
+    invocation: TaskInvocation,
+    run: Run,
+    artifacts: Artifacts,
+    worker_id: str,
+    fetch: FetchPolicy | None = None,
+    max_seconds: float | None = None,
 ) -> TaskResult:
+    """Decodes the inputs, runs them (`run`: the model's backend, batched or not), stores outputs.
+
+    An invocation without a deadline is given `max_seconds`, so that no task holds its message
+    (kept alive by `in_progress`) for ever.
+    """
     started = time.perf_counter()
     result = TaskResult(
         request_id=invocation.request_id,
@@ -52,9 +82,14 @@ async def execute(
         executor=worker_id,
         attempt=invocation.attempt,
     )
-    produced, error = await _run(invocation, loaded, artifacts)
-    if error:
-        result.status, result.error = TaskStatus.TASK_STATUS_FAILED, error
+    try:
+        produced = await _run(invocation, run, artifacts, fetch or FetchPolicy(), max_seconds)
+    except TaskFailed as e:
+        result.status, result.error, result.retryable = (
+            TaskStatus.TASK_STATUS_FAILED,
+            str(e),
+            e.retryable,
+        )
     else:
         for item in produced:
             result.outputs.append(await _encode_output(item, invocation, artifacts))
@@ -64,24 +99,54 @@ async def execute(
 
 
 async def _run(
-    invocation: TaskInvocation, loaded: LoadedModel, artifacts: Artifacts
-) -> tuple[list[Produced], str]:
-    """The handler's outputs, or why there are none."""
+    invocation: TaskInvocation,
+    run: Run,
+    artifacts: Artifacts,
+    fetch: FetchPolicy,
+    max_seconds: float | None,
+) -> list[Produced]:
+    """The handler's outputs; `TaskFailed` says why there are none."""
     remaining = _remaining(invocation)
+    if remaining is None:
+        remaining = max_seconds
     if remaining == 0:
-        return [], "the deadline passed before the task could start"
+        raise TaskFailed("the deadline passed before the task could start")
     try:
-        inputs = await _decode_inputs(invocation, artifacts)
+        inputs = await _decode_inputs(invocation, artifacts, fetch)
     except TaskInputError as e:
-        return [], f"bad input: {e}"
+        raise TaskFailed(f"bad input: {e}") from e
     try:
-        work = asyncio.to_thread(loaded.handler.run, loaded.model, inputs)
-        return await asyncio.wait_for(work, remaining), ""
-    except TimeoutError:
-        return [], "the task ran past its deadline"
-    except Exception as e:  # the model raised: report it, keep serving
-        log.warning("model %s raised: %r", invocation.model, e)
-        return [], f"model error: {type(e).__name__}: {e}"
+        produced = await asyncio.wait_for(run(inputs), remaining)
+    except TimeoutError as e:
+        raise TaskFailed("the task ran past its deadline") from e
+    except Exception as e:  # the model failed: report it, keep serving
+        log.warning("%s on %s failed: %r", invocation.task, invocation.model, e)
+        raise _failure(e) from e
+    undeclared = _undeclared(invocation.task, produced)
+    if undeclared:
+        raise TaskFailed(undeclared)
+    return produced
+
+
+def _failure(error: Exception) -> TaskFailed:
+    if is_out_of_memory(error):
+        return TaskFailed(f"out of memory: {type(error).__name__}: {error}", retryable=True)
+    if isinstance(error, ModelUnavailable):
+        return TaskFailed(f"model unavailable: {error}", retryable=True)
+    if isinstance(error, RemoteInferenceError):
+        return TaskFailed(f"remote inference failed: {error}", retryable=True)
+    if isinstance(error, LLMError):
+        return TaskFailed(f"LLM failed: {error}", retryable=True)
+    return TaskFailed(f"model error: {type(error).__name__}: {error}")
+
+
+def _undeclared(task: str, produced: list[Produced]) -> str:
+    """Why the outputs break the handler's declaration, or "" when they keep to it."""
+    declared = {o.name: o.kind for o in HANDLERS[task].outputs}
+    for item in produced:
+        if declared.get(item.name) != item.kind:
+            return f"handler error: {task} produced an undeclared output {item.name!r}"
+    return ""
 
 
 def _remaining(invocation: TaskInvocation) -> float | None:
@@ -90,7 +155,9 @@ def _remaining(invocation: TaskInvocation) -> float | None:
     return max(0.0, invocation.deadline.ToNanoseconds() / 1e9 - time.time())
 
 
-async def _decode_inputs(invocation: TaskInvocation, artifacts: Artifacts) -> dict[str, Any]:
+async def _decode_inputs(
+    invocation: TaskInvocation, artifacts: Artifacts, fetch: FetchPolicy
+) -> dict[str, Any]:
     declared = task_type(invocation.task)
     if declared is None:
         raise TaskInputError(f"unknown task type {invocation.task!r}")
@@ -102,25 +169,41 @@ async def _decode_inputs(invocation: TaskInvocation, artifacts: Artifacts) -> di
             if slot.required:
                 raise TaskInputError(f"argument {slot.name!r} is missing")
             continue
-        if arg.WhichOneof("value") == "text":
-            if slot.kind != TEXT:
-                raise TaskInputError(
-                    f"argument {slot.name!r} needs an uploaded {KIND_NAMES[slot.kind]} file, "
-                    f"not the text {arg.text[:80]!r}"
-                )
+        if arg.WhichOneof("value") == "text" and slot.kind == TEXT:
             inputs[slot.name] = arg.text
             continue
+        name, kind, data = await _file(slot, arg, artifacts, fetch)
+        if kind != slot.kind:
+            raise TaskInputError(
+                f"argument {slot.name!r} needs {KIND_NAMES.get(slot.kind)}, "
+                f"but {name} is {KIND_NAMES.get(kind, 'of unknown kind')}"
+            )
+        inputs[slot.name] = _decode(slot.kind, data, name)
+    return inputs
+
+
+async def _file(
+    slot: Slot, arg: TaskArgument, artifacts: Artifacts, fetch: FetchPolicy
+) -> tuple[str, Kind.ValueType, bytes]:
+    """A file argument's name, kind and bytes: from the artifact store, or a URL or path."""
+    if arg.WhichOneof("value") == "artifact":
         try:
             ref, data = await artifacts.get(arg.artifact.id)
         except ArtifactNotFound as e:
             raise TaskInputError(str(e)) from e
-        if ref.kind != slot.kind:
-            raise TaskInputError(
-                f"argument {slot.name!r} needs {KIND_NAMES.get(slot.kind)}, "
-                f"but {ref.name} is {KIND_NAMES.get(ref.kind, 'of unknown kind')}"
-            )
-        inputs[slot.name] = _decode(slot.kind, data, ref.name)
-    return inputs
+        return ref.name, ref.kind, data
+    if arg.WhichOneof("value") != "text" or not arg.text.strip():
+        raise TaskInputError(
+            f"argument {slot.name!r} needs an uploaded {KIND_NAMES[slot.kind]} file"
+        )
+    try:
+        name, data = await asyncio.to_thread(fetch.fetch, arg.text.strip())
+    except FetchRefused as e:
+        raise TaskInputError(
+            f"argument {slot.name!r} needs an uploaded {KIND_NAMES[slot.kind]} file; "
+            f"{arg.text[:80]!r} cannot be read: {e}"
+        ) from e
+    return name, kind_for_name(name) or slot.kind, data
 
 
 def _decode(kind: int, data: bytes, name: str) -> Any:
@@ -143,6 +226,10 @@ async def _encode_output(
         return TaskOutput(name=item.name, artifact=ref)
     if item.audio is not None:
         ref = await artifacts.put(encode_wav(item.audio), f"{stem}.wav", "audio/wav")
+        return TaskOutput(name=item.name, artifact=ref)
+    if item.file is not None:
+        extension = mimetypes.guess_extension(item.media_type) or ".bin"
+        ref = await artifacts.put(item.file, f"{stem}{extension}", item.media_type)
         return TaskOutput(name=item.name, artifact=ref)
     if item.text is not None:
         return TaskOutput(name=item.name, text=item.text)

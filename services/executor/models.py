@@ -10,11 +10,12 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from services.executor.handlers import BUILTIN_OPS, HANDLERS, Handler
+from services.executor.handlers import HANDLERS, Handler
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +36,14 @@ class ModelSpec:
         task, sep, model = text.partition("=")
         if not sep or not task.strip() or not model.strip():
             raise ValueError(f"--model wants TASK=MODEL_ID_OR_PATH, got {text!r}")
-        if task.strip() not in HANDLERS:
+        handler = HANDLERS.get(task.strip())
+        if handler is None:
             known = ", ".join(sorted(HANDLERS))
             raise ValueError(f"--model {text!r}: no handler for task {task!r} (known: {known})")
+        if handler.local is None:
+            raise ValueError(
+                f"--model {text!r}: {handler.task} cannot run locally: it needs {handler.needs}"
+            )
         return cls(task.strip(), model.strip())
 
 
@@ -47,11 +53,12 @@ class LoadedModel:
     handler: Handler
     model: Any
     load_seconds: float
+    size_bytes: int = 0
 
 
 def default_specs() -> list[ModelSpec]:
     """What a fresh `chorus up` serves with no download: built-ins and bundled models."""
-    specs = [ModelSpec("canny-control", "builtin:canny")]
+    specs = [ModelSpec(h.task, name) for h in HANDLERS.values() for name in sorted(h.builtins)]
     if _bundled_minilm_path() is not None:
         specs.append(ModelSpec("sentence-similarity", BUNDLED_MINILM))
     return specs
@@ -86,41 +93,123 @@ def locate(model: str, allow_download: bool) -> str:
         raise ModelUnavailable(f"{model}: download failed: {e}") from e
 
 
-def load(spec: ModelSpec, device: str, allow_download: bool) -> LoadedModel:
+class MissingExtra(ModelUnavailable):
+    """The task needs an optional library that is not installed; the message names the extra."""
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    device: str = "cpu"
+    dtype: str = "auto"  # "auto": float32 on CPU, float16 on CUDA
+    allow_download: bool = False
+    controlnet_base: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+
+
+def load(spec: ModelSpec, options: LoadOptions) -> LoadedModel:
     handler = HANDLERS[spec.task]
     started = time.perf_counter()
     try:
-        model = _load(handler, spec.model, device, allow_download)
+        model = _load(handler, spec.model, options)
     except ModelUnavailable:
         raise
     except Exception as e:
         raise ModelUnavailable(f"{spec.task}={spec.model}: loading failed: {e}") from e
     seconds = time.perf_counter() - started
     log.info("loaded %s for %s in %.1fs", spec.model, spec.task, seconds)
-    return LoadedModel(spec, handler, model, seconds)
+    return LoadedModel(spec, handler, model, seconds, _size_bytes(model))
 
 
-def _load(handler: Handler, model: str, device: str, allow_download: bool) -> Any:
-    if handler.backend == "builtin":
-        if model not in BUILTIN_OPS:
-            raise ModelUnavailable(f"{model}: no such built-in (known: {sorted(BUILTIN_OPS)})")
-        return BUILTIN_OPS[model]
-    path = locate(model, allow_download)
-    if handler.backend == "pipeline":
-        from transformers import pipeline
+def _load(handler: Handler, model: str, options: LoadOptions) -> Any:
+    local = handler.local
+    if local is None:
+        raise ModelUnavailable(f"{handler.task} cannot run locally: it needs {handler.needs}")
+    if local.loader == "builtin":
+        if model not in handler.builtins:
+            known = ", ".join(sorted(handler.builtins))
+            raise ModelUnavailable(f"{model}: no such built-in for {handler.task} (known: {known})")
+        return handler.builtins[model]
+    if model.startswith("builtin:"):
+        raise ModelUnavailable(f"{model}: {handler.task} has no built-in; it needs a model")
+    path = locate(model, options.allow_download)
+    return _LOADERS[local.loader](path, local.pipeline_task, options)
 
-        return pipeline(handler.pipeline_task, model=path, device=device)  # type: ignore[call-overload]
-    if handler.backend == "seq2seq":
-        from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
-        return AutoTokenizer.from_pretrained(path), AutoModelForSeq2SeqLM.from_pretrained(path).to(
-            device
+def torch_dtype(options: LoadOptions) -> Any:
+    import torch
+
+    if options.dtype == "auto":
+        return torch.float16 if options.device.startswith("cuda") else torch.float32
+    return getattr(torch, options.dtype)
+
+
+def _pipeline(path: str, pipeline_task: str, options: LoadOptions) -> Any:
+    from transformers import pipeline
+
+    pipe = pipeline(pipeline_task, model=path, device=options.device, dtype=torch_dtype(options))  # type: ignore[call-overload]
+    tokenizer = getattr(pipe, "tokenizer", None)
+    if tokenizer is not None and tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token  # batched generation pads
+    return pipe
+
+
+def _seq2seq(path: str, _: str, options: LoadOptions) -> Any:
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    network = AutoModelForSeq2SeqLM.from_pretrained(path, dtype=torch_dtype(options))
+    return AutoTokenizer.from_pretrained(path), network.to(options.device).eval()
+
+
+def _extractive_qa(path: str, _: str, options: LoadOptions) -> Any:
+    from transformers import AutoModelForQuestionAnswering, AutoTokenizer
+
+    network = AutoModelForQuestionAnswering.from_pretrained(path, dtype=torch_dtype(options))
+    return AutoTokenizer.from_pretrained(path), network.to(options.device).eval()
+
+
+def _sentence_transformers(path: str, _: str, options: LoadOptions) -> Any:
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(path, device=options.device)
+
+
+def _diffusers(path: str, _: str, options: LoadOptions, controlnet: bool = False) -> Any:
+    try:
+        import diffusers
+    except ImportError as e:
+        raise MissingExtra(
+            "this task runs on diffusers, which is not installed: pip install 'chorus[diffusers]'"
+        ) from e
+    dtype = torch_dtype(options)
+    if controlnet:
+        net = diffusers.ControlNetModel.from_pretrained(path, torch_dtype=dtype)
+        base = locate(options.controlnet_base, options.allow_download)
+        pipe = diffusers.StableDiffusionControlNetPipeline.from_pretrained(
+            base, controlnet=net, torch_dtype=dtype
         )
-    if handler.backend == "sentence-transformers":
-        from sentence_transformers import SentenceTransformer
+    else:
+        pipe = diffusers.DiffusionPipeline.from_pretrained(path, torch_dtype=dtype)
+    return pipe.to(options.device)
 
-        return SentenceTransformer(path, device=device)
-    raise ModelUnavailable(f"unknown backend {handler.backend!r}")
+
+_LOADERS: dict[str, Callable[[str, str, LoadOptions], Any]] = {
+    "pipeline": _pipeline,
+    "seq2seq": _seq2seq,
+    "extractive-qa": _extractive_qa,
+    "sentence-transformers": _sentence_transformers,
+    "diffusers": _diffusers,
+    "controlnet": lambda path, task, options: _diffusers(path, task, options, controlnet=True),
+}
+
+
+def _size_bytes(model: Any) -> int:
+    """Bytes of the weights of a loaded model (0 for a built-in operation)."""
+    parts = model if isinstance(model, tuple) else (model,)
+    total = 0
+    for part in parts:
+        network: Any = getattr(part, "model", part)
+        if network is not None and hasattr(network, "parameters"):
+            total += sum(p.numel() * p.element_size() for p in network.parameters())
+    return total
 
 
 def _bundled_minilm_path() -> Path | None:

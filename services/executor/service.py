@@ -2,7 +2,8 @@
 
 A replica only ever receives work it can do, because it subscribes to exactly the subjects
 `chorus.invoke.<task>.<model>` of its models; replicas serving the same pair share a durable
-consumer, so JetStream spreads the work between them.
+consumer, so JetStream spreads the work between them. The LLM's text tasks and remote
+inference are routes of their own (`workers.LLM_ROUTE`, `workers.REMOTE_ROUTE`).
 """
 
 from __future__ import annotations
@@ -13,51 +14,104 @@ import os
 import socket
 import uuid
 from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
 from typing import Any
 
 from chorus.v1.messages_pb2 import TaskInvocation, TaskResult, TaskStatus
 from chorus.v1.workers_pb2 import ServedModel, WorkerInfo
-from prometheus_client import Counter, Gauge, Histogram
 
 from services.common import bus, subjects
 from services.common.artifacts import ArtifactStore
+from services.common.llm import open_llm
 from services.common.runtime import Runtime
 from services.common.settings import SettingsError
-from services.common.tasks import status_name
-from services.common.workers import WorkerAnnouncer, open_worker_bucket
+from services.common.tasks import LLM_TASKS, status_name
+from services.common.workers import (
+    LLM_ROUTE,
+    REMOTE_ROUTE,
+    WorkerAnnouncer,
+    open_worker_bucket,
+)
+from services.executor import metrics
+from services.executor.backends import (
+    LLMBackend,
+    LocalBackend,
+    ModelBackend,
+    RemoteBackend,
+    inference_client,
+)
+from services.executor.batching import Batcher
 from services.executor.config import ExecutorConfig
 from services.executor.execute import execute
-from services.executor.models import LoadedModel, ModelUnavailable, load
+from services.executor.fetch import FetchPolicy
+from services.executor.handlers import HANDLERS, Inputs, Produced
+from services.executor.models import ModelSpec, ModelUnavailable, locate
+from services.executor.pool import ModelPool
 
 log = logging.getLogger(__name__)
 STAGE = "executor"
-TASKS = Counter("chorus_executor_tasks_total", "Invocations run.", ["task", "model", "outcome"])
-INFERENCE = Histogram("chorus_executor_inference_seconds", "Time per invocation.", ["task"])
-LOAD_SECONDS = Gauge("chorus_executor_model_load_seconds", "Model load time.", ["task", "model"])
+
+
+@dataclass
+class Lane:
+    """One (task, route) this replica serves: its backend and a batcher per model."""
+
+    task: str
+    route: str  # the model for local models; LLM_ROUTE or REMOTE_ROUTE otherwise
+    backend: ModelBackend
+    batch_wait_s: float
+    _batchers: dict[str, Batcher] = field(default_factory=dict)
+
+    def served(self) -> ServedModel:
+        return ServedModel(task=self.task, model=self.route, backend=self.backend.kind)
+
+    async def run(self, model: str, inputs: Inputs) -> list[Produced]:
+        batcher = self._batchers.get(model)
+        if batcher is None:
+            observer = metrics.batch_observer(self.task, self.backend.kind)
+            batcher = Batcher(self.backend, model, self.batch_wait_s, observer)
+            self._batchers[model] = batcher
+        return await batcher.submit(inputs)
+
+    async def close(self) -> None:
+        for batcher in self._batchers.values():
+            await batcher.close()
 
 
 class Executor:
     def __init__(
-        self, rt: Runtime, store: ArtifactStore, announcer: WorkerAnnouncer, capacity: int
+        self,
+        rt: Runtime,
+        store: ArtifactStore,
+        announcer: WorkerAnnouncer,
+        capacity: int,
+        fetch: FetchPolicy,
     ) -> None:
         self._js = rt.js
+        self._max_seconds = rt.settings.task_deadline_s
         self._store = store
         self._announcer = announcer
+        self._fetch = fetch
         self._slots = asyncio.Semaphore(capacity)  # bounded in flight across all models
 
-    def handler_for(self, loaded: LoadedModel) -> Any:
+    def handler_for(self, lane: Lane) -> Any:
         async def handle(invocation: TaskInvocation) -> None:
             async with self._slots:
                 self._announcer.info.in_flight += 1
                 try:
                     result = await execute(
-                        invocation, loaded, self._store, self._announcer.info.worker_id
+                        invocation,
+                        lambda inputs: lane.run(invocation.model, inputs),
+                        self._store,
+                        self._announcer.info.worker_id,
+                        self._fetch,
+                        self._max_seconds,
                     )
                 finally:
                     self._announcer.info.in_flight -= 1
             outcome = status_name(result.status)
-            TASKS.labels(invocation.task, invocation.model, outcome).inc()
-            INFERENCE.labels(invocation.task).observe(result.seconds)
+            metrics.TASKS.labels(invocation.task, invocation.model, outcome).inc()
+            metrics.TASK_SECONDS.labels(invocation.task).observe(result.seconds)
             await self._publish(result)
 
         return handle
@@ -73,6 +127,7 @@ class Executor:
                 error=f"executor error: {error}",
                 executor=self._announcer.info.worker_id,
                 attempt=invocation.attempt,
+                retryable=True,  # this replica's trouble, not the task's
             )
         )
 
@@ -81,51 +136,81 @@ class Executor:
         await bus.publish(self._js, subjects.RESULT, result, msg_id=msg_id)
 
 
-async def _load_models(config: ExecutorConfig) -> list[LoadedModel]:
-    """Loads every model before serving, saying how far it got."""
-    loaded: list[LoadedModel] = []
+async def _local_lanes(config: ExecutorConfig, pool: ModelPool) -> list[Lane]:
+    """Lanes for the local models; loaded now with progress logged, or checked and loaded later."""
+    lanes: list[Lane] = []
     wanted = [(s, True) for s in config.specs] + [(s, False) for s in config.defaults]
     for i, (spec, required) in enumerate(wanted, 1):
-        log.info("loading model %d/%d: %s=%s", i, len(wanted), spec.task, spec.model)
         try:
-            model = await asyncio.to_thread(load, spec, config.device, config.allow_download)
+            await _prepare(spec, config, pool, f"{i}/{len(wanted)}")
         except ModelUnavailable as e:
             if required:
                 raise SettingsError(str(e)) from e
             log.warning("not serving %s=%s: %s", spec.task, spec.model, e)
             continue
-        LOAD_SECONDS.labels(spec.task, spec.model).set(model.load_seconds)
-        loaded.append(model)
-    return loaded
+        backend = LocalBackend(HANDLERS[spec.task], spec, pool, config.batch_size)
+        lanes.append(Lane(spec.task, spec.model, backend, config.batch_wait_s))
+    return lanes
+
+
+async def _prepare(spec: ModelSpec, config: ExecutorConfig, pool: ModelPool, step: str) -> None:
+    if config.preload:
+        log.info("loading model %s: %s=%s", step, spec.task, spec.model)
+        loaded = await pool.preload(spec)
+        metrics.LOAD_SECONDS.labels(spec.task, spec.model).set(loaded.load_seconds)
+        return
+    log.info("model %s: %s=%s will load on first use", step, spec.task, spec.model)
+    if not spec.model.startswith(("builtin:", "bundled:")):
+        # Found now, so a wrong path stops start-up rather than failing its first task.
+        await asyncio.to_thread(locate, spec.model, config.load.allow_download)
+
+
+def _routed_lanes(config: ExecutorConfig, rt: Runtime, stack: AsyncExitStack) -> list[Lane]:
+    """Lanes for the LLM's text tasks and for remote inference, as configured."""
+    lanes: list[Lane] = []
+    llm = open_llm(rt.settings.llm, stack) if config.serve_llm else None
+    if llm is not None:
+        for task in sorted(LLM_TASKS):
+            backend = LLMBackend(HANDLERS[task], llm, config.capacity)
+            lanes.append(Lane(task, LLM_ROUTE, backend, 0.0))
+    if config.remote:
+        client = inference_client(config.hf_token, config.remote_timeout_s)
+        for handler in HANDLERS.values():
+            if handler.remote is not None:
+                remote = RemoteBackend(handler, client, config.remote_endpoint, config.capacity)
+                lanes.append(Lane(handler.task, REMOTE_ROUTE, remote, 0.0))
+    return lanes
 
 
 async def build(rt: Runtime, stack: AsyncExitStack) -> list[bus.Consumer[Any]]:
-    config = ExecutorConfig.from_env(rt.settings.env)
-    loaded = await _load_models(config)
+    config = ExecutorConfig.from_env(rt.settings.env, rt.settings.llm.configured)
+    metrics.watch_device(config.device)
+    pool = ModelPool(config.load, config.max_loaded, on_change=metrics.report_loaded)
+    metrics.report_loaded(pool)
+    lanes = await _local_lanes(config, pool) + _routed_lanes(config, rt, stack)
+    for lane in lanes:
+        stack.push_async_callback(lane.close)
     store = await ArtifactStore.open(rt.js, rt.settings.stream_replicas)
     info = WorkerInfo(
         worker_id=f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}",
         device=config.device,
         capacity=config.capacity,
-        models=[
-            ServedModel(task=m.spec.task, model=m.spec.model, backend=m.handler.backend)
-            for m in loaded
-        ],
+        models=[lane.served() for lane in lanes],
     )
     announcer = WorkerAnnouncer(
         await open_worker_bucket(rt.js, rt.settings.worker_ttl_s, rt.settings.stream_replicas),
         info,
         rt.settings.worker_ttl_s,
     )
-    executor = Executor(rt, store, announcer, config.capacity)
+    executor = Executor(rt, store, announcer, config.capacity, config.fetch)
     consumers: list[bus.Consumer[Any]] = []
-    for model in loaded:
+    for lane in lanes:
         intake = bus.ConsumerSpec(
             stage=STAGE,
-            subject=subjects.invoke(model.spec.task, model.spec.model),
-            durable=subjects.consumer_name("executor", model.spec.task, model.spec.model),
+            subject=subjects.invoke(lane.task, lane.route),
+            durable=subjects.consumer_name("executor", lane.task, lane.route),
             message_type=TaskInvocation,
-            handle=executor.handler_for(model),
+            handle=executor.handler_for(lane),
             give_up=executor.give_up,
             concurrency=config.capacity,
             ack_wait_s=60.0,

@@ -1,11 +1,10 @@
-"""Selector settings: how many candidates, whether the LLM chooses, deadlines and retries."""
+"""Selector settings: how many candidates, whether the LLM chooses, retries of a task."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 
-from services.common.settings import SettingsError, float_setting, int_setting
+from services.common.settings import Settings, SettingsError, int_setting
 from services.selector.rank import DEFAULT_TOP_K
 
 
@@ -13,11 +12,12 @@ from services.selector.rank import DEFAULT_TOP_K
 class SelectorConfig:
     top_k: int  # candidates ranked per task, and offered to the LLM
     llm_choice: bool  # let the LLM choose among several candidates (when an LLM is configured)
-    task_deadline_s: float  # from dispatch, queueing included
+    task_deadline_s: float  # from dispatch, queueing included (CHORUS_TASK_DEADLINE, shared)
     task_retries: int  # further attempts after an overdue task, a lost model or an executor error
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> SelectorConfig:
+    def from_settings(cls, settings: Settings) -> SelectorConfig:
+        env = settings.env
         top_k = int_setting(env, "CHORUS_SELECT_TOP_K", DEFAULT_TOP_K)
         if top_k < 1:
             raise SettingsError(f"CHORUS_SELECT_TOP_K must be at least 1, not {top_k}")
@@ -27,6 +27,6 @@ class SelectorConfig:
         return cls(
             top_k=top_k,
             llm_choice=llm_choice == "1",
-            task_deadline_s=float_setting(env, "CHORUS_TASK_DEADLINE", 300.0),
+            task_deadline_s=settings.task_deadline_s,
             task_retries=int_setting(env, "CHORUS_TASK_RETRIES", 1),
         )

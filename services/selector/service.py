@@ -371,7 +371,7 @@ def _failed(state: RunState, task_id: int, started: TaskStarted | None, error: s
 
 async def build(rt: Runtime, stack: AsyncExitStack) -> list[bus.Consumer[Any]]:
     settings = rt.settings
-    config = SelectorConfig.from_env(settings.env)
+    config = SelectorConfig.from_settings(settings)
     runs = await bus.open_key_value(
         rt.js,
         KeyValueConfig(

@@ -10,10 +10,10 @@ from chorus.v1.messages_pb2 import ArtifactRef, Kind, TaskArgument, TaskInvocati
 from PIL import Image, ImageDraw
 
 from services.executor.execute import execute
-from services.executor.handlers import HANDLERS, Handler, Produced
+from services.executor.handlers import HANDLERS, Produced
 from services.executor.media import Audio, decode_wav, encode_wav
-from services.executor.models import LoadedModel, ModelSpec, ModelUnavailable, load
-from tests.support import MemoryArtifacts
+from services.executor.models import LoadOptions, ModelSpec, ModelUnavailable, load
+from tests.support import MemoryArtifacts, local_run
 
 
 def _square_png() -> bytes:
@@ -37,7 +37,7 @@ def _invocation(task: str, model: str, **args: str | ArtifactRef) -> TaskInvocat
 
 
 async def test_text_classification_through_the_real_pipeline(tiny_classifier: Path) -> None:
-    loaded = load(ModelSpec("text-classification", str(tiny_classifier)), "cpu", False)
+    loaded = local_run("text-classification", str(tiny_classifier))
     inv = _invocation("text-classification", str(tiny_classifier), text="good movie")
     result = await execute(inv, loaded, MemoryArtifacts(), "w")
     assert result.status == TaskStatus.TASK_STATUS_SUCCEEDED, result.error
@@ -46,7 +46,7 @@ async def test_text_classification_through_the_real_pipeline(tiny_classifier: Pa
 
 
 async def test_text_longer_than_the_model_takes_is_truncated(tiny_classifier: Path) -> None:
-    loaded = load(ModelSpec("text-classification", str(tiny_classifier)), "cpu", False)
+    loaded = local_run("text-classification", str(tiny_classifier))
     inv = _invocation("text-classification", str(tiny_classifier), text="good " * 500)
     result = await execute(inv, loaded, MemoryArtifacts(), "w")
     assert result.status == TaskStatus.TASK_STATUS_SUCCEEDED, result.error
@@ -54,7 +54,7 @@ async def test_text_longer_than_the_model_takes_is_truncated(tiny_classifier: Pa
 
 async def test_an_expired_input_is_a_bad_input_not_a_model_error() -> None:
     gone = ArtifactRef(id="gone-photo.png", name="photo.png", kind=Kind.KIND_IMAGE)
-    loaded = load(ModelSpec("canny-control", "builtin:canny"), "cpu", False)
+    loaded = local_run("canny-control", "builtin:canny")
     inv = _invocation("canny-control", "builtin:canny", image=gone)
     result = await execute(inv, loaded, MemoryArtifacts(), "w")
     assert result.status == TaskStatus.TASK_STATUS_FAILED
@@ -64,7 +64,7 @@ async def test_an_expired_input_is_a_bad_input_not_a_model_error() -> None:
 async def test_canny_writes_an_edge_image_artifact() -> None:
     store = MemoryArtifacts()
     square = await store.put(_square_png(), "square.png")
-    loaded = load(ModelSpec("canny-control", "builtin:canny"), "cpu", False)
+    loaded = local_run("canny-control", "builtin:canny")
     result = await execute(
         _invocation("canny-control", "builtin:canny", image=square), loaded, store, "w"
     )
@@ -85,7 +85,7 @@ async def test_canny_writes_an_edge_image_artifact() -> None:
 async def test_bad_inputs_fail_with_a_reason(data: bytes, name: str, reason: str) -> None:
     store = MemoryArtifacts()
     ref = await store.put(data, name)
-    loaded = load(ModelSpec("canny-control", "builtin:canny"), "cpu", False)
+    loaded = local_run("canny-control", "builtin:canny")
     result = await execute(
         _invocation("canny-control", "builtin:canny", image=ref), loaded, store, "w"
     )
@@ -93,11 +93,10 @@ async def test_bad_inputs_fail_with_a_reason(data: bytes, name: str, reason: str
 
 
 async def test_a_model_that_raises_gives_a_failed_result() -> None:
-    def explode(model: object, inputs: object) -> list[Produced]:
+    async def explode(inputs: object) -> list[Produced]:
         raise RuntimeError("CUDA out of memory")
 
-    handler = Handler("text-classification", "builtin", explode)
-    loaded = LoadedModel(ModelSpec("text-classification", "x"), handler, None, 0.0)
+    loaded = explode
     result = await execute(
         _invocation("text-classification", "x", text="hi"), loaded, MemoryArtifacts(), "w"
     )
@@ -112,7 +111,7 @@ def test_every_handler_is_for_a_known_task_and_specs_are_checked() -> None:
     with pytest.raises(ValueError, match="no handler"):
         ModelSpec.parse("teleportation=x")
     with pytest.raises(ModelUnavailable, match="not in the local Hugging Face cache"):
-        load(ModelSpec("text-classification", "nobody/no-such-model"), "cpu", False)
+        load(ModelSpec("text-classification", "nobody/no-such-model"), LoadOptions())
 
 
 def test_wav_round_trip() -> None:

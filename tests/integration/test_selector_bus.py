@@ -110,6 +110,22 @@ async def test_work_of_a_model_that_disappeared_is_retried_on_another(
     assert "retried away from a/ghost" in result.selection_reason
 
 
+async def test_a_retryable_failure_is_retried_on_another_model(nats_url: str) -> None:
+    async with running_stack(nats_url, services=("selector", "responder")):
+        full = await EchoReplica(
+            nats_url, [("summarization", "a/full")], out_of_memory=True
+        ).start()
+        roomy = await EchoReplica(nats_url, [("summarization", "b/roomy")]).start()
+        await asyncio.sleep(0.2)  # the selector's registry watch sees both
+        response = await _run_plan(nats_url, _plan("r", _text_task(0, "summarization")))
+        await full.stop()
+        await roomy.stop()
+    (result,) = response.results
+    assert result.status == TaskStatus.TASK_STATUS_SUCCEEDED, result.error
+    assert (result.model, result.attempt) == ("b/roomy", 1)
+    assert "retried away from a/full" in result.selection_reason
+
+
 async def test_a_plan_with_bad_references_finishes_with_a_status_for_every_task(
     nats_url: str,
 ) -> None:

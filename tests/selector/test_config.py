@@ -2,12 +2,12 @@ from __future__ import annotations
 
 import pytest
 
-from services.common.settings import SettingsError
+from services.common.settings import Settings, SettingsError
 from services.selector.config import SelectorConfig
 
 
 def test_defaults() -> None:
-    config = SelectorConfig.from_env({})
+    config = SelectorConfig.from_settings(Settings.from_env({}))
     assert (config.top_k, config.llm_choice, config.task_retries) == (5, True, 1)
     assert config.task_deadline_s == 300.0
 
@@ -24,4 +24,4 @@ def test_defaults() -> None:
 )
 def test_a_bad_value_names_its_variable(env: dict[str, str], named: str) -> None:
     with pytest.raises(SettingsError, match=named):
-        SelectorConfig.from_env(env)
+        SelectorConfig.from_settings(Settings.from_env(env))

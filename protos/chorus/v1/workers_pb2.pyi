@@ -30,7 +30,9 @@ class ServedModel(_message.Message):
     task: _builtins.str
     model: _builtins.str
     backend: _builtins.str
-    """"pipeline", "seq2seq", "sentence-transformers", "builtin" """
+    """How it runs: "pipeline", "seq2seq", "extractive-qa", "sentence-transformers", "builtin",
+    "diffusers", "controlnet", "llm" (model "llm") or "remote" (model "hf-inference").
+    """
     def __init__(
         self,
         *,
