@@ -8,7 +8,6 @@ response, with every hand-off through NATS JetStream. Both sides run in one go, 
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import os
 import statistics
@@ -30,7 +29,6 @@ from chorus.v1.messages_pb2 import (
     TaskStatus,
 )
 from chorus.v1.workers_pb2 import ServedModel, WorkerInfo
-from PIL import Image, ImageDraw
 
 from services.cli.cluster import LocalCluster, free_port
 from services.common.llm import OpenAILLM
@@ -42,7 +40,7 @@ from services.selector.catalog import Catalog
 from services.selector.dag import ready_tasks, resolve_args
 from services.selector.rank import RequestFacts, rank
 from services.selector.select import decide
-from tests.support import MemoryArtifacts, ScriptedLLM, local_run
+from tests.support import MemoryArtifacts, ScriptedLLM, local_run, square_png
 
 CHAIN = json.dumps(
     [
@@ -57,14 +55,6 @@ THROUGHPUT_REQUESTS = int(os.environ.get("BENCH_THROUGHPUT_REQUESTS", "80"))
 RESULTS = Path("bench/results/pipeline.json")
 
 Run = Callable[[], Awaitable[None]]
-
-
-def _photo() -> bytes:
-    image = Image.new("RGB", (128, 128), "white")
-    ImageDraw.Draw(image).ellipse([32, 32, 96, 96], fill="black")
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def _request(photo: ArtifactRef) -> ChatRequest:
@@ -160,7 +150,7 @@ def main() -> int:
     llm = ScriptedLLM(
         replies=[lambda m: CHAIN if "Task planning" in m[0]["content"] else "The edges are ready."]
     ).start()
-    photo_bytes = _photo()
+    photo_bytes = square_png(128)
     addr = f"127.0.0.1:{free_port()}"
     cluster = LocalCluster(
         grpc_addr=addr,

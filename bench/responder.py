@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import os
 import platform
@@ -37,7 +36,6 @@ from chorus.v1.messages_pb2 import (
     TaskResult,
     TaskStatus,
 )
-from PIL import Image, ImageDraw
 
 from services.cli.cluster import start_nats_server
 from services.common.llm import OpenAILLM
@@ -46,21 +44,13 @@ from services.common.tokens import count_tokens
 from services.responder.prompt import budget_for
 from services.responder.respond import respond
 from tests.integration.stack import CANNY_ONLY, running_stack
-from tests.support import ScriptedLLM
+from tests.support import ScriptedLLM, square_png
 
 REQUESTS = int(os.environ.get("BENCH_RESPONDER_REQUESTS", "30"))
 TOKEN_INTERVAL_S = 0.02  # the scripted LLM streams 50 words a second
 ANSWER = " ".join(["word"] * 40)
 CONTEXTS = [2048, 4096, 8192, 32768]
 RESULTS = Path("bench/results/responder.json")
-
-
-def _photo() -> bytes:
-    image = Image.new("RGB", (128, 128), "white")
-    ImageDraw.Draw(image).ellipse([32, 32, 96, 96], fill="black")
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def _stats(values: list[float]) -> dict[str, float]:
@@ -78,7 +68,7 @@ async def _latency(nats_url: str, llm: ScriptedLLM) -> dict[str, Any]:
         stub = chorus_pb2_grpc.ChorusStub(channel)
 
         async def chunks() -> AsyncIterator[ArtifactChunk]:
-            yield ArtifactChunk(name="photo.png", data=_photo())
+            yield ArtifactChunk(name="photo.png", data=square_png(128))
 
         photo = await stub.UploadArtifact(chunks())
         firsts: dict[str, list[float]] = {"progress": [], "token": [], "done": []}

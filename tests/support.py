@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import threading
 import time
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from chorus.v1.messages_pb2 import ArtifactRef
+from PIL import Image, ImageDraw
 
 from services.common.artifacts import ArtifactNotFound, kind_for, media_type_for
 
@@ -200,3 +202,14 @@ def local_run(task: str, model: str, max_batch: int = 1, options: Any = None) ->
         return (await backend.infer(model, [inputs]))[0]
 
     return run
+
+
+def square_png(size: int = 48) -> bytes:
+    """A PNG of a black square on white, the middle half of each side: clear edges to find."""
+    image = Image.new("RGB", (size, size), "white")
+    ImageDraw.Draw(image).rectangle(
+        [size // 4, size // 4, 3 * size // 4, 3 * size // 4], fill="black"
+    )
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()

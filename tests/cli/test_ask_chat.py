@@ -8,17 +8,15 @@ import json
 from pathlib import Path
 
 import pytest
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from services.cli.ask import ask, chat
 from tests.integration.stack import CANNY_ONLY, running_stack
-from tests.support import ScriptedLLM
+from tests.support import ScriptedLLM, square_png
 
 
 def _photo(folder: Path) -> Path:
-    image = Image.new("RGB", (48, 48), "white")
-    ImageDraw.Draw(image).rectangle([12, 12, 36, 36], fill="black")
-    image.save(folder / "square.png")
+    (folder / "square.png").write_bytes(square_png())
     return folder / "square.png"
 
 

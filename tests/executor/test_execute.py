@@ -7,21 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from chorus.v1.messages_pb2 import ArtifactRef, Kind, TaskArgument, TaskInvocation, TaskStatus
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from services.executor.execute import execute
 from services.executor.handlers import HANDLERS, Produced
 from services.executor.media import Audio, decode_wav, encode_wav
 from services.executor.models import LoadOptions, ModelSpec, ModelUnavailable, load
-from tests.support import MemoryArtifacts, local_run
-
-
-def _square_png() -> bytes:
-    image = Image.new("RGB", (40, 40), "white")
-    ImageDraw.Draw(image).rectangle([10, 10, 30, 30], fill="black")
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
+from tests.support import MemoryArtifacts, local_run, square_png
 
 
 def _invocation(task: str, model: str, **args: str | ArtifactRef) -> TaskInvocation:
@@ -63,7 +55,7 @@ async def test_an_expired_input_is_a_bad_input_not_a_model_error() -> None:
 
 async def test_canny_writes_an_edge_image_artifact() -> None:
     store = MemoryArtifacts()
-    square = await store.put(_square_png(), "square.png")
+    square = await store.put(square_png(40), "square.png")
     loaded = local_run("canny-control", "builtin:canny")
     result = await execute(
         _invocation("canny-control", "builtin:canny", image=square), loaded, store, "w"

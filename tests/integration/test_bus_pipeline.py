@@ -17,12 +17,12 @@ from chorus.v1.messages_pb2 import (
     TaskStatus,
 )
 from nats.js.api import DeliverPolicy
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from services.common import subjects
 from services.common.artifacts import ArtifactStore
 from tests.integration.stack import CANNY_ONLY, running_stack
-from tests.support import ScriptedLLM
+from tests.support import ScriptedLLM, square_png
 
 TRACE = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
@@ -96,20 +96,13 @@ async def test_text_classification_over_the_bus(nats_url: str, tiny_classifier: 
     assert any("template" in n for n in response.notes)  # the offline fallback says so
 
 
-def _square_png(folder: Path) -> bytes:
-    image = Image.new("RGB", (48, 48), "white")
-    ImageDraw.Draw(image).rectangle([12, 12, 36, 36], fill="black")
-    image.save(folder / "square.png")
-    return (folder / "square.png").read_bytes()
-
-
 async def test_generated_image_travels_through_the_object_store(
     nats_url: str, tmp_path: Path
 ) -> None:
     async with running_stack(nats_url, CANNY_ONLY):
         nc = await nats.connect(nats_url)
         store = await ArtifactStore.open(nc.jetstream())
-        upload = await store.put(_square_png(tmp_path), "square.png")
+        upload = await store.put(square_png(), "square.png")
         request = _request("Find the edges in square.png")
         request.messages[0].artifacts.append(upload)
         _, response = await _ask_over_bus(nats_url, request)
@@ -208,7 +201,7 @@ async def test_undecodable_messages_on_every_stage_go_to_dead_letter_and_nothing
             assert msg.data == b"\xff\xfe not a protobuf" and msg.headers
             seen[msg.headers["Chorus-Subject"]] = (msg.subject, msg.headers["Chorus-Error"])
         store = await ArtifactStore.open(js)
-        upload = await store.put(_square_png(tmp_path), "square.png")
+        upload = await store.put(square_png(), "square.png")
         await nc.close()
         request = _request("Find the edges in square.png")
         request.messages[0].artifacts.append(upload)

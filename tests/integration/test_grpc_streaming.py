@@ -4,7 +4,6 @@ an LLM that stops halfway, and a chat whose second turn uses the first turn's fi
 from __future__ import annotations
 
 import asyncio
-import io
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -14,12 +13,11 @@ import pytest
 from chorus.v1 import chorus_pb2_grpc
 from chorus.v1.chorus_pb2 import ArtifactChunk, DownloadArtifactRequest, WatchChatRequest
 from chorus.v1.messages_pb2 import ChatMessage, ChatRequest, TaskStatus
-from PIL import Image, ImageDraw
 from prometheus_client import REGISTRY
 
 from services.common import subjects
 from tests.integration.stack import CANNY_ONLY, running_stack
-from tests.support import ScriptedLLM
+from tests.support import ScriptedLLM, square_png
 
 
 @dataclass
@@ -40,17 +38,9 @@ async def api(nats_url: str, scripted_llm: ScriptedLLM) -> AsyncIterator[Api]:
         yield Api(chorus_pb2_grpc.ChorusStub(channel), scripted_llm, nats_url)
 
 
-def _png() -> bytes:
-    image = Image.new("RGB", (48, 48), "white")
-    ImageDraw.Draw(image).rectangle([12, 12, 36, 36], fill="black")
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 async def _upload(stub: chorus_pb2_grpc.ChorusStub) -> object:
     async def chunks() -> AsyncIterator[ArtifactChunk]:
-        yield ArtifactChunk(name="square.png", data=_png())
+        yield ArtifactChunk(name="square.png", data=square_png())
 
     return await stub.UploadArtifact(chunks())
 

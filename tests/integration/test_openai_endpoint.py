@@ -12,12 +12,12 @@ import nats
 import openai
 import pytest
 from openai import AsyncOpenAI
-from PIL import Image, ImageDraw
+from PIL import Image
 from prometheus_client import REGISTRY
 
 from services.cli.cluster import free_port
 from tests.integration.stack import CANNY_ONLY, running_stack
-from tests.support import ScriptedLLM
+from tests.support import ScriptedLLM, square_png
 
 ANSWER = "The edges are in canny-control-0.png, drawn white on black."
 
@@ -47,11 +47,7 @@ async def endpoint(nats_url: str, scripted_llm: ScriptedLLM) -> AsyncIterator[En
 
 
 def _png_data_url() -> str:
-    image = Image.new("RGB", (48, 48), "white")
-    ImageDraw.Draw(image).rectangle([12, 12, 36, 36], fill="black")
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    return "data:image/png;base64," + base64.b64encode(square_png()).decode()
 
 
 def _open_waits(api: str) -> float:
