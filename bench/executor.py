@@ -29,6 +29,7 @@ from nats.js import JetStreamContext
 
 from services.cli.cluster import start_nats_server
 from services.common import bus, subjects
+from tests.support import build_tiny_text_classifier
 
 TASK = "text-classification"
 CONCURRENCY = int(os.environ.get("BENCH_CONCURRENCY", "32"))
@@ -45,30 +46,10 @@ WORDS = [
 
 
 def build_model(target: Path) -> Path:
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import BertConfig, BertForSequenceClassification, PreTrainedTokenizerFast
-
-    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", *WORDS])}
-    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
-    core.pre_tokenizer = pre_tokenizers.Whitespace()
-    PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
-        tokenizer_object=core,
-        unk_token="[UNK]",
-        pad_token="[PAD]",
-        cls_token="[CLS]",
-        sep_token="[SEP]",
-    ).save_pretrained(target)
-    config = BertConfig(  # type: ignore[call-arg]
-        vocab_size=len(vocab),
-        hidden_size=128,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        intermediate_size=256,
-        max_position_embeddings=128,
-        num_labels=2,
+    """A small random-weight BERT classifier: big enough that the forward pass counts."""
+    return build_tiny_text_classifier(
+        target, words=WORDS, hidden_size=128, layers=4, heads=4, max_positions=128
     )
-    BertForSequenceClassification(config).save_pretrained(target)
-    return target
 
 
 def _sentence(rng: random.Random) -> str:

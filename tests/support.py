@@ -7,7 +7,7 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -131,13 +131,26 @@ def _completion(reply: str, model: str) -> dict[str, Any]:
     }
 
 
-def build_tiny_text_classifier(target: Path) -> Path:
-    """A random-weight BERT text classifier with a word-level tokenizer, saved to `target`."""
+TINY_WORDS = ("good", "bad", "movie", "great", "awful", "i")
+
+
+def build_tiny_text_classifier(
+    target: Path,
+    *,
+    words: Sequence[str] = TINY_WORDS,
+    hidden_size: int = 16,
+    layers: int = 1,
+    heads: int = 2,
+    max_positions: int = 64,
+) -> Path:
+    """A random-weight BERT text classifier with a word-level tokenizer, saved to `target`.
+
+    Tests take the default (tiny); benchmarks ask for a bigger one.
+    """
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import BertConfig, BertForSequenceClassification, PreTrainedTokenizerFast
 
-    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "good", "bad", "movie", "great", "awful", "i"]
-    vocab = {w: i for i, w in enumerate(words)}
+    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", *words])}
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
     core.pre_tokenizer = pre_tokenizers.Whitespace()
     tokenizer = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
@@ -148,12 +161,12 @@ def build_tiny_text_classifier(target: Path) -> Path:
         sep_token="[SEP]",
     )
     config = BertConfig(  # type: ignore[call-arg]
-        vocab_size=len(words),
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=64,
+        vocab_size=len(vocab),
+        hidden_size=hidden_size,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=2 * hidden_size,
+        max_position_embeddings=max_positions,
         num_labels=2,
         id2label={0: "NEGATIVE", 1: "POSITIVE"},
         label2id={"NEGATIVE": 0, "POSITIVE": 1},
