@@ -7,7 +7,8 @@ Public contract (for event-driven integration):
 
 Internal hand-offs between stages (stream CHORUS_WORK, work-queue retention):
     chorus.plan                    TaskPlan        planner   -> selector
-    chorus.invoke.<task>.<model>   TaskInvocation  selector  -> executor (one consumer per pair)
+    chorus.invoke.<task>.<route>   TaskInvocation  selector  -> executor (one consumer per pair;
+                                                   route: a model, `llm` or `hf-inference`)
     chorus.result                  TaskResult      executor  -> selector
     chorus.report                  ExecutionReport selector  -> responder
     chorus.deadletter.<stage>      raw bytes of a message a stage could not decode or handle
@@ -66,8 +67,8 @@ def subject_token(value: str) -> str:
     return f"{_UNSAFE.sub('_', value)[-48:]}-{digest}"
 
 
-def invoke(task: str, model: str) -> str:
-    return f"{INVOKE_PREFIX}.{subject_token(task)}.{subject_token(model)}"
+def invoke(task: str, route: str) -> str:
+    return f"{INVOKE_PREFIX}.{subject_token(task)}.{subject_token(route)}"
 
 
 def result_msg_id(request_id: str, task_id: int, attempt: int) -> str:
