@@ -107,7 +107,10 @@ class Selector:
         try:
             await self._runs.get(plan.request_id)
             log.info("plan redelivered; continuing the existing run")
-        except KeyNotFoundError:
+        except KeyNotFoundError as e:
+            if _finished(e):
+                log.info("plan redelivered after its run finished; ignored")
+                return
             await self._choose_models(state)
             try:
                 await self._runs.create(plan.request_id, state.SerializeToString())
@@ -208,13 +211,10 @@ class Selector:
         while True:
             try:
                 entry = await self._runs.get(request_id)
-            except KeyNotFoundError:
-                _count_stray(stray, "unknown_request")
+            except KeyNotFoundError as e:
+                _count_stray(stray, "finished_request" if _finished(e) else "unknown_request")
                 return
             state = RunState.FromString(entry.value or b"")
-            if state.reported:
-                _count_stray(stray, "finished_request")
-                return
             effects = change(state, choices) + self._advance(state, choices)
             if not effects:
                 # Every change to a run publishes something (an event, an invocation, the
@@ -224,7 +224,14 @@ class Selector:
             for publish in effects:
                 await publish()
             try:
-                await self._runs.update(request_id, state.SerializeToString(), last=entry.revision)
+                if is_complete(state):
+                    # The report is out: the run is over. Deleting it keeps the sweep's
+                    # listing to live runs; its delete marker tells late messages it finished.
+                    await self._runs.delete(request_id, last=entry.revision)
+                else:
+                    await self._runs.update(
+                        request_id, state.SerializeToString(), last=entry.revision
+                    )
                 return
             except KeyWrongLastSequenceError:
                 continue  # another replica changed the run; redo on the fresh state
@@ -242,7 +249,6 @@ class Selector:
                 effects += self._dispatch(state, task, choices)
                 changed = True
         if is_complete(state):
-            state.reported = True
             effects.append(lambda: self._report(state))
         return effects
 
@@ -332,6 +338,11 @@ class Selector:
             if task.id in state.results:  # none when it stopped after planning
                 report.results.append(state.results[task.id])
         await bus.publish(self._js, subjects.REPORT, report, msg_id=f"{report.request_id}.report")
+
+
+def _finished(error: KeyNotFoundError) -> bool:
+    """Whether the key holds a delete marker (a run that finished), not nothing at all."""
+    return error.op is not None
 
 
 def _count_stray(is_result: bool, reason: str) -> None:

@@ -20,6 +20,7 @@ from chorus.v1.messages_pb2 import (
 )
 from chorus.v1.workers_pb2 import ServedModel, WorkerInfo
 from nats.js.api import DeliverPolicy
+from nats.js.errors import NoKeysError
 from prometheus_client import REGISTRY
 
 from services.common import bus, subjects
@@ -166,6 +167,9 @@ async def test_stray_results_are_counted_and_the_selector_keeps_going(nats_url: 
         late = TaskResult(request_id=done.request_id, task_id=0, attempt=0)
         await bus.publish(js, subjects.RESULT, late)  # its request has finished
         await bus.publish(js, subjects.RESULT, TaskResult(request_id="no-such-request"))
+        runs = await js.key_value(subjects.RUN_STATE_BUCKET)
+        with pytest.raises(NoKeysError):  # a finished run leaves the sweep's listing
+            await runs.keys()
         await nc.close()
         response = await _run_plan(nats_url, _plan("r", _text_task(0, "summarization")))
         await echo.stop()

@@ -693,7 +693,9 @@ Global___ProgressEvent: _TypeAlias = ProgressEvent  # noqa: Y015
 
 @_typing.final
 class RunState(_message.Message):
-    """The selector's state for one running request (KV bucket `chorus_runs`, compare-and-set)."""
+    """The selector's state for one running request (KV bucket `chorus_runs`, compare-and-set;
+    deleted once its report is published).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -764,12 +766,10 @@ class RunState(_message.Message):
     RESULTS_FIELD_NUMBER: _builtins.int
     DISPATCHED_FIELD_NUMBER: _builtins.int
     STARTED_UNIX_FIELD_NUMBER: _builtins.int
-    REPORTED_FIELD_NUMBER: _builtins.int
     TRACE_ID_FIELD_NUMBER: _builtins.int
     CHOICES_FIELD_NUMBER: _builtins.int
     NOTES_FIELD_NUMBER: _builtins.int
     started_unix: _builtins.float
-    reported: _builtins.bool
     trace_id: _builtins.str
     """the request's W3C trace, for work done outside its messages (sweeps)"""
     @_builtins.property
@@ -795,14 +795,13 @@ class RunState(_message.Message):
         results: _abc.Mapping[_builtins.int, Global___TaskResult] | None = ...,
         dispatched: _abc.Mapping[_builtins.int, Global___TaskStarted] | None = ...,
         started_unix: _builtins.float = ...,
-        reported: _builtins.bool = ...,
         trace_id: _builtins.str = ...,
         choices: _abc.Mapping[_builtins.int, Global___ModelChoice] | None = ...,
         notes: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["plan", b"plan"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["choices", b"choices", "dispatched", b"dispatched", "notes", b"notes", "plan", b"plan", "reported", b"reported", "results", b"results", "started_unix", b"started_unix", "trace_id", b"trace_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["choices", b"choices", "dispatched", b"dispatched", "notes", b"notes", "plan", b"plan", "results", b"results", "started_unix", b"started_unix", "trace_id", b"trace_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
