@@ -96,6 +96,7 @@ class EchoReplica:
             status=TaskStatus.TASK_STATUS_SUCCEEDED,
             outputs=[TaskOutput(name="text", text=f"{invocation.model}: {inputs[:200]}")],
             attempt=invocation.attempt,
+            selection_reason=invocation.selection_reason,
             executor="echo",
         )
         if self._out_of_memory:

@@ -81,6 +81,7 @@ async def execute(
         model=invocation.model,
         executor=worker_id,
         attempt=invocation.attempt,
+        selection_reason=invocation.selection_reason,
     )
     try:
         produced = await _run(invocation, run, artifacts, fetch or FetchPolicy(), max_seconds)

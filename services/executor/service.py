@@ -127,6 +127,7 @@ class Executor:
                 error=f"executor error: {error}",
                 executor=self._announcer.info.worker_id,
                 attempt=invocation.attempt,
+                selection_reason=invocation.selection_reason,
                 retryable=True,  # this replica's trouble, not the task's
             )
         )

@@ -296,6 +296,7 @@ class Selector:
             model=choice.model,
             args=args,
             attempt=attempt,
+            selection_reason=choice.reason,
         )
         invocation.deadline.FromNanoseconds(int(deadline * 1e9))
         event = events.new_event(request_id)
@@ -315,12 +316,8 @@ class Selector:
     def _finish(self, state: RunState, result: TaskResult) -> list[Publish]:
         """Records a task's final result and announces it."""
         started = state.dispatched.get(result.task_id)
-        if started is not None and not result.selection_reason:
-            result.selection_reason = (
-                started.selection_reason
-                if result.attempt == started.attempt
-                else f"the answer of attempt {result.attempt}, which came after a retry was sent"
-            )
+        if started is not None and not result.selection_reason:  # a verdict of the selector's
+            result.selection_reason = started.selection_reason
         state.results[result.task_id].CopyFrom(result)
         event = events.new_event(result.request_id)
         event.task_finished.CopyFrom(result)

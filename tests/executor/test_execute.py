@@ -31,8 +31,10 @@ def _invocation(task: str, model: str, **args: str | ArtifactRef) -> TaskInvocat
 async def test_text_classification_through_the_real_pipeline(tiny_classifier: Path) -> None:
     loaded = local_run("text-classification", str(tiny_classifier))
     inv = _invocation("text-classification", str(tiny_classifier), text="good movie")
+    inv.selection_reason = "the only model a live replica serves for this task"
     result = await execute(inv, loaded, MemoryArtifacts(), "w")
     assert result.status == TaskStatus.TASK_STATUS_SUCCEEDED, result.error
+    assert result.selection_reason == inv.selection_reason  # the reason travels with the work
     labels = json.loads(next(o.json for o in result.outputs if o.name == "labels"))
     assert labels[0]["label"] in ("POSITIVE", "NEGATIVE") and 0 <= labels[0]["score"] <= 1
 

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63horus/v1/messages.proto\x12\tchorus.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"h\n\x0b\x41rtifactRef\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x12\n\nmedia_type\x18\x03 \x01(\t\x12\x1d\n\x04kind\x18\x04 \x01(\x0e\x32\x0f.chorus.v1.Kind\x12\x0c\n\x04size\x18\x05 \x01(\x03\"W\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12)\n\tartifacts\x18\x03 \x03(\x0b\x32\x16.chorus.v1.ArtifactRef\"\xa5\x01\n\x0b\x43hatRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12(\n\x08messages\x18\x02 \x03(\x0b\x32\x16.chorus.v1.ChatMessage\x12(\n\nstop_after\x18\x03 \x01(\x0e\x32\x14.chorus.v1.StopAfter\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\">\n\x0cGeneratedRef\x12\x0f\n\x07task_id\x18\x01 \x01(\x05\x12\x1d\n\x04kind\x18\x02 \x01(\x0e\x32\x0f.chorus.v1.Kind\"\x8f\x01\n\x0cTaskArgument\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x12*\n\x08\x61rtifact\x18\x03 \x01(\x0b\x32\x16.chorus.v1.ArtifactRefH\x00\x12,\n\tgenerated\x18\x04 \x01(\x0b\x32\x17.chorus.v1.GeneratedRefH\x00\x42\x07\n\x05value\"U\n\x04Task\x12\n\n\x02id\x18\x01 \x01(\x05\x12\x0c\n\x04task\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x65ps\x18\x03 \x03(\x05\x12%\n\x04\x61rgs\x18\x04 \x03(\x0b\x32\x17.chorus.v1.TaskArgument\"\xb7\x01\n\x08TaskPlan\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\'\n\x07request\x18\x02 \x01(\x0b\x32\x16.chorus.v1.ChatRequest\x12\x1e\n\x05tasks\x18\x03 \x03(\x0b\x32\x0f.chorus.v1.Task\x12%\n\x06source\x18\x04 \x01(\x0e\x32\x15.chorus.v1.PlanSource\x12\r\n\x05notes\x18\x05 \x03(\t\x12\x18\n\x10planning_seconds\x18\x06 \x01(\x01\"\xb8\x01\n\x0eTaskInvocation\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\x05\x12\x0c\n\x04task\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\x12%\n\x04\x61rgs\x18\x05 \x03(\x0b\x32\x17.chorus.v1.TaskArgument\x12\x0f\n\x07\x61ttempt\x18\x06 \x01(\x05\x12,\n\x08\x64\x65\x61\x64line\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"o\n\nTaskOutput\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x12*\n\x08\x61rtifact\x18\x03 \x01(\x0b\x32\x16.chorus.v1.ArtifactRefH\x00\x12\x0e\n\x04json\x18\x04 \x01(\tH\x00\x42\x07\n\x05value\"\x8d\x02\n\nTaskResult\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\x05\x12\x0c\n\x04task\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\x12%\n\x06status\x18\x05 \x01(\x0e\x32\x15.chorus.v1.TaskStatus\x12&\n\x07outputs\x18\x06 \x03(\x0b\x32\x15.chorus.v1.TaskOutput\x12\r\n\x05\x65rror\x18\x07 \x01(\t\x12\x0f\n\x07seconds\x18\x08 \x01(\x01\x12\x10\n\x08\x65xecutor\x18\t \x01(\t\x12\x18\n\x10selection_reason\x18\n \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x0b \x01(\x05\x12\x11\n\tretryable\x18\x0c \x01(\x08\"\x9a\x01\n\x0f\x45xecutionReport\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12!\n\x04plan\x18\x02 \x01(\x0b\x32\x13.chorus.v1.TaskPlan\x12&\n\x07results\x18\x03 \x03(\x0b\x32\x15.chorus.v1.TaskResult\x12\x19\n\x11\x65xecution_seconds\x18\x04 \x01(\x01\x12\r\n\x05notes\x18\x05 \x03(\t\"o\n\x07Timings\x12\x18\n\x10planning_seconds\x18\x01 \x01(\x01\x12\x19\n\x11\x65xecution_seconds\x18\x02 \x01(\x01\x12\x18\n\x10response_seconds\x18\x03 \x01(\x01\x12\x15\n\rtotal_seconds\x18\x04 \x01(\x01\"=\n\rPipelineError\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"\x85\x02\n\x0c\x43hatResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61nswer\x18\x02 \x01(\t\x12!\n\x04plan\x18\x03 \x01(\x0b\x32\x13.chorus.v1.TaskPlan\x12&\n\x07results\x18\x04 \x03(\x0b\x32\x15.chorus.v1.TaskResult\x12)\n\tartifacts\x18\x05 \x03(\x0b\x32\x16.chorus.v1.ArtifactRef\x12#\n\x07timings\x18\x06 \x01(\x0b\x32\x12.chorus.v1.Timings\x12\r\n\x05notes\x18\x07 \x03(\t\x12\'\n\x05\x65rror\x18\x08 \x01(\x0b\x32\x18.chorus.v1.PipelineError\"\x8c\x01\n\x0bTaskStarted\x12\x0f\n\x07task_id\x18\x01 \x01(\x05\x12\x0c\n\x04task\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x18\n\x10selection_reason\x18\x04 \x01(\t\x12\x15\n\rdeadline_unix\x18\x05 \x01(\x01\x12\x0f\n\x07\x61ttempt\x18\x06 \x01(\x05\x12\r\n\x05route\x18\x07 \x01(\t\"\xa2\x02\n\rProgressEvent\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\nplan_ready\x18\x03 \x01(\x0b\x32\x13.chorus.v1.TaskPlanH\x00\x12.\n\x0ctask_started\x18\x04 \x01(\x0b\x32\x16.chorus.v1.TaskStartedH\x00\x12.\n\rtask_finished\x18\x05 \x01(\x0b\x32\x15.chorus.v1.TaskResultH\x00\x12\x16\n\x0c\x61nswer_token\x18\x06 \x01(\tH\x00\x12\'\n\x04\x64one\x18\x07 \x01(\x0b\x32\x17.chorus.v1.ChatResponseH\x00\x42\x07\n\x05\x65vent\"\xe3\x03\n\x08RunState\x12!\n\x04plan\x18\x01 \x01(\x0b\x32\x13.chorus.v1.TaskPlan\x12\x31\n\x07results\x18\x02 \x03(\x0b\x32 .chorus.v1.RunState.ResultsEntry\x12\x37\n\ndispatched\x18\x03 \x03(\x0b\x32#.chorus.v1.RunState.DispatchedEntry\x12\x14\n\x0cstarted_unix\x18\x04 \x01(\x01\x12\x10\n\x08trace_id\x18\x06 \x01(\t\x12\x31\n\x07\x63hoices\x18\x07 \x03(\x0b\x32 .chorus.v1.RunState.ChoicesEntry\x12\r\n\x05notes\x18\x08 \x03(\t\x1a\x45\n\x0cResultsEntry\x12\x0b\n\x03key\x18\x01 \x01(\x05\x12$\n\x05value\x18\x02 \x01(\x0b\x32\x15.chorus.v1.TaskResult:\x02\x38\x01\x1aI\n\x0f\x44ispatchedEntry\x12\x0b\n\x03key\x18\x01 \x01(\x05\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.chorus.v1.TaskStarted:\x02\x38\x01\x1a\x46\n\x0c\x43hoicesEntry\x12\x0b\n\x03key\x18\x01 \x01(\x05\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.chorus.v1.ModelChoice:\x02\x38\x01J\x04\x08\x05\x10\x06\",\n\x0bModelChoice\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t*[\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\r\n\tKIND_TEXT\x10\x01\x12\x0e\n\nKIND_IMAGE\x10\x02\x12\x0e\n\nKIND_AUDIO\x10\x03\x12\x0e\n\nKIND_VIDEO\x10\x04*T\n\tStopAfter\x12\x1a\n\x16STOP_AFTER_UNSPECIFIED\x10\x00\x12\x13\n\x0fSTOP_AFTER_PLAN\x10\x01\x12\x16\n\x12STOP_AFTER_EXECUTE\x10\x02*U\n\nPlanSource\x12\x1b\n\x17PLAN_SOURCE_UNSPECIFIED\x10\x00\x12\x13\n\x0fPLAN_SOURCE_LLM\x10\x01\x12\x15\n\x11PLAN_SOURCE_RULES\x10\x02*u\n\nTaskStatus\x12\x1b\n\x17TASK_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15TASK_STATUS_SUCCEEDED\x10\x01\x12\x16\n\x12TASK_STATUS_FAILED\x10\x02\x12\x17\n\x13TASK_STATUS_SKIPPED\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63horus/v1/messages.proto\x12\tchorus.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"h\n\x0b\x41rtifactRef\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x12\n\nmedia_type\x18\x03 \x01(\t\x12\x1d\n\x04kind\x18\x04 \x01(\x0e\x32\x0f.chorus.v1.Kind\x12\x0c\n\x04size\x18\x05 \x01(\x03\"W\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12)\n\tartifacts\x18\x03 \x03(\x0b\x32\x16.chorus.v1.ArtifactRef\"\xa5\x01\n\x0b\x43hatRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12(\n\x08messages\x18\x02 \x03(\x0b\x32\x16.chorus.v1.ChatMessage\x12(\n\nstop_after\x18\x03 \x01(\x0e\x32\x14.chorus.v1.StopAfter\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\">\n\x0cGeneratedRef\x12\x0f\n\x07task_id\x18\x01 \x01(\x05\x12\x1d\n\x04kind\x18\x02 \x01(\x0e\x32\x0f.chorus.v1.Kind\"\x8f\x01\n\x0cTaskArgument\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x12*\n\x08\x61rtifact\x18\x03 \x01(\x0b\x32\x16.chorus.v1.ArtifactRefH\x00\x12,\n\tgenerated\x18\x04 \x01(\x0b\x32\x17.chorus.v1.GeneratedRefH\x00\x42\x07\n\x05value\"U\n\x04Task\x12\n\n\x02id\x18\x01 \x01(\x05\x12\x0c\n\x04task\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x65ps\x18\x03 \x03(\x05\x12%\n\x04\x61rgs\x18\x04 \x03(\x0b\x32\x17.chorus.v1.TaskArgument\"\xb7\x01\n\x08TaskPlan\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\'\n\x07request\x18\x02 \x01(\x0b\x32\x16.chorus.v1.ChatRequest\x12\x1e\n\x05tasks\x18\x03 \x03(\x0b\x32\x0f.chorus.v1.Task\x12%\n\x06source\x18\x04 \x01(\x0e\x32\x15.chorus.v1.PlanSource\x12\r\n\x05notes\x18\x05 \x03(\t\x12\x18\n\x10planning_seconds\x18\x06 \x01(\x01\"\xd2\x01\n\x0eTaskInvocation\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\x05\x12\x0c\n\x04task\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\x12%\n\x04\x61rgs\x18\x05 \x03(\x0b\x32\x17.chorus.v1.TaskArgument\x12\x0f\n\x07\x61ttempt\x18\x06 \x01(\x05\x12,\n\x08\x64\x65\x61\x64line\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10selection_reason\x18\x08 \x01(\t\"o\n\nTaskOutput\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x12*\n\x08\x61rtifact\x18\x03 \x01(\x0b\x32\x16.chorus.v1.ArtifactRefH\x00\x12\x0e\n\x04json\x18\x04 \x01(\tH\x00\x42\x07\n\x05value\"\x8d\x02\n\nTaskResult\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\x05\x12\x0c\n\x04task\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\x12%\n\x06status\x18\x05 \x01(\x0e\x32\x15.chorus.v1.TaskStatus\x12&\n\x07outputs\x18\x06 \x03(\x0b\x32\x15.chorus.v1.TaskOutput\x12\r\n\x05\x65rror\x18\x07 \x01(\t\x12\x0f\n\x07seconds\x18\x08 \x01(\x01\x12\x10\n\x08\x65xecutor\x18\t \x01(\t\x12\x18\n\x10selection_reason\x18\n \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x0b \x01(\x05\x12\x11\n\tretryable\x18\x0c \x01(\x08\"\x9a\x01\n\x0f\x45xecutionReport\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12!\n\x04plan\x18\x02 \x01(\x0b\x32\x13.chorus.v1.TaskPlan\x12&\n\x07results\x18\x03 \x03(\x0b\x32\x15.chorus.v1.TaskResult\x12\x19\n\x11\x65xecution_seconds\x18\x04 \x01(\x01\x12\r\n\x05notes\x18\x05 \x03(\t\"o\n\x07Timings\x12\x18\n\x10planning_seconds\x18\x01 \x01(\x01\x12\x19\n\x11\x65xecution_seconds\x18\x02 \x01(\x01\x12\x18\n\x10response_seconds\x18\x03 \x01(\x01\x12\x15\n\rtotal_seconds\x18\x04 \x01(\x01\"=\n\rPipelineError\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"\x85\x02\n\x0c\x43hatResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61nswer\x18\x02 \x01(\t\x12!\n\x04plan\x18\x03 \x01(\x0b\x32\x13.chorus.v1.TaskPlan\x12&\n\x07results\x18\x04 \x03(\x0b\x32\x15.chorus.v1.TaskResult\x12)\n\tartifacts\x18\x05 \x03(\x0b\x32\x16.chorus.v1.ArtifactRef\x12#\n\x07timings\x18\x06 \x01(\x0b\x32\x12.chorus.v1.Timings\x12\r\n\x05notes\x18\x07 \x03(\t\x12\'\n\x05\x65rror\x18\x08 \x01(\x0b\x32\x18.chorus.v1.PipelineError\"\x8c\x01\n\x0bTaskStarted\x12\x0f\n\x07task_id\x18\x01 \x01(\x05\x12\x0c\n\x04task\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x18\n\x10selection_reason\x18\x04 \x01(\t\x12\x15\n\rdeadline_unix\x18\x05 \x01(\x01\x12\x0f\n\x07\x61ttempt\x18\x06 \x01(\x05\x12\r\n\x05route\x18\x07 \x01(\t\"\xa2\x02\n\rProgressEvent\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\nplan_ready\x18\x03 \x01(\x0b\x32\x13.chorus.v1.TaskPlanH\x00\x12.\n\x0ctask_started\x18\x04 \x01(\x0b\x32\x16.chorus.v1.TaskStartedH\x00\x12.\n\rtask_finished\x18\x05 \x01(\x0b\x32\x15.chorus.v1.TaskResultH\x00\x12\x16\n\x0c\x61nswer_token\x18\x06 \x01(\tH\x00\x12\'\n\x04\x64one\x18\x07 \x01(\x0b\x32\x17.chorus.v1.ChatResponseH\x00\x42\x07\n\x05\x65vent\"\xe3\x03\n\x08RunState\x12!\n\x04plan\x18\x01 \x01(\x0b\x32\x13.chorus.v1.TaskPlan\x12\x31\n\x07results\x18\x02 \x03(\x0b\x32 .chorus.v1.RunState.ResultsEntry\x12\x37\n\ndispatched\x18\x03 \x03(\x0b\x32#.chorus.v1.RunState.DispatchedEntry\x12\x14\n\x0cstarted_unix\x18\x04 \x01(\x01\x12\x10\n\x08trace_id\x18\x06 \x01(\t\x12\x31\n\x07\x63hoices\x18\x07 \x03(\x0b\x32 .chorus.v1.RunState.ChoicesEntry\x12\r\n\x05notes\x18\x08 \x03(\t\x1a\x45\n\x0cResultsEntry\x12\x0b\n\x03key\x18\x01 \x01(\x05\x12$\n\x05value\x18\x02 \x01(\x0b\x32\x15.chorus.v1.TaskResult:\x02\x38\x01\x1aI\n\x0f\x44ispatchedEntry\x12\x0b\n\x03key\x18\x01 \x01(\x05\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.chorus.v1.TaskStarted:\x02\x38\x01\x1a\x46\n\x0c\x43hoicesEntry\x12\x0b\n\x03key\x18\x01 \x01(\x05\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.chorus.v1.ModelChoice:\x02\x38\x01J\x04\x08\x05\x10\x06\",\n\x0bModelChoice\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t*[\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\r\n\tKIND_TEXT\x10\x01\x12\x0e\n\nKIND_IMAGE\x10\x02\x12\x0e\n\nKIND_AUDIO\x10\x03\x12\x0e\n\nKIND_VIDEO\x10\x04*T\n\tStopAfter\x12\x1a\n\x16STOP_AFTER_UNSPECIFIED\x10\x00\x12\x13\n\x0fSTOP_AFTER_PLAN\x10\x01\x12\x16\n\x12STOP_AFTER_EXECUTE\x10\x02*U\n\nPlanSource\x12\x1b\n\x17PLAN_SOURCE_UNSPECIFIED\x10\x00\x12\x13\n\x0fPLAN_SOURCE_LLM\x10\x01\x12\x15\n\x11PLAN_SOURCE_RULES\x10\x02*u\n\nTaskStatus\x12\x1b\n\x17TASK_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15TASK_STATUS_SUCCEEDED\x10\x01\x12\x16\n\x12TASK_STATUS_FAILED\x10\x02\x12\x17\n\x13TASK_STATUS_SKIPPED\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,14 +38,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RUNSTATE_DISPATCHEDENTRY']._serialized_options = b'8\001'
   _globals['_RUNSTATE_CHOICESENTRY']._loaded_options = None
   _globals['_RUNSTATE_CHOICESENTRY']._serialized_options = b'8\001'
-  _globals['_KIND']._serialized_start=3055
-  _globals['_KIND']._serialized_end=3146
-  _globals['_STOPAFTER']._serialized_start=3148
-  _globals['_STOPAFTER']._serialized_end=3232
-  _globals['_PLANSOURCE']._serialized_start=3234
-  _globals['_PLANSOURCE']._serialized_end=3319
-  _globals['_TASKSTATUS']._serialized_start=3321
-  _globals['_TASKSTATUS']._serialized_end=3438
+  _globals['_KIND']._serialized_start=3081
+  _globals['_KIND']._serialized_end=3172
+  _globals['_STOPAFTER']._serialized_start=3174
+  _globals['_STOPAFTER']._serialized_end=3258
+  _globals['_PLANSOURCE']._serialized_start=3260
+  _globals['_PLANSOURCE']._serialized_end=3345
+  _globals['_TASKSTATUS']._serialized_start=3347
+  _globals['_TASKSTATUS']._serialized_end=3464
   _globals['_ARTIFACTREF']._serialized_start=72
   _globals['_ARTIFACTREF']._serialized_end=176
   _globals['_CHATMESSAGE']._serialized_start=178
@@ -61,31 +61,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TASKPLAN']._serialized_start=733
   _globals['_TASKPLAN']._serialized_end=916
   _globals['_TASKINVOCATION']._serialized_start=919
-  _globals['_TASKINVOCATION']._serialized_end=1103
-  _globals['_TASKOUTPUT']._serialized_start=1105
-  _globals['_TASKOUTPUT']._serialized_end=1216
-  _globals['_TASKRESULT']._serialized_start=1219
-  _globals['_TASKRESULT']._serialized_end=1488
-  _globals['_EXECUTIONREPORT']._serialized_start=1491
-  _globals['_EXECUTIONREPORT']._serialized_end=1645
-  _globals['_TIMINGS']._serialized_start=1647
-  _globals['_TIMINGS']._serialized_end=1758
-  _globals['_PIPELINEERROR']._serialized_start=1760
-  _globals['_PIPELINEERROR']._serialized_end=1821
-  _globals['_CHATRESPONSE']._serialized_start=1824
-  _globals['_CHATRESPONSE']._serialized_end=2085
-  _globals['_TASKSTARTED']._serialized_start=2088
-  _globals['_TASKSTARTED']._serialized_end=2228
-  _globals['_PROGRESSEVENT']._serialized_start=2231
-  _globals['_PROGRESSEVENT']._serialized_end=2521
-  _globals['_RUNSTATE']._serialized_start=2524
-  _globals['_RUNSTATE']._serialized_end=3007
-  _globals['_RUNSTATE_RESULTSENTRY']._serialized_start=2785
-  _globals['_RUNSTATE_RESULTSENTRY']._serialized_end=2854
-  _globals['_RUNSTATE_DISPATCHEDENTRY']._serialized_start=2856
-  _globals['_RUNSTATE_DISPATCHEDENTRY']._serialized_end=2929
-  _globals['_RUNSTATE_CHOICESENTRY']._serialized_start=2931
-  _globals['_RUNSTATE_CHOICESENTRY']._serialized_end=3001
-  _globals['_MODELCHOICE']._serialized_start=3009
-  _globals['_MODELCHOICE']._serialized_end=3053
+  _globals['_TASKINVOCATION']._serialized_end=1129
+  _globals['_TASKOUTPUT']._serialized_start=1131
+  _globals['_TASKOUTPUT']._serialized_end=1242
+  _globals['_TASKRESULT']._serialized_start=1245
+  _globals['_TASKRESULT']._serialized_end=1514
+  _globals['_EXECUTIONREPORT']._serialized_start=1517
+  _globals['_EXECUTIONREPORT']._serialized_end=1671
+  _globals['_TIMINGS']._serialized_start=1673
+  _globals['_TIMINGS']._serialized_end=1784
+  _globals['_PIPELINEERROR']._serialized_start=1786
+  _globals['_PIPELINEERROR']._serialized_end=1847
+  _globals['_CHATRESPONSE']._serialized_start=1850
+  _globals['_CHATRESPONSE']._serialized_end=2111
+  _globals['_TASKSTARTED']._serialized_start=2114
+  _globals['_TASKSTARTED']._serialized_end=2254
+  _globals['_PROGRESSEVENT']._serialized_start=2257
+  _globals['_PROGRESSEVENT']._serialized_end=2547
+  _globals['_RUNSTATE']._serialized_start=2550
+  _globals['_RUNSTATE']._serialized_end=3033
+  _globals['_RUNSTATE_RESULTSENTRY']._serialized_start=2811
+  _globals['_RUNSTATE_RESULTSENTRY']._serialized_end=2880
+  _globals['_RUNSTATE_DISPATCHEDENTRY']._serialized_start=2882
+  _globals['_RUNSTATE_DISPATCHEDENTRY']._serialized_end=2955
+  _globals['_RUNSTATE_CHOICESENTRY']._serialized_start=2957
+  _globals['_RUNSTATE_CHOICESENTRY']._serialized_end=3027
+  _globals['_MODELCHOICE']._serialized_start=3035
+  _globals['_MODELCHOICE']._serialized_end=3079
 # @@protoc_insertion_point(module_scope)

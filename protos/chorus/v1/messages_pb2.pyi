@@ -344,11 +344,16 @@ class TaskInvocation(_message.Message):
     ARGS_FIELD_NUMBER: _builtins.int
     ATTEMPT_FIELD_NUMBER: _builtins.int
     DEADLINE_FIELD_NUMBER: _builtins.int
+    SELECTION_REASON_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     task_id: _builtins.int
     task: _builtins.str
     model: _builtins.str
     attempt: _builtins.int
+    selection_reason: _builtins.str
+    """Why the selector chose this model; the executor echoes it in the result, so the reason
+    travels with the work even when the result overtakes the selector's own record of it.
+    """
     @_builtins.property
     def args(self) -> _containers.RepeatedCompositeFieldContainer[Global___TaskArgument]: ...
     @_builtins.property
@@ -363,10 +368,11 @@ class TaskInvocation(_message.Message):
         args: _abc.Iterable[Global___TaskArgument] | None = ...,
         attempt: _builtins.int = ...,
         deadline: _timestamp_pb2.Timestamp | None = ...,
+        selection_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "attempt", b"attempt", "deadline", b"deadline", "model", b"model", "request_id", b"request_id", "task", b"task", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "attempt", b"attempt", "deadline", b"deadline", "model", b"model", "request_id", b"request_id", "selection_reason", b"selection_reason", "task", b"task", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
