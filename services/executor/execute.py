@@ -52,8 +52,8 @@ class TaskInputError(ValueError):
 
 class TaskFailed(Exception):
     """Why a task has no outputs; `retryable` when another replica might succeed (it ran out
-    of memory or could not load the model here, or a remote service failed), not when the
-    input or the model is at fault."""
+    of memory, could not load the model or start in time here, or a remote service failed),
+    not when the input or the model is at fault."""
 
     def __init__(self, message: str, retryable: bool = False) -> None:
         super().__init__(message)
@@ -111,7 +111,8 @@ async def _run(
     if remaining is None:
         remaining = max_seconds
     if remaining == 0:
-        raise TaskFailed("the deadline passed before the task could start")
+        # Queued too long here; a less busy replica may still make it with a fresh deadline.
+        raise TaskFailed("the deadline passed before the task could start", retryable=True)
     try:
         inputs = await _decode_inputs(invocation, artifacts, fetch)
     except TaskInputError as e:
@@ -179,7 +180,9 @@ async def _decode_inputs(
                 f"argument {slot.name!r} needs {KIND_NAMES.get(slot.kind)}, "
                 f"but {name} is {KIND_NAMES.get(kind, 'of unknown kind')}"
             )
-        inputs[slot.name] = _decode(slot.kind, data, name)
+        # Decoding a large image or recording takes a while: off the loop, so every lane's
+        # consumer and heartbeat keep running meanwhile.
+        inputs[slot.name] = await asyncio.to_thread(_decode, slot.kind, data, name)
     return inputs
 
 
@@ -223,10 +226,12 @@ async def _encode_output(
 ) -> TaskOutput:
     stem = f"{invocation.task}-{invocation.task_id}"
     if item.image is not None:
-        ref = await artifacts.put(encode_png(item.image), f"{stem}.png", "image/png")
+        png = await asyncio.to_thread(encode_png, item.image)
+        ref = await artifacts.put(png, f"{stem}.png", "image/png")
         return TaskOutput(name=item.name, artifact=ref)
     if item.audio is not None:
-        ref = await artifacts.put(encode_wav(item.audio), f"{stem}.wav", "audio/wav")
+        wav = await asyncio.to_thread(encode_wav, item.audio)
+        ref = await artifacts.put(wav, f"{stem}.wav", "audio/wav")
         return TaskOutput(name=item.name, artifact=ref)
     if item.file is not None:
         extension = mimetypes.guess_extension(item.media_type) or ".bin"

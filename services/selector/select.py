@@ -136,8 +136,17 @@ def _prompt(request_text: str, open_tasks: Sequence[OpenTask]) -> list[ChatTurn]
     for open_task in open_tasks:
         args = {a.name: _arg_text(a) for a in open_task.task.args}
         listing = "\n".join(
-            f'  - {{"id": "{c.model}", "description": "{c.description or "no description"}", '
-            f'"downloads": {c.downloads}, "likes": {c.likes}, "runs": "{c.where.name.lower()}"}}'
+            "  - "
+            + json.dumps(
+                {
+                    "id": c.model,
+                    "description": c.description or "no description",
+                    "downloads": c.downloads,
+                    "likes": c.likes,
+                    "runs": c.where.name.lower(),
+                },
+                ensure_ascii=False,
+            )
             for c in open_task.candidates
         )
         sections.append(

@@ -27,7 +27,12 @@ from chorus.v1.messages_pb2 import (
 )
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StorageType
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
+from nats.js.errors import (
+    BadRequestError,
+    KeyNotFoundError,
+    KeyWrongLastSequenceError,
+    NoKeysError,
+)
 from nats.js.kv import KeyValue
 from prometheus_client import Counter
 
@@ -191,10 +196,13 @@ class Selector:
         return effects
 
     def _model_gone(self, state: RunState, started: TaskStarted) -> bool:
-        """No live replica serves the task's model any more, and another candidate exists."""
+        """No live replica serves the task's route any more, and another candidate exists."""
+        workers = self._registry.serving(started.task)
+        served = {m.model for w in workers for m in w.models if m.task == started.task}
+        if started.route in served:
+            return False
         facts = RequestFacts.of(request_text(state.plan.request))
-        candidates = self._rank(started.task, facts)
-        return bool(candidates) and all(c.model != started.model for c in candidates)
+        return bool(self._rank(started.task, facts))
 
     async def _transact(
         self,
@@ -227,7 +235,7 @@ class Selector:
                 if is_complete(state):
                     # The report is out: the run is over. Deleting it keeps the sweep's
                     # listing to live runs; its delete marker tells late messages it finished.
-                    await self._runs.delete(request_id, last=entry.revision)
+                    await _delete_at(self._runs, request_id, entry.revision)
                 else:
                     await self._runs.update(
                         request_id, state.SerializeToString(), last=entry.revision
@@ -335,6 +343,17 @@ class Selector:
             if task.id in state.results:  # none when it stopped after planning
                 report.results.append(state.results[task.id])
         await bus.publish(self._js, subjects.REPORT, report, msg_id=f"{report.request_id}.report")
+
+
+async def _delete_at(runs: KeyValue, key: str, revision: int | None) -> None:
+    """Compare-and-delete. nats-py's `delete` reports a lost race as a plain bad request
+    (10071, wrong last sequence), where `update` raises `KeyWrongLastSequenceError`."""
+    try:
+        await runs.delete(key, last=revision)
+    except BadRequestError as e:
+        if e.err_code == 10071:
+            raise KeyWrongLastSequenceError(description=e.description) from e
+        raise
 
 
 def _finished(error: KeyNotFoundError) -> bool:

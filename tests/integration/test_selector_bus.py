@@ -223,3 +223,16 @@ async def test_one_llm_call_chooses_the_models_of_a_whole_plan(
     ]
     assert len(scripted_llm.requests) == 3  # plan, one choice for both tasks, answer
     assert "Task 1: token-classification" in scripted_llm.requests[1]["messages"][-1]["content"]
+
+
+async def test_a_lost_race_to_delete_a_run_is_a_compare_and_set_conflict(nats_url: str) -> None:
+    from nats.js.api import KeyValueConfig
+    from nats.js.errors import KeyWrongLastSequenceError
+
+    nc = await nats.connect(nats_url)
+    runs = await nc.jetstream().create_key_value(KeyValueConfig(bucket="runs_race"))
+    first = await runs.put("r", b"state")
+    await runs.put("r", b"changed by another replica")
+    with pytest.raises(KeyWrongLastSequenceError):
+        await selector_service._delete_at(runs, "r", first)
+    await nc.close()
