@@ -15,6 +15,7 @@ import binascii
 import contextlib
 import json
 import logging
+import re
 import time
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
@@ -30,6 +31,8 @@ log = logging.getLogger(__name__)
 MODEL_ID = "chorus"
 MAX_BODY_BYTES = 8 * 1024 * 1024  # images may ride inline as data URLs
 MAX_HEAD_BYTES = 64 * 1024
+READ_TIMEOUT_S = 30.0  # to send the request head and body
+_MEDIA_TYPE = re.compile(r"[\w.+-]+/[\w.+-]+")
 _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
             413: "Payload Too Large", 500: "Internal Server Error", 503: "Service Unavailable",
             504: "Gateway Timeout"}  # fmt: skip
@@ -82,9 +85,12 @@ class OpenAIEndpoint:
             self._connections.add(task)
             task.add_done_callback(self._connections.discard)
         try:
-            request = await _read_request(reader)
+            try:
+                request = await asyncio.wait_for(_read_request(reader), READ_TIMEOUT_S)
+            except TimeoutError:
+                return  # a client that sends no whole request in time holds no connection
             work = asyncio.create_task(self._route(request, writer))
-            gone = asyncio.create_task(reader.read(1))  # EOF: the client closed the connection
+            gone = asyncio.create_task(_closed(reader))
             await asyncio.wait([work, gone], return_when=asyncio.FIRST_COMPLETED)
             if not work.done():
                 log.info("client disconnected from %s; cancelling its wait", request.path)
@@ -119,6 +125,10 @@ class OpenAIEndpoint:
                 raise HttpError(404, f"no route {request.path}")
         except HttpError as e:
             await _send_error(writer, e)
+        except Exception:  # a bug of ours: the client still gets an answer, the log the trace
+            log.exception("the OpenAI-compatible endpoint failed on %s", request.path)
+            with contextlib.suppress(Exception):
+                await _send_error(writer, HttpError(500, "internal error; see the planner's log"))
 
     async def _chat(self, http: _Request, writer: asyncio.StreamWriter) -> None:
         body = _json_body(http.body)
@@ -157,7 +167,9 @@ class OpenAIEndpoint:
             if kind == "text":
                 texts.append(str(part.get("text", "")))
             elif kind == "image_url":
-                url = str((part.get("image_url") or {}).get("url", ""))
+                image = part.get("image_url")
+                # OpenAI's shape is {"url": ...}; some clients send the URL as a bare string.
+                url = str(image.get("url", "") if isinstance(image, dict) else image or "")
                 if url.startswith("data:"):
                     ref = await self._store.put(*_data_url(url, f"image-{i}-{j}"))
                     message.artifacts.append(ref)
@@ -213,6 +225,8 @@ def _data_url(url: str, stem: str) -> tuple[bytes, str, str]:
     """`data:image/png;base64,...` as (bytes, a file name, the media type)."""
     head, _, payload = url.partition(",")
     media_type = head.removeprefix("data:").split(";")[0] or "application/octet-stream"
+    if not _MEDIA_TYPE.fullmatch(media_type):  # it is echoed in a header when fetched
+        raise HttpError(400, f"image_url: {media_type[:40]!r} is not a media type")
     if ";base64" not in head:
         raise HttpError(400, "image_url: only base64 data URLs can be uploaded inline")
     try:
@@ -392,10 +406,19 @@ async def _read_request(reader: asyncio.StreamReader) -> _Request:
         length = int(request.headers.get("content-length", "0"))
     except ValueError as e:
         raise HttpError(400, "Content-Length is not a number") from e
+    if length < 0:
+        raise HttpError(400, "Content-Length is negative")
     if length > MAX_BODY_BYTES:
         raise HttpError(413, f"the body is {length} bytes, over the {MAX_BODY_BYTES}-byte limit")
     request.body = await reader.readexactly(length)
     return request
+
+
+async def _closed(reader: asyncio.StreamReader) -> None:
+    """Returns when the client closes the connection; bytes it sends meanwhile are ignored
+    (one request per connection)."""
+    while await reader.read(4096):
+        pass
 
 
 def split_addr(addr: str) -> tuple[str, int]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -143,3 +144,49 @@ async def test_a_client_that_disconnects_mid_stream_leaves_nothing_waiting(
     response = await responses.next_msg(timeout=30)
     assert response.subject.startswith("chorus.response.")
     await nc.close()
+
+
+async def _raw(endpoint: Endpoint, request: bytes) -> bytes:
+    """One HTTP exchange over a plain socket, for what the `openai` client never sends."""
+    url = endpoint.client.base_url
+    reader, writer = await asyncio.open_connection(url.host, url.port)
+    writer.write(request)
+    await writer.drain()
+    reply = await asyncio.wait_for(reader.read(), 30)
+    writer.close()
+    return reply
+
+
+async def test_malformed_http_gets_a_clear_status(endpoint: Endpoint) -> None:
+    negative = b"POST /v1/chat/completions HTTP/1.1\r\nContent-Length: -5\r\n\r\n"
+    assert b"Content-Length is negative" in await _raw(endpoint, negative)
+    body = json.dumps(
+        {
+            "model": "chorus",
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "image_url", "image_url": "data:x\r\nEvil: 1;base64,AA=="}
+                    ],
+                }
+            ],
+        }
+    ).encode()
+    injected = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nContent-Length: "
+        + str(len(body)).encode()
+        + b"\r\n\r\n"
+        + body
+    )
+    reply = await _raw(endpoint, injected)
+    assert reply.startswith(b"HTTP/1.1 400") and b"is not a media type" in reply
+
+
+async def test_bytes_after_the_request_do_not_cancel_it(endpoint: Endpoint) -> None:
+    body = json.dumps({"model": "chorus", "messages": [{"role": "user", "content": "Hi"}]})
+    request = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nContent-Length: {len(body)}\r\n\r\n{body}\r\n"
+    ).encode()  # a stray CRLF after the body, as some clients send
+    reply = await _raw(endpoint, request)
+    assert reply.startswith(b"HTTP/1.1 200") and ANSWER.encode() in reply
