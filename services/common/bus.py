@@ -165,6 +165,11 @@ class ConsumerSpec(Generic[M]):
     concurrency: int = 8
     max_deliver: int = 3
     ack_wait_s: float = 30.0
+    # Shared by the consumers of one process that draw on the same capacity (an executor's
+    # lanes): a consumer fetches only while a slot is free, so work it could not start yet
+    # stays in the stream for another replica instead of waiting here. (A fetch already
+    # waiting when the last slot fills may still take one message: one per consumer at most.)
+    shared_slots: asyncio.Semaphore | None = None
 
 
 class Consumer(Generic[M]):
@@ -204,6 +209,12 @@ class Consumer(Generic[M]):
                 if len(self._tasks) >= spec.concurrency:
                     await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
                     continue
+                if spec.shared_slots is not None and spec.shared_slots.locked():
+                    # Wait for a slot to come free, then fetch (the handler takes the slot).
+                    # No second look: with other consumers waiting too, it would stay "locked"
+                    # while they hand the slot round, and none would ever fetch.
+                    async with spec.shared_slots:
+                        pass
                 try:
                     # One at a time: a waiting fetch of N returns only when N arrive or it
                     # times out, which would hold a lone message back for the whole timeout.

@@ -92,11 +92,11 @@ class Executor:
         self._store = store
         self._announcer = announcer
         self._fetch = fetch
-        self._slots = asyncio.Semaphore(capacity)  # bounded in flight across all models
+        self.slots = asyncio.Semaphore(capacity)  # bounded in flight across all models
 
     def handler_for(self, lane: Lane) -> Any:
         async def handle(invocation: TaskInvocation) -> None:
-            async with self._slots:
+            async with self.slots:
                 self._announcer.info.in_flight += 1
                 try:
                     result = await execute(
@@ -215,6 +215,7 @@ async def build(rt: Runtime, stack: AsyncExitStack) -> list[bus.Consumer[Any]]:
             give_up=executor.give_up,
             concurrency=config.capacity,
             ack_wait_s=60.0,
+            shared_slots=executor.slots,
         )
         consumers.append(bus.Consumer(rt.js, intake))
     await announcer.start()
