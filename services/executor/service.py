@@ -66,6 +66,10 @@ class Lane:
         return ServedModel(task=self.task, model=self.route, backend=self.backend.kind)
 
     async def run(self, model: str, inputs: Inputs) -> list[Produced]:
+        # A local lane runs its own model whatever the invocation names: one batcher, so the
+        # pipeline is never called from two threads. A remote lane batches per Hub model.
+        if self.route != REMOTE_ROUTE:
+            model = self.route
         batcher = self._batchers.get(model)
         if batcher is None:
             observer = metrics.batch_observer(self.task, self.backend.kind)
@@ -110,8 +114,9 @@ class Executor:
                 finally:
                     self._announcer.info.in_flight -= 1
             outcome = status_name(result.status)
-            metrics.TASKS.labels(invocation.task, invocation.model, outcome).inc()
-            metrics.TASK_SECONDS.labels(invocation.task).observe(result.seconds)
+            # Labels from the lane, not the message: a bounded set whatever arrives.
+            metrics.TASKS.labels(lane.task, lane.route, outcome).inc()
+            metrics.TASK_SECONDS.labels(lane.task).observe(result.seconds)
             await self._publish(result)
 
         return handle
