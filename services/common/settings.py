@@ -52,9 +52,9 @@ class Settings:
         env = os.environ if env is None else env
         base_url = env.get("CHORUS_LLM_BASE_URL") or None
         if base_url is not None:
-            _require_url("CHORUS_LLM_BASE_URL", base_url, ("http", "https"))
+            require_url("CHORUS_LLM_BASE_URL", base_url, ("http", "https"))
         nats_url = env.get("CHORUS_NATS_URL", "nats://127.0.0.1:4222")
-        _require_url("CHORUS_NATS_URL", nats_url, ("nats", "tls", "ws", "wss"))
+        require_url("CHORUS_NATS_URL", nats_url, ("nats", "tls", "ws", "wss"))
         planner = env.get("CHORUS_PLANNER", "auto")
         if planner not in ("auto", "rules"):
             raise SettingsError(f"CHORUS_PLANNER must be 'auto' or 'rules', not {planner!r}")
@@ -112,7 +112,18 @@ def _replicas(env: Mapping[str, str]) -> int:
     return replicas
 
 
-def _require_url(name: str, value: str, schemes: tuple[str, ...]) -> None:
+def bool_setting(env: Mapping[str, str], name: str, default: bool) -> bool:
+    """`1`/`0` (also `true`/`false`, `yes`/`no`); unset or empty gives the default."""
+    raw = env.get(name, "").strip().lower()
+    if raw == "":
+        return default
+    if raw not in ("0", "1", "true", "false", "yes", "no"):
+        raise SettingsError(f"{name} must be 0 or 1, not {raw!r}")
+    return raw in ("1", "true", "yes")
+
+
+def require_url(name: str, value: str, schemes: tuple[str, ...]) -> None:
+    """Stops start-up unless `value` is a URL of one of `schemes`, naming the variable."""
     parsed = urlparse(value)
     if parsed.scheme not in schemes or not parsed.netloc:
         raise SettingsError(f"{name} is not a {'/'.join(schemes)} URL: {value!r}")

@@ -6,9 +6,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
 
-from services.common.settings import SettingsError, float_setting, int_setting
+from services.common.settings import (
+    SettingsError,
+    bool_setting,
+    float_setting,
+    int_setting,
+    require_url,
+)
 from services.executor.fetch import FetchPolicy
 from services.executor.models import LoadOptions, ModelSpec, default_specs, discover_cached
 
@@ -47,13 +52,13 @@ class ExecutorConfig:
         """
         load = _load_options(env)
         specs = _specs(env)
-        with_defaults = env.get("CHORUS_EXECUTOR_DEFAULTS", "1") != "0"
+        with_defaults = bool_setting(env, "CHORUS_EXECUTOR_DEFAULTS", True)
         defaults: list[ModelSpec] = []
         if with_defaults:
             covered = {s.task for s in specs}
             defaults = [s for s in default_specs() + discover_cached() if s.task not in covered]
         serve_llm = with_defaults and llm_configured
-        remote = _flag(env, "CHORUS_REMOTE_INFERENCE", False)
+        remote = bool_setting(env, "CHORUS_REMOTE_INFERENCE", False)
         if not specs and not defaults and not remote and not serve_llm:
             raise SettingsError(
                 "nothing to serve: give --model TASK=MODEL (CHORUS_EXECUTOR_MODELS), "
@@ -86,15 +91,6 @@ def _specs(env: Mapping[str, str]) -> list[ModelSpec]:
         raise SettingsError(f"CHORUS_EXECUTOR_MODELS: {e}") from e
 
 
-def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
-    raw = env.get(name, "").strip().lower()
-    if raw == "":
-        return default
-    if raw not in ("0", "1", "true", "false", "yes", "no"):
-        raise SettingsError(f"{name} must be 0 or 1, not {raw!r}")
-    return raw in ("1", "true", "yes")
-
-
 def _load_options(env: Mapping[str, str]) -> LoadOptions:
     device = env.get("CHORUS_DEVICE", "cpu")
     if device != "cpu" and not device.startswith("cuda"):
@@ -106,7 +102,7 @@ def _load_options(env: Mapping[str, str]) -> LoadOptions:
     return LoadOptions(
         device=device,
         dtype=dtype,
-        allow_download=_flag(env, "CHORUS_ALLOW_DOWNLOAD", True) and not offline,
+        allow_download=bool_setting(env, "CHORUS_ALLOW_DOWNLOAD", True) and not offline,
         controlnet_base=env.get(
             "CHORUS_CONTROLNET_BASE", "stable-diffusion-v1-5/stable-diffusion-v1-5"
         ),
@@ -122,9 +118,7 @@ def _preload(env: Mapping[str, str]) -> bool:
 
 def _endpoint(env: Mapping[str, str]) -> str:
     endpoint = env.get("CHORUS_REMOTE_ENDPOINT", REMOTE_ENDPOINT)
-    parsed = urlparse(endpoint)
-    if parsed.scheme not in ("http", "https") or not parsed.netloc:
-        raise SettingsError(f"CHORUS_REMOTE_ENDPOINT is not an http/https URL: {endpoint!r}")
+    require_url("CHORUS_REMOTE_ENDPOINT", endpoint, ("http", "https"))
     return endpoint
 
 
@@ -133,7 +127,7 @@ def _fetch_policy(env: Mapping[str, str]) -> FetchPolicy:
     if root is not None and not Path(root).expanduser().is_dir():
         raise SettingsError(f"CHORUS_INPUT_ROOT is not a directory: {root!r}")
     return FetchPolicy(
-        allow_urls=_flag(env, "CHORUS_FETCH_URLS", False),
+        allow_urls=bool_setting(env, "CHORUS_FETCH_URLS", False),
         max_bytes=int_setting(env, "CHORUS_FETCH_MAX_BYTES", 20 * 1024 * 1024),
         timeout_s=float_setting(env, "CHORUS_FETCH_TIMEOUT", 10.0),
         input_root=Path(root).expanduser() if root else None,

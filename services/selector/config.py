@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from services.common.settings import Settings, SettingsError, int_setting
+from services.common.settings import Settings, SettingsError, bool_setting, int_setting
 from services.selector.rank import DEFAULT_TOP_K
 
 
@@ -21,12 +21,9 @@ class SelectorConfig:
         top_k = int_setting(env, "CHORUS_SELECT_TOP_K", DEFAULT_TOP_K)
         if top_k < 1:
             raise SettingsError(f"CHORUS_SELECT_TOP_K must be at least 1, not {top_k}")
-        llm_choice = env.get("CHORUS_SELECT_LLM", "1")
-        if llm_choice not in ("0", "1"):
-            raise SettingsError(f"CHORUS_SELECT_LLM must be 0 or 1, not {llm_choice!r}")
         return cls(
             top_k=top_k,
-            llm_choice=llm_choice == "1",
+            llm_choice=bool_setting(env, "CHORUS_SELECT_LLM", True),
             task_deadline_s=settings.task_deadline_s,
             task_retries=int_setting(env, "CHORUS_TASK_RETRIES", 1),
         )

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.common.settings import Settings, SettingsError
+from services.common.settings import Settings, SettingsError, bool_setting
 from services.common.subjects import invoke
 
 
@@ -39,3 +39,10 @@ def test_model_ids_become_valid_distinct_subject_tokens() -> None:
     b = invoke("text-classification", "org/model_v1")
     assert a != b
     assert all(t and "/" not in t and "." not in t for t in a.split(".")[2:])
+
+
+@pytest.mark.parametrize(("raw", "value"), [("1", True), ("yes", True), ("0", False), ("", True)])
+def test_a_flag_reads_one_way_everywhere(raw: str, value: bool) -> None:
+    assert bool_setting({"CHORUS_X": raw}, "CHORUS_X", True) is value
+    with pytest.raises(SettingsError, match="CHORUS_X must be 0 or 1, not 'off-ish'"):
+        bool_setting({"CHORUS_X": "off-ish"}, "CHORUS_X", True)

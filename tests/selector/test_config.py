@@ -17,7 +17,7 @@ def test_defaults() -> None:
     [
         ({"CHORUS_SELECT_TOP_K": "0"}, "CHORUS_SELECT_TOP_K"),
         ({"CHORUS_SELECT_TOP_K": "many"}, "CHORUS_SELECT_TOP_K"),
-        ({"CHORUS_SELECT_LLM": "yes"}, "CHORUS_SELECT_LLM"),
+        ({"CHORUS_SELECT_LLM": "maybe"}, "CHORUS_SELECT_LLM"),
         ({"CHORUS_TASK_RETRIES": "-1"}, "CHORUS_TASK_RETRIES"),
         ({"CHORUS_TASK_DEADLINE": "0"}, "CHORUS_TASK_DEADLINE"),
     ],
