@@ -39,10 +39,9 @@ class _Row:
 class ProgressView:
     """Consumes a request's events and writes them to `out`; `live` redraws in place."""
 
-    def __init__(self, out: TextIO, *, live: bool, show_answer: bool = True) -> None:
+    def __init__(self, out: TextIO, *, live: bool) -> None:
         self._out = out
         self._live = live
-        self._show_answer = show_answer
         self._started = time.monotonic()
         self._rows: dict[int, _Row] = {}
         self._drawn = 0  # lines of the tree now on screen
@@ -76,7 +75,7 @@ class ProgressView:
                 self._changed(
                     row, f"{row.label} {row.status} in {r.seconds:.2f}s: {row.detail[:200]}"
                 )
-            elif kind == "answer_token" and self._show_answer:
+            elif kind == "answer_token":
                 self._token(event.answer_token)
             elif kind == "done":
                 self._finish(event)

@@ -11,6 +11,9 @@ from urllib.parse import urlparse
 N = TypeVar("N", int, float)
 
 
+DEFAULT_CONTEXT_TOKENS = 8192  # the LLM's context window, when CHORUS_LLM_CONTEXT_TOKENS is unset
+
+
 class SettingsError(ValueError):
     """A setting is missing or malformed; the message names the variable."""
 
@@ -23,7 +26,7 @@ class LLMSettings:
     timeout_s: float
     max_retries: int
     # The model's context window in tokens: prompts are cut to fit it with room for the reply.
-    context_tokens: int = 8192
+    context_tokens: int = DEFAULT_CONTEXT_TOKENS
 
     @property
     def configured(self) -> bool:
@@ -90,7 +93,7 @@ def _host_port(env: Mapping[str, str], name: str) -> str:
 
 
 def _context_tokens(env: Mapping[str, str]) -> int:
-    tokens = int_setting(env, "CHORUS_LLM_CONTEXT_TOKENS", 8192)
+    tokens = int_setting(env, "CHORUS_LLM_CONTEXT_TOKENS", DEFAULT_CONTEXT_TOKENS)
     if tokens < 1024:
         raise SettingsError(f"CHORUS_LLM_CONTEXT_TOKENS must be at least 1024, not {tokens}")
     return tokens

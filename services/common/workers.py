@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 # `TaskInvocation.model` names the Hub model to run.
 LLM_ROUTE = "llm"
 REMOTE_ROUTE = "hf-inference"
+# Model ids of operations built into the executor (`builtin:canny`): no weights to load.
+BUILTIN_PREFIX = "builtin:"
 
 
 async def open_worker_bucket(js: JetStreamContext, ttl_s: float, replicas: int) -> KeyValue:

@@ -20,6 +20,7 @@ from chorus.v1.messages_pb2 import Kind
 from PIL import Image
 
 from services.common.tasks import AUDIO, IMAGE, LLM_TASKS, TASK_TYPES, TEXT, VIDEO, Slot
+from services.common.workers import BUILTIN_PREFIX
 from services.executor import imageops, render
 from services.executor.media import Audio, encode_png, encode_wav
 
@@ -385,7 +386,7 @@ def _controls() -> list[Handler]:
             _IMAGE,
             _control,
             Local("builtin", _each(lambda op, i: op(i["image"]))),
-            builtins={f"builtin:{name}": op},
+            builtins={f"{BUILTIN_PREFIX}{name}": op},
         )
         for name, op in builtin.items()
     ]
@@ -636,6 +637,3 @@ def build_registry(handlers: Sequence[Handler]) -> dict[str, Handler]:
 
 
 HANDLERS = build_registry(_HANDLERS)
-BUILTIN_OPS: dict[str, Callable[[Image.Image], Image.Image]] = {
-    name: op for h in HANDLERS.values() for name, op in h.builtins.items()
-}

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from services.common.workers import BUILTIN_PREFIX
 from services.executor.handlers import HANDLERS, Handler
 
 log = logging.getLogger(__name__)
@@ -128,7 +129,7 @@ def _load(handler: Handler, model: str, options: LoadOptions) -> Any:
             known = ", ".join(sorted(handler.builtins))
             raise ModelUnavailable(f"{model}: no such built-in for {handler.task} (known: {known})")
         return handler.builtins[model]
-    if model.startswith("builtin:"):
+    if model.startswith(BUILTIN_PREFIX):
         raise ModelUnavailable(f"{model}: {handler.task} has no built-in; it needs a model")
     path = locate(model, options.allow_download)
     return _LOADERS[local.loader](path, local.pipeline_task, options)

@@ -27,6 +27,7 @@ from services.common.runtime import Runtime
 from services.common.settings import SettingsError
 from services.common.tasks import LLM_TASKS, status_name
 from services.common.workers import (
+    BUILTIN_PREFIX,
     LLM_ROUTE,
     REMOTE_ROUTE,
     WorkerAnnouncer,
@@ -166,7 +167,7 @@ async def _prepare(spec: ModelSpec, config: ExecutorConfig, pool: ModelPool, ste
         metrics.LOAD_SECONDS.labels(spec.task, spec.model).set(loaded.load_seconds)
         return
     log.info("model %s: %s=%s will load on first use", step, spec.task, spec.model)
-    if not spec.model.startswith(("builtin:", "bundled:")):
+    if not spec.model.startswith((BUILTIN_PREFIX, "bundled:")):
         # Found now, so a wrong path stops start-up rather than failing its first task.
         await asyncio.to_thread(locate, spec.model, config.load.allow_download)
 

@@ -16,12 +16,12 @@ from chorus.v1.messages_pb2 import (
 
 from services.common.events import seconds_since
 from services.common.llm import LLM, LLMError, LLMStreamCut
+from services.common.settings import DEFAULT_CONTEXT_TOKENS
 from services.responder.prompt import response_prompt
 from services.responder.template import templated_answer
 
 OnToken = Callable[[str], Awaitable[None]]
 TEMPLATE_NOTE = "answer written from a template (no LLM)"
-DEFAULT_CONTEXT_TOKENS = 8192
 
 
 async def respond(

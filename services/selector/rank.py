@@ -18,10 +18,9 @@ from enum import IntEnum
 from chorus.v1.workers_pb2 import WorkerInfo
 
 from services.common.tasks import LLM_TASKS
-from services.common.workers import LLM_ROUTE, REMOTE_ROUTE
+from services.common.workers import BUILTIN_PREFIX, LLM_ROUTE, REMOTE_ROUTE
 from services.selector.catalog import Catalog, CatalogEntry
 
-BUILTIN_PREFIX = "builtin:"
 DEFAULT_TOP_K = 5  # HuggingGPT's num_candidate_models
 
 

@@ -21,7 +21,8 @@ from prometheus_client import Counter
 from services.common.lenient_json import JSONRepairError, load_lenient
 from services.common.llm import LLM, ChatTurn, LLMError
 from services.common.prompts import load_prompt
-from services.selector.rank import BUILTIN_PREFIX, Candidate, Where
+from services.common.workers import BUILTIN_PREFIX
+from services.selector.rank import Candidate, Where
 
 log = logging.getLogger(__name__)
 SELECTIONS = Counter(
