@@ -10,6 +10,7 @@ history to fit) and for comparing prompts, where the same estimate is applied to
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 _PIECES = re.compile(r"[A-Za-z]+|\d{1,3}|[^\sA-Za-z\d]")
 
@@ -19,3 +20,16 @@ def count_tokens(text: str) -> int:
     for piece in _PIECES.findall(text):
         total += 1 + (len(piece) - 1) // 6 if piece.isalpha() else 1
     return total
+
+
+TURN_OVERHEAD = 4  # tokens a chat turn costs beyond its text: its role and separators
+
+
+def newest_within(texts: Sequence[str], budget: int) -> int:
+    """How many of the newest `texts` (chat turns, oldest first) fit in `budget` tokens."""
+    used = 0
+    for kept, text in enumerate(reversed(texts)):
+        used += count_tokens(text) + TURN_OVERHEAD
+        if used > budget:
+            return kept
+    return len(texts)

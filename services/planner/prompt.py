@@ -10,7 +10,7 @@ from services.common.llm import ChatTurn
 from services.common.prompts import load_prompt
 from services.common.resources import request_text, resources_of
 from services.common.tasks import KIND_NAMES, TASK_TYPES
-from services.common.tokens import count_tokens
+from services.common.tokens import newest_within
 
 # Earlier turns are cut to this many tokens, the newest kept: the request and its demos
 # must fit in small contexts too.
@@ -41,11 +41,5 @@ def planning_prompt(request: ChatRequest) -> list[ChatTurn]:
 
 
 def _within_budget(history: list[ChatTurn]) -> list[ChatTurn]:
-    kept: list[ChatTurn] = []
-    used = 0
-    for turn in reversed(history):
-        used += count_tokens(turn.content) + 4  # + the turn's role and separators
-        if used > HISTORY_TOKEN_BUDGET:
-            break
-        kept.append(turn)
-    return kept[::-1]
+    kept = newest_within([t.content for t in history], HISTORY_TOKEN_BUDGET)
+    return history[len(history) - kept :]

@@ -9,19 +9,19 @@ prompt names it (file name, type, artifact id) and the reply can refer to it by 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from chorus.v1.messages_pb2 import ExecutionReport, TaskOutput, TaskResult
+from chorus.v1.messages_pb2 import ArtifactRef, ExecutionReport, TaskOutput, TaskResult
 
 from services.common.llm import ChatTurn
 from services.common.prompts import load_prompt
 from services.common.resources import request_text
 from services.common.tasks import status_name
-from services.common.tokens import count_tokens
+from services.common.tokens import TURN_OVERHEAD, count_tokens, newest_within
 
 REPLY_TOKENS = 1024  # kept free for the answer (at most a quarter of the context)
-TURN_OVERHEAD = 4  # a turn's role and separators
 MIN_RESULT_TOKENS = 16  # below this a result says only that it was cut
 
 
@@ -99,16 +99,14 @@ def _result_text(result: TaskResult) -> str:
 def _history(report: ExecutionReport, budget: int) -> tuple[list[ChatTurn], int]:
     """Earlier turns, newest kept first; a turn's files are named so "it" can be resolved."""
     earlier = list(report.plan.request.messages)[:-1]
-    kept: list[ChatTurn] = []
-    used = 0
-    for message in reversed(earlier):
-        files = ", ".join(a.name for a in message.artifacts)
-        content = message.content + (f"\n[files: {files}]" if files else "")
-        used += count_tokens(content) + TURN_OVERHEAD
-        if used > budget:
-            break
-        kept.append(ChatTurn(message.role, content))
-    return kept[::-1], len(earlier) - len(kept)
+    turns = [ChatTurn(m.role, m.content + _files_note(m.artifacts)) for m in earlier]
+    kept = newest_within([t.content for t in turns], budget)
+    return turns[len(turns) - kept :], len(turns) - kept
+
+
+def _files_note(artifacts: Sequence[ArtifactRef]) -> str:
+    files = ", ".join(a.name for a in artifacts)
+    return f"\n[files: {files}]" if files else ""
 
 
 def fair_shares(sizes: list[int], budget: int) -> list[int]:
