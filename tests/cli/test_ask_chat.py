@@ -35,36 +35,24 @@ async def test_ask_shows_the_plan_tree_progress_answer_and_saved_files(
 ) -> None:
     photo = _photo(tmp_path)
     async with running_stack(nats_url, _env(llm)) as settings:
-        code = await asyncio.to_thread(
-            ask,
-            "Find the edges in square.png",
-            [photo],
-            addr=settings.grpc_addr,
-            out=tmp_path / "out",
-            as_json=False,
-            stop_after=None,
-        )
+
+        async def edges(out: str, *, as_json: bool = False, quiet: bool = False) -> int:
+            return await asyncio.to_thread(
+                ask,
+                "Find the edges in square.png",
+                [photo],
+                addr=settings.grpc_addr,
+                out=tmp_path / out,
+                as_json=as_json,
+                stop_after=None,
+                quiet=quiet,
+            )
+
+        code = await edges("out")
         shown = capsys.readouterr().out
-        quiet = await asyncio.to_thread(
-            ask,
-            "Find the edges in square.png",
-            [photo],
-            addr=settings.grpc_addr,
-            out=tmp_path / "out",
-            as_json=False,
-            stop_after=None,
-            quiet=True,
-        )
+        quiet = await edges("out", quiet=True)
         answer_only = capsys.readouterr().out
-        as_json = await asyncio.to_thread(
-            ask,
-            "Find the edges in square.png",
-            [photo],
-            addr=settings.grpc_addr,
-            out=tmp_path / "json",
-            as_json=True,
-            stop_after=None,
-        )
+        as_json = await edges("json", as_json=True)
         data = json.loads(capsys.readouterr().out)
     assert code == quiet == as_json == 0
     lines = shown.splitlines()
