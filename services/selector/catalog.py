@@ -51,6 +51,11 @@ class CatalogEntry:
             w for tag in self.tags for w in re.split(r"[-_ ]", tag.lower()) if len(w) > 3
         )
 
+    @cached_property
+    def language_set(self) -> frozenset[str]:
+        """Its languages, lower-cased, for matching a request's."""
+        return frozenset(lang.lower() for lang in self.languages)
+
     def to_json(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False)
 

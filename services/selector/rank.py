@@ -95,7 +95,7 @@ def fit(entry: CatalogEntry, request: RequestFacts) -> float:
     """+1 for the request's language, -1 for a model that names languages but not that one,
     and +0.5 for each of the model's tags the request mentions (e.g. "sentiment")."""
     score = 0.0
-    languages = {lang.lower() for lang in entry.languages}
+    languages = entry.language_set
     if request.language in languages or "multilingual" in languages:
         score += 1.0
     elif languages:
