@@ -11,6 +11,8 @@ Internal hand-offs between stages (stream CHORUS_WORK, work-queue retention):
                                                    route: a model, `llm` or `hf-inference`)
     chorus.result                  TaskResult      executor  -> selector
     chorus.report                  ExecutionReport selector  -> responder
+    chorus.cancel.<request_id>     CancelRequest   front door -> selector (also read, without
+                                                   a stream consumer, by executors)
     chorus.deadletter.<stage>      raw bytes of a message a stage could not decode or handle
 """
 
@@ -23,10 +25,11 @@ REQUEST = "chorus.request"
 PLAN = "chorus.plan"
 RESULT = "chorus.result"
 REPORT = "chorus.report"
+CANCEL_PREFIX = "chorus.cancel"
 INVOKE_PREFIX = "chorus.invoke"
 
 WORK_STREAM = "CHORUS_WORK"
-WORK_SUBJECTS = [REQUEST, PLAN, f"{INVOKE_PREFIX}.>", RESULT, REPORT]
+WORK_SUBJECTS = [REQUEST, PLAN, f"{INVOKE_PREFIX}.>", RESULT, REPORT, f"{CANCEL_PREFIX}.>"]
 EVENTS_STREAM = "CHORUS_EVENTS"
 EVENTS_SUBJECTS = ["chorus.event.>", "chorus.response.>"]
 DEADLETTER_STREAM = "CHORUS_DEADLETTER"
@@ -51,6 +54,10 @@ def event(request_id: str) -> str:
 
 def response(request_id: str) -> str:
     return f"chorus.response.{request_id}"
+
+
+def cancel(request_id: str) -> str:
+    return f"{CANCEL_PREFIX}.{request_id}"
 
 
 def deadletter(stage: str) -> str:

@@ -95,6 +95,8 @@ class _TaskStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TaskStatus
     TASK_STATUS_FAILED: _TaskStatus.ValueType  # 2
     TASK_STATUS_SKIPPED: _TaskStatus.ValueType  # 3
     """a dependency failed"""
+    TASK_STATUS_CANCELLED: _TaskStatus.ValueType  # 4
+    """the request was cancelled before the task finished"""
 
 class TaskStatus(_TaskStatus, metaclass=_TaskStatusEnumTypeWrapper): ...
 
@@ -103,6 +105,8 @@ TASK_STATUS_SUCCEEDED: TaskStatus.ValueType  # 1
 TASK_STATUS_FAILED: TaskStatus.ValueType  # 2
 TASK_STATUS_SKIPPED: TaskStatus.ValueType  # 3
 """a dependency failed"""
+TASK_STATUS_CANCELLED: TaskStatus.ValueType  # 4
+"""the request was cancelled before the task finished"""
 Global___TaskStatus: _TypeAlias = TaskStatus  # noqa: Y015
 
 @_typing.final
@@ -696,6 +700,33 @@ class ProgressEvent(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 
 Global___ProgressEvent: _TypeAlias = ProgressEvent  # noqa: Y015
+
+@_typing.final
+class CancelRequest(_message.Message):
+    """Published on `chorus.cancel.<request_id>` to stop a request: the selector dispatches nothing
+    more and reports its unfinished tasks cancelled; executors drop its queued invocations.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    reason: _builtins.str
+    """e.g. "client disconnected", "cancelled by the user" """
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelRequest: _TypeAlias = CancelRequest  # noqa: Y015
 
 @_typing.final
 class RunState(_message.Message):
