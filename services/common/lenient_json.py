@@ -78,16 +78,16 @@ def load_lenient(reply: str, *, cut_off: bool = False) -> Loaded:
     shape = _Shape.of(text)
     if shape.deepest > MAX_DEPTH:
         raise JSONRepairError(f"the JSON nests {shape.deepest} levels deep, over {MAX_DEPTH}")
-    if not cut_off and shape.ends_in_string and shape.open_at_end:
+    if not cut_off and shape.stops_inside:
         cut_off = True
-        repairs += ("read the reply as cut off: it ends inside an unfinished string",)
+        repairs += ("read the reply as cut off: it stops inside its JSON",)
     if cut_off and shape.first_closes_at is None:
         text, kept = _complete_items(text)
         if not kept:
             raise CutBeforeAnyItem(
                 "the reply was cut off before the first item of its list was complete"
             )
-        repairs += (f"kept the {kept} list items completed before the reply was cut off",)
+        repairs += (f"kept the list items completed before the reply was cut off ({kept})",)
     value, read = _read(text)
     return Loaded(value, tuple(dict.fromkeys((*repairs, *read))))
 
@@ -321,9 +321,8 @@ class _Shape:
     """The brackets of a text, outside strings, in one pass."""
 
     deepest: int
-    open_at_end: int  # brackets still open where the text ends
-    ends_in_string: bool
     first_closes_at: int | None  # where the first bracket closes; None: it never does
+    stops_inside: bool  # it never closes, and the text ends inside a string or after a value
 
     @classmethod
     def of(cls, text: str) -> _Shape:
@@ -338,9 +337,12 @@ class _Shape:
                 depth = max(0, depth - 1)
                 if depth == 0 and first_closes_at is None:
                     first_closes_at = i
+        # A text that ends on a closing bracket only lacks some: a missing `]` is a habit; one
+        # that ends on anything else (`"dep": `, `"<GENER`) was cut off mid-item.
         last = len(text.rstrip()) - 1
-        ends_in_string = last >= 0 and tagged[last][0] == "string"
-        return cls(deepest, depth, ends_in_string, first_closes_at)
+        ends_on_closer = last >= 0 and tagged[last][0] == "close"
+        stops_inside = first_closes_at is None and not ends_on_closer
+        return cls(deepest, first_closes_at, stops_inside)
 
 
 def _scan(text: str) -> list[tuple[str, str]]:
