@@ -105,7 +105,10 @@ def _without_reasoning(reply: str) -> tuple[str, tuple[str, ...]]:
     opening tag may be missing: some chat templates put it in the prompt)."""
     closes = list(_THINK_CLOSE.finditer(reply))
     if closes:
-        return reply[closes[-1].end() :], (REASONING_REMOVED,)
+        answer = reply[closes[-1].end() :]
+        if not answer.strip():
+            raise ReasoningOnly("the reply is only reasoning: nothing follows its </think>")
+        return answer, (REASONING_REMOVED,)
     opened = _THINK_OPEN.search(reply)
     if opened is None:
         return reply, ()

@@ -98,6 +98,7 @@ def test_a_reply_cut_off_by_the_token_limit_keeps_only_items_that_closed() -> No
     [
         ("<think>so the plan is [{", ReasoningOnly, "only reasoning"),
         ("  <think>" + "x" * 1_000_000, ReasoningOnly, "never closes"),
+        ("<think>[{}]</think>\n", ReasoningOnly, "nothing follows"),
         ('[{"task": "a", "args": {"text": "<GENER', CutBeforeAnyItem, "first item"),
         ('{"task": "a", "args": {"text": "<GENER', CutBeforeAnyItem, "first item"),
         ("no JSON here", JSONRepairError, "holds no JSON"),
