@@ -26,11 +26,15 @@ MAX_DEPTH = 24
 _FENCE = re.compile(r"```[A-Za-z]*\s*(.*?)```", re.S)
 _THINK_OPEN = re.compile(r"<think(?:ing)?>", re.I)
 _THINK_CLOSE = re.compile(r"</think(?:ing)?>", re.I)
+_DECODER = json.JSONDecoder()
 _TRAILING_COMMA = re.compile(r",(\s*[\]}])")
 _CLOSER = {"[": "]", "{": "}"}
 _PY_WORDS = {"True": "true", "False": "false", "None": "null"}
 _CURLY_DOUBLE = "\u201c\u201d\u201e"  # typographic double quotes, opening and closing
 _CURLY_SINGLE = "\u2018\u2019"  # typographic single quotes
+_QUOTES = "\"'" + _CURLY_DOUBLE + _CURLY_SINGLE
+_CLOSERS_OF = {'"': '"', "'": "'"} | dict.fromkeys(_CURLY_DOUBLE, _CURLY_DOUBLE)
+_CLOSERS_OF |= dict.fromkeys(_CURLY_SINGLE, "'" + _CURLY_SINGLE)
 
 REASONING_REMOVED = "removed the reasoning before the answer (a </think> block)"
 PYTHON_QUOTING = "read Python-style quoting"
@@ -132,7 +136,7 @@ def _from_first_bracket(answer: str) -> tuple[str, tuple[str, ...]]:
 def _read(text: str) -> tuple[Any, tuple[str, ...]]:
     """The value of a text that starts at its JSON, by the first reading that works."""
     try:
-        value, end = json.JSONDecoder().raw_decode(text)
+        value, end = _DECODER.raw_decode(text)
     except (ValueError, RecursionError):
         pass
     else:
@@ -260,7 +264,7 @@ def _to_json(text: str) -> tuple[str, tuple[str, ...]]:
             i = _after_comment(text, i)
             done.add(COMMENTS_REMOVED)
             continue
-        if char in "\"'" + _CURLY_DOUBLE + _CURLY_SINGLE:
+        if char in _QUOTES:
             quote = char
             out.append('"')
             if char == "'":
@@ -353,6 +357,7 @@ def _scan(text: str) -> list[tuple[str, str]]:
     to its closing quote (tagged other), so that brackets inside strings are not counted."""
     tagged: list[tuple[str, str]] = []
     quote = ""
+    closers = ""  # the characters that may close the open string
     escaped = False
     for i, char in enumerate(text):
         kind = "other"
@@ -362,11 +367,12 @@ def _scan(text: str) -> list[tuple[str, str]]:
                 escaped = False
             elif char == "\\":
                 escaped = True
-            elif _closes_string(text, i, quote):
+            elif char in closers and _closes_string(text, i, quote):
                 quote = ""
                 kind = "other"
-        elif char in "\"'" + _CURLY_DOUBLE + _CURLY_SINGLE:
+        elif char in _QUOTES:
             quote = char
+            closers = _CLOSERS_OF[char]
             kind = "string"
         elif char in "[{":
             kind = "open"
