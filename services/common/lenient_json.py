@@ -68,7 +68,9 @@ def load_lenient(reply: str, *, cut_off: bool = False) -> Loaded:
 
     `cut_off`: the server stopped the reply at its token limit. Then only the items of the
     outermost list that closed before the cut are kept: an unfinished item is never completed
-    by guesswork. A reply that ends inside a string in an open bracket is read as cut off too.
+    by guesswork. A reply whose JSON stops mid-item (its first bracket never closes, and it
+    ends inside a string or after a value rather than on a closing bracket) is read as cut off
+    too, whatever the server said.
     """
     if len(reply) > MAX_REPLY_CHARS + MAX_REASONING_CHARS:
         raise JSONRepairError(

@@ -1,9 +1,11 @@
 """Turns an LLM's planning reply (HuggingGPT's JSON task list) into a valid task graph.
 
 Real replies are read as leniently as is safe, and every liberty taken is named: a task type
-spelt another way, ids that count from 1, `<GENERATED-0>` for `<GENERATED>-0`, two generated
-inputs in one argument, a dependency on a task that is not there. What cannot be made into a
-valid graph is rejected with the precise reason (`PlanError`), for the repair round.
+spelt another way, ids that count from 1 or written as strings, `arguments` for `args`,
+`<GENERATED-0>` for `<GENERATED>-0`, two generated inputs in one argument, a dependency on a
+task that is not there. What cannot be made into a valid graph is rejected with the precise
+reason (`PlanError`), for the repair round; a reply that stops before its first task is
+complete (`UnfinishedPlan`) is worth asking again with more room.
 """
 
 from __future__ import annotations
@@ -195,7 +197,9 @@ def _id_in_text(text: str, what: str, notes: list[str]) -> str:
     match = _ID_TEXT.fullmatch(text.strip())
     if match is None:
         raise PlanError(f"{what} is not a number: {text!r}")
-    _note_once(notes, "read task ids or dependencies written as strings")
+    note = "read task ids or dependencies written as strings"
+    if note not in notes:
+        notes.append(note)
     return match.group(1)
 
 
@@ -204,11 +208,6 @@ def _deps_list(value: Any) -> list[Any]:
     if isinstance(value, str) and _ID_TEXT.fullmatch(value.strip()) is None:
         return [v for v in re.split(r"[,;\s]+", value.strip()) if v]
     return _as_list(value)
-
-
-def _note_once(notes: list[str], note: str) -> None:
-    if note not in notes:
-        notes.append(note)
 
 
 def _as_list(value: Any) -> list[Any]:
