@@ -87,7 +87,7 @@ def load_lenient(reply: str, *, cut_off: bool = False) -> Loaded:
     if not cut_off and shape.stops_inside:
         cut_off = True
         repairs += ("read the reply as cut off: it stops inside its JSON",)
-    if cut_off and shape.first_closes_at is None:
+    if cut_off and not shape.closes:
         text, kept = _complete_items(text)
         if not kept:
             raise CutBeforeAnyItem(
@@ -184,8 +184,13 @@ def _to_last_bracket(text: str) -> str:
 
 def _first_structure(text: str) -> str:
     """The text up to where its first bracket closes (prose after it may hold brackets too)."""
-    end = _Shape.of(text).first_closes_at
-    return text if end is None else text[: end + 1]
+    depth = 0
+    for i, (kind, _) in enumerate(_scan(text)):
+        if kind in ("open", "close"):
+            depth += 1 if kind == "open" else -1
+            if depth == 0:
+                return text[: i + 1]
+    return text
 
 
 def _remove_trailing_commas(text: str) -> str:
@@ -330,28 +335,26 @@ class _Shape:
     """The brackets of a text, outside strings, in one pass."""
 
     deepest: int
-    first_closes_at: int | None  # where the first bracket closes; None: it never does
+    closes: bool  # the bracket the text starts with is closed somewhere
     stops_inside: bool  # it never closes, and the text ends inside a string or after a value
 
     @classmethod
     def of(cls, text: str) -> _Shape:
         depth = deepest = 0
-        first_closes_at = None
+        closes = False
         tagged = _scan(text)
-        for i, (kind, _) in enumerate(tagged):
+        for kind, _ in tagged:
             if kind == "open":
                 depth += 1
                 deepest = max(deepest, depth)
             elif kind == "close":
                 depth = max(0, depth - 1)
-                if depth == 0 and first_closes_at is None:
-                    first_closes_at = i
+                closes = closes or depth == 0
         # A text that ends on a closing bracket only lacks some: a missing `]` is a habit; one
         # that ends on anything else (`"dep": `, `"<GENER`) was cut off mid-item.
         last = len(text.rstrip()) - 1
         ends_on_closer = last >= 0 and tagged[last][0] == "close"
-        stops_inside = first_closes_at is None and not ends_on_closer
-        return cls(deepest, first_closes_at, stops_inside)
+        return cls(deepest, closes, not closes and not ends_on_closer)
 
 
 def _scan(text: str) -> list[tuple[str, str]]:
