@@ -10,7 +10,8 @@ Corpus (data: $CHORUS_SHARED_DATA or <repo>/../shared/data): the clean TaskBench
 `bench.planner_robustness` and a seeded sample of their corruptions. Every tree reads the same
 replies; a reply's `finish_reason` is not passed (older trees cannot take it), so a cut-off
 variant is read as any other text. Each tree runs in its own process (`python` with the tree
-first on PYTHONPATH); the figures are the medians over rounds of each round's median and p99.
+first on PYTHONPATH); the figures are the medians over rounds of each round's median and p99,
+and the ratios the medians over rounds of the ratio within a round (the two trees back to back).
 """
 
 from __future__ import annotations
@@ -134,22 +135,22 @@ def _figures(seconds: list[float]) -> dict[str, float]:
     }
 
 
-def _summary(rounds: list[dict[str, Any]], groups: list[str]) -> dict[str, Any]:
-    """Per measure and group of replies (clean, corrupted, all): the median over rounds of
-    each round's median and p99."""
-    out: dict[str, Any] = {}
-    for measure in ("parse_plan", "plan"):
-        for group in ("clean", "corrupted", "all"):
-            per_round = [
-                _figures(
-                    [t for t, g in zip(r[measure], groups, strict=True) if group in (g, "all")]
-                )
-                for r in rounds
-            ]
-            out[f"{measure}, {group}"] = {
-                k: round(statistics.median(f[k] for f in per_round), 1) for k in per_round[0]
-            }
-    return out
+def _per_round(
+    rounds: list[dict[str, Any]], groups: list[str]
+) -> dict[str, list[dict[str, float]]]:
+    """Per measure and group of replies (clean, corrupted, all): each round's median and p99."""
+    return {
+        f"{measure}, {group}": [
+            _figures([t for t, g in zip(r[measure], groups, strict=True) if group in (g, "all")])
+            for r in rounds
+        ]
+        for measure in ("parse_plan", "plan")
+        for group in ("clean", "corrupted", "all")
+    }
+
+
+def _median(figures: list[dict[str, float]]) -> dict[str, float]:
+    return {k: round(statistics.median(f[k] for f in figures), 1) for k in figures[0]}
 
 
 def main() -> int:
@@ -174,23 +175,32 @@ def main() -> int:
         corpus = build_corpus(options.sample)
         Path(corpus_file).write_text(json.dumps(corpus))
         rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in trees}
-        for _ in range(options.rounds):
-            for name, tree in trees.items():  # alternating, so both see the same noise
+        for n in range(options.rounds):
+            # Back to back, first one then the other first, so both see the same noise.
+            for name, tree in list(trees.items())[:: 1 if n % 2 == 0 else -1]:
                 rounds[name].append(_time_tree(tree, corpus_file))
+    groups = [c["group"] for c in corpus]
+    figures = {name: _per_round(r, groups) for name, r in rounds.items()}
     results: dict[str, Any] = {
         "replies": len(corpus),
         "rounds": options.rounds,
         "trees": {
-            name: {"path": r[0]["tree"]} | _summary(r, [c["group"] for c in corpus])
-            for name, r in rounds.items()
+            name: {"path": rounds[name][0]["tree"]}
+            | {m: _median(f) for m, f in figures[name].items()}
+            for name in trees
         },
     }
-    if options.against:
-        this, other = results["trees"]["this"], results["trees"]["against"]
+    if options.against:  # the median over rounds of the ratio within each round
+        this, other = figures["this"], figures["against"]
         results["ratio_this_over_against"] = {
-            m: {k: round(this[m][k] / other[m][k], 2) for k in ("median_us", "p99_us")}
+            m: {
+                k: round(
+                    statistics.median(a[k] / b[k] for a, b in zip(this[m], other[m], strict=True)),
+                    2,
+                )
+                for k in ("median_us", "p99_us")
+            }
             for m in this
-            if m != "path"
         }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from chorus.v1.messages_pb2 import Kind
 
-from bench.planner_latency import ROOT, _summary, _time_tree
+from bench.planner_latency import ROOT, _median, _per_round, _time_tree
 
 PLAN = [{"task": "image-to-text", "id": 0, "dep": [-1], "args": {"image": "photo.jpg"}}]
 
@@ -23,5 +23,5 @@ def test_a_tree_is_timed_in_its_own_process(tmp_path: Path) -> None:
     timed = _time_tree(ROOT, str(corpus_file))
     assert Path(timed["tree"]) == ROOT  # the tree under test, not whatever is installed
     assert len(timed["parse_plan"]) == len(timed["plan"]) == 2
-    summary = _summary([timed], ["clean", "corrupted"])
-    assert summary["plan, clean"]["median_us"] == round(timed["plan"][0] * 1e6, 1)
+    figures = _per_round([timed], ["clean", "corrupted"])
+    assert _median(figures["plan, clean"])["median_us"] == round(timed["plan"][0] * 1e6, 1)
