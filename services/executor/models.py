@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from services.common.workers import BUILTIN_PREFIX
-from services.executor.handlers import HANDLERS, Handler
+from services.executor.handler import Handler, Loader
+from services.executor.handlers import HANDLERS
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +125,7 @@ def _load(handler: Handler, model: str, options: LoadOptions) -> Any:
     local = handler.local
     if local is None:
         raise ModelUnavailable(f"{handler.task} cannot run locally: it needs {handler.needs}")
-    if local.loader == "builtin":
+    if local.loader == Loader.BUILTIN:
         if model not in handler.builtins:
             known = ", ".join(sorted(handler.builtins))
             raise ModelUnavailable(f"{model}: no such built-in for {handler.task} (known: {known})")
@@ -175,11 +176,12 @@ def _sentence_transformers(path: str, _: str, options: LoadOptions) -> Any:
 
 def _diffusers(path: str, _: str, options: LoadOptions, controlnet: bool = False) -> Any:
     try:
-        import diffusers
+        import diffusers as library
     except ImportError as e:
         raise MissingExtra(
             "this task runs on diffusers, which is not installed: pip install 'chorus[diffusers]'"
         ) from e
+    diffusers: Any = library  # untyped
     dtype = torch_dtype(options)
     if controlnet:
         net = diffusers.ControlNetModel.from_pretrained(path, torch_dtype=dtype)
@@ -192,14 +194,16 @@ def _diffusers(path: str, _: str, options: LoadOptions, controlnet: bool = False
     return pipe.to(options.device)
 
 
-_LOADERS: dict[str, Callable[[str, str, LoadOptions], Any]] = {
-    "pipeline": _pipeline,
-    "seq2seq": _seq2seq,
-    "extractive-qa": _extractive_qa,
-    "sentence-transformers": _sentence_transformers,
-    "diffusers": _diffusers,
-    "controlnet": lambda path, task, options: _diffusers(path, task, options, controlnet=True),
+# Every loader but the built-ins, which are operations rather than files to load.
+_LOADERS: dict[Loader, Callable[[str, str, LoadOptions], Any]] = {
+    Loader.PIPELINE: _pipeline,
+    Loader.SEQ2SEQ: _seq2seq,
+    Loader.EXTRACTIVE_QA: _extractive_qa,
+    Loader.SENTENCE_TRANSFORMERS: _sentence_transformers,
+    Loader.DIFFUSERS: _diffusers,
+    Loader.CONTROLNET: lambda path, task, options: _diffusers(path, task, options, controlnet=True),
 }
+assert set(_LOADERS) == set(Loader) - {Loader.BUILTIN}, "a Loader without its loader"
 
 
 def _size_bytes(model: Any) -> int:
