@@ -81,7 +81,9 @@ class Local:
 
     loader: Loader
     call: LocalCall
-    pipeline_task: str = ""  # the transformers pipeline, for `Loader.PIPELINE`
+    # The transformers pipeline, for `Loader.PIPELINE`; the diffusers pipeline's task, for
+    # `Loader.DIFFUSERS` (empty: the class the model's repo names).
+    pipeline_task: str = ""
     batchable: bool = False  # several inputs in one forward pass give the same answers
 
 

@@ -156,7 +156,9 @@ _IMAGE_TASKS = [
         task="image-to-image",
         outputs=_IMAGE,
         post=post.image,
-        local=Local(loader=Loader.DIFFUSERS, call=run.each(run.diffusion)),
+        local=Local(
+            loader=Loader.DIFFUSERS, call=run.each(run.diffusion), pipeline_task="image-to-image"
+        ),
         remote=remote.image_to_image,
     ),
     Handler(
@@ -174,7 +176,9 @@ _IMAGE_TASKS = [
         task="text-to-image",
         outputs=_IMAGE,
         post=post.image,
-        local=Local(loader=Loader.DIFFUSERS, call=run.each(run.diffusion)),
+        local=Local(
+            loader=Loader.DIFFUSERS, call=run.each(run.diffusion), pipeline_task="text-to-image"
+        ),
         remote=remote.text_to_image,
     ),
     Handler(

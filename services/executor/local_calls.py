@@ -7,6 +7,7 @@ in, one raw result per input out, in the shape the transformers pipelines answer
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -106,13 +107,49 @@ def audio_input(inputs: Inputs) -> dict[str, Any]:
     return {"raw": audio.samples, "sampling_rate": audio.sampling_rate}
 
 
-def diffusion(model: Any, inputs: Inputs) -> Any:
+# Longest side of an image a diffusion pipeline is given to work from (and so draws): beyond
+# it the latents alone outgrow any device; Stable Diffusion XL draws at 1024.
+MAX_DIFFUSION_SIDE = 2048
+
+
+class ImageSizeError(ValueError):
+    """An input image a model cannot work from at its size."""
+
+
+@dataclass(frozen=True)
+class Diffusion:
+    """A loaded diffusers pipeline and the denoising steps to run (None: the pipeline's own)."""
+
+    pipe: Any
+    steps: int | None = None
+
+    def __call__(self, **arguments: Any) -> Any:
+        if self.steps:
+            arguments["num_inference_steps"] = self.steps
+        return self.pipe(**arguments)
+
+
+def _drawable(image: Any) -> Any:
+    """The image as a diffusion pipeline may take it, or `ImageSizeError` saying why not."""
+    width, height = image.size
+    if min(width, height) < 8 or max(width, height) > MAX_DIFFUSION_SIDE:
+        raise ImageSizeError(
+            f"an image of {width}x{height} pixels cannot be drawn from: "
+            f"each side must be 8 to {MAX_DIFFUSION_SIDE} pixels"
+        )
+    if width % 8 or height % 8:  # the VAE works in blocks of 8 pixels
+        return image.resize((width - width % 8, height - height % 8))
+    return image
+
+
+def diffusion(model: Diffusion, inputs: Inputs) -> Any:
     if "image" in inputs:  # image-to-image, and ControlNet with its control map
-        return model(prompt=inputs.get("text") or "", image=inputs["image"]).images[0]
+        image = _drawable(inputs["image"])
+        return model(prompt=inputs.get("text") or "", image=image).images[0]
     return model(prompt=inputs["text"]).images[0]
 
 
-def video(model: Any, inputs: Inputs) -> bytes:
+def video(model: Diffusion, inputs: Inputs) -> bytes:
     import tempfile
 
     from diffusers.utils import export_to_video  # type: ignore[attr-defined]

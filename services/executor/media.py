@@ -34,6 +34,8 @@ def decode_image(data: bytes, name: str) -> Image.Image:
         image.load()
     except (UnidentifiedImageError, OSError) as e:
         raise MediaError(f"{name} is not a readable image: {e}") from e
+    except Image.DecompressionBombError as e:  # its header claims more pixels than PIL will take
+        raise MediaError(f"{name} is too large an image: {e}") from e
     return image.convert("RGB")
 
 

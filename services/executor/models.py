@@ -18,6 +18,7 @@ from typing import Any
 from services.common.workers import BUILTIN_PREFIX
 from services.executor.handler import Handler, Loader
 from services.executor.handlers import HANDLERS
+from services.executor.local_calls import Diffusion
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +106,7 @@ class LoadOptions:
     dtype: str = "auto"  # "auto": float32 on CPU, float16 on CUDA
     allow_download: bool = False
     controlnet_base: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    diffusion_steps: int | None = None  # None: each diffusers pipeline's own default
 
 
 def load(spec: ModelSpec, options: LoadOptions) -> LoadedModel:
@@ -174,7 +176,16 @@ def _sentence_transformers(path: str, _: str, options: LoadOptions) -> Any:
     return SentenceTransformer(path, device=options.device)
 
 
-def _diffusers(path: str, _: str, options: LoadOptions, controlnet: bool = False) -> Any:
+# What a diffusers handler's `pipeline_task` loads: the pipeline class for that task of the
+# model's family (a Stable Diffusion repo draws from text or from an image), or what the
+# repo itself names (text-to-video models have no auto class).
+_AUTO_PIPELINES = {
+    "text-to-image": "AutoPipelineForText2Image",
+    "image-to-image": "AutoPipelineForImage2Image",
+}
+
+
+def _diffusers(path: str, task: str, options: LoadOptions, controlnet: bool = False) -> Any:
     try:
         import diffusers as library
     except ImportError as e:
@@ -184,14 +195,16 @@ def _diffusers(path: str, _: str, options: LoadOptions, controlnet: bool = False
     diffusers: Any = library  # untyped
     dtype = torch_dtype(options)
     if controlnet:
-        net = diffusers.ControlNetModel.from_pretrained(path, torch_dtype=dtype)
+        net = diffusers.ControlNetModel.from_pretrained(path, dtype=dtype)
         base = locate(options.controlnet_base, options.allow_download)
         pipe = diffusers.StableDiffusionControlNetPipeline.from_pretrained(
-            base, controlnet=net, torch_dtype=dtype
+            base, controlnet=net, dtype=dtype
         )
     else:
-        pipe = diffusers.DiffusionPipeline.from_pretrained(path, torch_dtype=dtype)
-    return pipe.to(options.device)
+        auto = getattr(diffusers, _AUTO_PIPELINES.get(task, "DiffusionPipeline"))
+        pipe = auto.from_pretrained(path, dtype=dtype)
+    pipe.set_progress_bar_config(disable=True)
+    return Diffusion(pipe.to(options.device), options.diffusion_steps)
 
 
 # Every loader but the built-ins, which are operations rather than files to load.
@@ -208,6 +221,8 @@ assert set(_LOADERS) == set(Loader) - {Loader.BUILTIN}, "a Loader without its lo
 
 def _size_bytes(model: Any) -> int:
     """Bytes of the weights of a loaded model (0 for a built-in operation)."""
+    if isinstance(model, Diffusion):
+        model = tuple(model.pipe.components.values())
     parts = model if isinstance(model, tuple) else (model,)
     total = 0
     for part in parts:

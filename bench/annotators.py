@@ -1,0 +1,122 @@
+"""`make bench`: the ControlNet annotators on a 1024x768 image, before and after OpenCV.
+
+"Before" is the NumPy code of the annotators as they were at BEFORE_COMMIT (read from git);
+"after" is `services/executor/imageops.py`. Both run side by side in one process, calls
+interleaved, so machine noise falls on both alike. For canny it also measures how much of
+`cv2.Canny`'s edge map (what ControlNet-canny was trained on) each one reproduces.
+Figures go to bench/results/annotators.json.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import time
+import types
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+from services.executor import imageops
+
+BEFORE_COMMIT = "e01f0a8"  # main before the OpenCV annotators
+RUNS = 15
+RESULTS = Path("bench/results/annotators.json")
+ANNOTATORS = {
+    "canny": "canny",
+    "hed": "soft_edges",
+    "mlsd": "straight_lines",
+    "scribble": "scribble",
+    "normal": "normal_map",
+}
+
+
+def scene(width: int = 1024, height: int = 768, seed: int = 7) -> Image.Image:
+    """A photo-like test image: a lit gradient, shapes of many sizes, soft shadows, sensor noise."""
+    rng = np.random.default_rng(seed)
+    ys, xs = np.mgrid[0:height, 0:width]
+    sky = np.dstack([90 + 80 * ys / height, 120 + 60 * xs / width, 200 - 60 * ys / height])
+    image = Image.fromarray(sky.astype(np.uint8), "RGB")
+    draw = ImageDraw.Draw(image)
+    for _ in range(60):
+        x, y = int(rng.integers(0, width)), int(rng.integers(0, height))
+        w, h = int(rng.integers(10, 250)), int(rng.integers(10, 200))
+        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+        shape = [draw.rectangle, draw.ellipse, draw.polygon][int(rng.integers(0, 3))]
+        if shape is draw.polygon:
+            draw.polygon([(x, y), (x + w, y + h // 3), (x + w // 2, y + h)], fill=colour)
+        else:
+            shape([x, y, x + w, y + h], fill=colour)
+    for _ in range(20):
+        x, y = int(rng.integers(0, width)), int(rng.integers(0, height))
+        draw.line([(x, y), (x + int(rng.integers(-300, 300)), y + int(rng.integers(-300, 300)))],
+                  fill=(20, 20, 20), width=int(rng.integers(1, 5)))  # fmt: skip
+    soft = np.asarray(image.filter(ImageFilter.GaussianBlur(1.2)), dtype=np.float64)
+    noisy = np.clip(soft + rng.normal(0, 6, soft.shape), 0, 255)
+    return Image.fromarray(noisy.astype(np.uint8), "RGB")
+
+
+def before_module() -> types.ModuleType:
+    """The annotators as they were at BEFORE_COMMIT, loaded from git."""
+    source = subprocess.run(
+        ["git", "show", f"{BEFORE_COMMIT}:services/executor/imageops.py"],
+        check=True, capture_output=True, text=True,
+    ).stdout  # fmt: skip
+    module = types.ModuleType("imageops_before")
+    exec(compile(source, "imageops_before.py", "exec"), module.__dict__)
+    return module
+
+
+def _median_ms(runs: list[float]) -> float:
+    return round(statistics.median(runs) * 1000, 2)
+
+
+def _time(op: Callable[[Image.Image], Image.Image], image: Image.Image) -> float:
+    started = time.perf_counter()
+    op(image)
+    return time.perf_counter() - started
+
+
+def _overlap(edges: np.ndarray[Any, Any], reference: np.ndarray[Any, Any]) -> dict[str, float]:
+    """Pixel agreement with the reference edge map: IoU, and the share of its pixels found."""
+    both = np.logical_and(edges, reference).sum()
+    either = np.logical_or(edges, reference).sum()
+    return {
+        "iou": round(float(both / either), 3),
+        "reference_pixels_found": round(float(both / reference.sum()), 3),
+    }
+
+
+def main() -> None:
+    image = scene()
+    old = before_module()
+    results: dict[str, Any] = {"image": f"{image.width}x{image.height}", "runs": RUNS}
+    latency: dict[str, Any] = {}
+    for name, function in ANNOTATORS.items():
+        before_op, after_op = getattr(old, function), getattr(imageops, function)
+        before_runs, after_runs = [], []
+        for _ in range(RUNS):  # interleaved: noise falls on both alike
+            before_runs.append(_time(before_op, image))
+            after_runs.append(_time(after_op, image))
+        b, a = _median_ms(before_runs), _median_ms(after_runs)
+        latency[name] = {"before_ms": b, "after_ms": a, "speedup": round(b / a, 1)}
+        print(f"{name:9s} before {b:8.2f} ms   after {a:7.2f} ms   x{b / a:.1f}")
+    results["median_latency"] = latency
+    reference = cv2.Canny(np.asarray(image), 100, 200) > 0
+    results["canny_overlap_with_cv2"] = {
+        "before": _overlap(np.asarray(old.canny(image).convert("L")) > 0, reference),
+        "after": _overlap(np.asarray(imageops.canny(image).convert("L")) > 0, reference),
+    }
+    print("canny overlap with cv2.Canny:", results["canny_overlap_with_cv2"])
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
