@@ -167,7 +167,7 @@ _IMAGE_TASKS = [
         post=post.generated,
         local=Local(
             loader=Loader.PIPELINE,
-            call=run.pipeline(lambda i: {"images": i["image"]}),
+            call=run.each(run.vision_language("Describe this image in one sentence.")),
             pipeline_task="image-text-to-text",
         ),
         remote=remote.image_to_text,
@@ -194,9 +194,7 @@ _IMAGE_TASKS = [
         post=post.generated,
         local=Local(
             loader=Loader.PIPELINE,
-            call=run.pipeline(
-                lambda i: {"images": i["image"], "text": i["text"]}, max_new_tokens=32
-            ),
+            call=run.each(run.vision_language("")),
             pipeline_task="image-text-to-text",
         ),
         remote=remote.visual_question_answering,

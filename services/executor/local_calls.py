@@ -102,6 +102,28 @@ def conversation(pipe: Any, inputs: Inputs) -> Any:
     return pipe(inputs["text"], max_new_tokens=64, return_full_text=False)
 
 
+def vision_language(default_prompt: str) -> Callable[[Any, Inputs], Any]:
+    """An image-text-to-text model on the image and the text (or `default_prompt`).
+
+    A chat model gets them as a user turn and answers with its reply alone; a model without
+    a chat template (BLIP) takes the text as the start of what it writes.
+    """
+
+    def call(pipe: Any, inputs: Inputs) -> Any:
+        prompt = inputs.get("text") or default_prompt
+        if getattr(pipe.processor, "chat_template", None):
+            content = [
+                {"type": "image", "image": inputs["image"]},
+                {"type": "text", "text": prompt},
+            ]
+            turn = [{"role": "user", "content": content}]
+            return pipe(text=turn, max_new_tokens=48, return_full_text=False)
+        text = prompt if "text" in inputs else ""  # a captioner captions from nothing
+        return pipe(images=inputs["image"], text=text, max_new_tokens=48, return_full_text=False)
+
+    return call
+
+
 def audio_input(inputs: Inputs) -> dict[str, Any]:
     audio: Audio = inputs["audio"]
     return {"raw": audio.samples, "sampling_rate": audio.sampling_rate}

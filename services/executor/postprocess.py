@@ -52,7 +52,11 @@ def generated(result: Any, inputs: Inputs) -> list[Produced]:
 
 def answer(result: Any, inputs: Inputs) -> list[Produced]:
     first = _first(result)
-    return [Produced("text", text=str(first["answer"])), Produced("answer", data=_jsonable(first))]
+    if isinstance(first, list):  # the document pipeline nests one list per input
+        first = first[0]
+    found = first["answer"]  # None: a generative reader wrote no answer
+    text = "no answer found" if found is None else str(found)
+    return [Produced("text", text=text), Produced("answer", data=_jsonable(first))]
 
 
 def score(result: Any, inputs: Inputs) -> list[Produced]:

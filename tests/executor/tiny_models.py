@@ -213,3 +213,78 @@ def speech_synthesizer(target: Path) -> Path:
     )  # fmt: skip
     VitsModel(config).save_pretrained(target)
     return target
+
+
+def _bert_vocab_tokenizer(target: Path) -> Any:
+    """A BERT word-piece tokenizer over `WORDS` (what BLIP's processor takes)."""
+    from transformers import BertTokenizer
+
+    target.mkdir(parents=True, exist_ok=True)
+    (target / "vocab.txt").write_text("\n".join(WORDS) + "\n")
+    return BertTokenizer(
+        vocab=str(target / "vocab.txt"), unk_token="[UNK]", pad_token="[PAD]",
+        cls_token="[CLS]", sep_token="[SEP]", model_max_length=64,
+    )  # fmt: skip
+
+
+def captioner(target: Path) -> Path:
+    """BLIP: a ViT image encoder and a BERT text decoder; captions, and answers a text prompt."""
+    from transformers import (
+        BlipConfig,
+        BlipForConditionalGeneration,
+        BlipImageProcessor,
+        BlipProcessor,
+    )
+
+    sep = WORDS.index("[SEP]")
+    config = BlipConfig(
+        text_config={
+            "vocab_size": len(WORDS), "hidden_size": 16, "num_hidden_layers": 1,
+            "num_attention_heads": 2, "intermediate_size": 32, "max_position_embeddings": 64,
+            "encoder_hidden_size": 16, "bos_token_id": WORDS.index("[CLS]"), "pad_token_id": 0,
+            "sep_token_id": sep, "eos_token_id": sep,
+        },
+        vision_config={
+            "image_size": 32, "patch_size": 8, "hidden_size": 16, "num_hidden_layers": 1,
+            "num_attention_heads": 2, "intermediate_size": 32, "projection_dim": 16,
+        },
+        projection_dim=16,
+    )  # fmt: skip
+    BlipForConditionalGeneration(config).save_pretrained(target)
+    image_processor = BlipImageProcessor(size={"height": 32, "width": 32})
+    BlipProcessor(image_processor, _bert_vocab_tokenizer(target)).save_pretrained(target)
+    return target
+
+
+def document_reader(target: Path) -> Path:
+    """Donut: a Swin image encoder and a BART decoder; answers from the page, no OCR."""
+    from transformers import (
+        BartConfig,
+        DonutImageProcessor,
+        DonutProcessor,
+        DonutSwinConfig,
+        VisionEncoderDecoderConfig,
+        VisionEncoderDecoderModel,
+    )
+
+    start, end = WORDS.index("<s>"), WORDS.index("</s>")
+    encoder = DonutSwinConfig(
+        image_size=[32, 32], patch_size=4, embed_dim=8, depths=[1, 1], num_heads=[1, 2],
+        window_size=4,
+    )  # fmt: skip
+    decoder = BartConfig(
+        vocab_size=len(WORDS), d_model=16, decoder_layers=1, decoder_attention_heads=2,
+        decoder_ffn_dim=32, max_position_embeddings=64, is_decoder=True,
+        add_cross_attention=True, pad_token_id=0, bos_token_id=start, eos_token_id=end,
+    )  # fmt: skip
+    config = VisionEncoderDecoderConfig.from_encoder_decoder_configs(encoder, decoder)
+    config.decoder_start_token_id, config.pad_token_id, config.eos_token_id = start, 0, end
+    model = VisionEncoderDecoderModel(config=config)
+    # The pipeline passes no length of its own at call time; random weights never end a reply.
+    model.generation_config.max_new_tokens = 8
+    model.save_pretrained(target)
+    tokenizer = word_tokenizer(target, eos_token="</s>", bos_token="<s>")
+    DonutProcessor(
+        DonutImageProcessor(size={"height": 32, "width": 32}), tokenizer
+    ).save_pretrained(target)
+    return target
