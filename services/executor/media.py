@@ -59,6 +59,8 @@ def decode_wav(data: bytes, name: str) -> Audio:
     samples = (np.frombuffer(frames, dtype=dtype).astype(np.float32) - offset) / scale
     if channels > 1:
         samples = samples.reshape(-1, channels).mean(axis=1)
+    if len(samples) == 0:
+        raise MediaError(f"{name} holds no samples")
     return Audio(samples.astype(np.float32), rate)
 
 
