@@ -46,7 +46,8 @@ class LocalBackend:
         self._spec = spec
         self._pool = pool
         self.max_batch = max_batch if handler.local.batchable else 1
-        self.kind = handler.local.loader.value
+        builtin = spec.model in handler.builtins
+        self.kind = "builtin" if builtin else handler.local.loader.value
 
     async def infer(self, model: str, batch: Sequence[Inputs]) -> list[Outputs]:
         async with self._pool.use(self._spec) as loaded:

@@ -65,6 +65,7 @@ class Loader(StrEnum):
     BUILTIN = "builtin"  # an operation in this package, named `builtin:<name>`
     DIFFUSERS = "diffusers"  # a diffusers pipeline (the optional `diffusers` extra)
     CONTROLNET = "controlnet"  # a ControlNet under a Stable Diffusion base
+    ANNOTATOR = "annotator"  # a ControlNet annotator network (HED, OpenPose) in `annotators.py`
 
 
 # A batch of decoded inputs for the loaded model -> one raw result per input.
@@ -82,7 +83,8 @@ class Local:
     loader: Loader
     call: LocalCall
     # The transformers pipeline, for `Loader.PIPELINE`; the diffusers pipeline's task, for
-    # `Loader.DIFFUSERS` (empty: the class the model's repo names).
+    # `Loader.DIFFUSERS` (empty: the class the model's repo names); the annotator's task,
+    # for `Loader.ANNOTATOR`.
     pipeline_task: str = ""
     batchable: bool = False  # several inputs in one forward pass give the same answers
 
@@ -97,6 +99,8 @@ class Handler:
     llm_instruction: str = ""  # set for the text tasks the LLM itself can do
     # Why the task cannot run locally, when `local` is None: said to whoever asks for it.
     needs: str = ""
+    # `builtin:<name>` operations that serve the task with no weights (beside the network,
+    # for a handler whose loader is not `Loader.BUILTIN`).
     builtins: Mapping[str, Operation] = field(default_factory=dict)
 
     @property
@@ -122,8 +126,8 @@ def _check(handler: Handler) -> None:
     if handler.local is not None:
         if handler.local.loader == Loader.PIPELINE and not handler.local.pipeline_task:
             raise HandlerError(f"{handler.task}: a pipeline handler names no pipeline task")
-        if (handler.local.loader == Loader.BUILTIN) != bool(handler.builtins):
-            raise HandlerError(f"{handler.task}: built-in operations go with the builtin loader")
+        if handler.local.loader == Loader.BUILTIN and not handler.builtins:
+            raise HandlerError(f"{handler.task}: the builtin loader names no built-in operation")
     if (handler.task in LLM_TASKS) != bool(handler.llm_instruction):
         raise HandlerError(f"{handler.task}: LLM tasks, and only they, have an LLM instruction")
 

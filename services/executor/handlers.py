@@ -34,7 +34,8 @@ _ANSWER = (Output("text", TEXT), Output("answer", JSON))
 _AUDIO = (Output("audio", AUDIO),)
 _INSTRUCTIONS: dict[str, str] = json.loads(load_prompt("services.executor", "llm_tasks.json"))
 
-# The annotators HuggingGPT runs before drawing with a ControlNet: `builtin:<name>`.
+# The annotators HuggingGPT runs before drawing with a ControlNet, as `builtin:<name>`
+# operations on OpenCV; HED and OpenPose also run as their networks (`Loader.ANNOTATOR`).
 _ANNOTATORS: dict[str, Operation] = {
     "canny": imageops.canny,
     "hed": imageops.soft_edges,
@@ -42,6 +43,7 @@ _ANNOTATORS: dict[str, Operation] = {
     "normal": imageops.normal_map,
     "scribble": imageops.scribble,
 }
+_NETWORKS = {"hed"}
 _CONTROLNETS = ("canny", "hed", "mlsd", "normal", "openpose", "scribble", "seg", "depth")
 
 
@@ -276,7 +278,11 @@ _CONTROL_TASKS = [
             task=f"{name}-control",
             outputs=_IMAGE,
             post=post.control,
-            local=Local(loader=Loader.BUILTIN, call=run.each(run.operation)),
+            local=Local(
+                loader=Loader.ANNOTATOR if name in _NETWORKS else Loader.BUILTIN,
+                call=run.each(run.operation),
+                pipeline_task=f"{name}-control",
+            ),
             builtins={f"{BUILTIN_PREFIX}{name}": op},
         )
         for name, op in _ANNOTATORS.items()
@@ -297,7 +303,11 @@ _CONTROL_TASKS = [
         task="openpose-control",
         outputs=_IMAGE,
         post=post.control,
-        needs="the OpenPose network (controlnet_aux), which transformers does not provide",
+        local=Local(
+            loader=Loader.ANNOTATOR,
+            call=run.each(run.operation),
+            pipeline_task="openpose-control",
+        ),
     ),
     *(
         Handler(

@@ -67,8 +67,8 @@ def default_specs() -> list[ModelSpec]:
     return specs
 
 
-def locate(model: str, allow_download: bool) -> str:
-    """A local directory holding the model's files."""
+def locate(model: str, allow_download: bool, only: str | None = None) -> str:
+    """A local directory holding the model's files (of a Hub repo, `only` that file, if given)."""
     if model == BUNDLED_MINILM:
         path = _bundled_minilm_path()
         if path is None:
@@ -82,7 +82,7 @@ def locate(model: str, allow_download: bool) -> str:
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     try:
-        return str(snapshot_download(model, local_files_only=True))
+        return str(snapshot_download(model, local_files_only=True, allow_patterns=only))
     except LocalEntryNotFoundError as e:
         if not allow_download:
             raise ModelUnavailable(
@@ -91,7 +91,7 @@ def locate(model: str, allow_download: bool) -> str:
             ) from e
     try:
         log.info("downloading %s from the Hub", model)
-        return str(snapshot_download(model))
+        return str(snapshot_download(model, allow_patterns=only))
     except Exception as e:
         raise ModelUnavailable(f"{model}: download failed: {e}") from e
 
@@ -127,14 +127,14 @@ def _load(handler: Handler, model: str, options: LoadOptions) -> Any:
     local = handler.local
     if local is None:
         raise ModelUnavailable(f"{handler.task} cannot run locally: it needs {handler.needs}")
-    if local.loader == Loader.BUILTIN:
-        if model not in handler.builtins:
-            known = ", ".join(sorted(handler.builtins))
-            raise ModelUnavailable(f"{model}: no such built-in for {handler.task} (known: {known})")
+    if model in handler.builtins:
         return handler.builtins[model]
-    if model.startswith(BUILTIN_PREFIX):
-        raise ModelUnavailable(f"{model}: {handler.task} has no built-in; it needs a model")
-    path = locate(model, options.allow_download)
+    if model.startswith(BUILTIN_PREFIX) or local.loader == Loader.BUILTIN:
+        if not handler.builtins:
+            raise ModelUnavailable(f"{model}: {handler.task} has no built-in; it needs a model")
+        known = ", ".join(sorted(handler.builtins))
+        raise ModelUnavailable(f"{model}: no such built-in for {handler.task} (known: {known})")
+    path = locate(model, options.allow_download, only=_ANNOTATOR_CHECKPOINTS.get(handler.task))
     return _LOADERS[local.loader](path, local.pipeline_task, options)
 
 
@@ -207,6 +207,27 @@ def _diffusers(path: str, task: str, options: LoadOptions, controlnet: bool = Fa
     return Diffusion(pipe.to(options.device), options.diffusion_steps)
 
 
+# The checkpoint each annotator network loads, out of an `lllyasviel/Annotators`-style repo
+# (which holds gigabytes of others) or a directory.
+_ANNOTATOR_CHECKPOINTS = {
+    "hed-control": "ControlNetHED.pth",
+    "openpose-control": "body_pose_model.pth",
+}
+
+
+def _annotator(path: str, task: str, options: LoadOptions) -> Any:
+    import torch
+
+    from services.executor import annotators
+
+    state = torch.load(
+        Path(path) / _ANNOTATOR_CHECKPOINTS[task], map_location="cpu", weights_only=True
+    )
+    annotator = annotators.build(task, state)
+    annotator.network.to(options.device, torch_dtype(options))
+    return annotator
+
+
 # Every loader but the built-ins, which are operations rather than files to load.
 _LOADERS: dict[Loader, Callable[[str, str, LoadOptions], Any]] = {
     Loader.PIPELINE: _pipeline,
@@ -215,12 +236,15 @@ _LOADERS: dict[Loader, Callable[[str, str, LoadOptions], Any]] = {
     Loader.SENTENCE_TRANSFORMERS: _sentence_transformers,
     Loader.DIFFUSERS: _diffusers,
     Loader.CONTROLNET: lambda path, task, options: _diffusers(path, task, options, controlnet=True),
+    Loader.ANNOTATOR: _annotator,
 }
 assert set(_LOADERS) == set(Loader) - {Loader.BUILTIN}, "a Loader without its loader"
 
 
 def _size_bytes(model: Any) -> int:
     """Bytes of the weights of a loaded model (0 for a built-in operation)."""
+    if hasattr(model, "network"):  # an annotator
+        model = model.network
     if isinstance(model, Diffusion):
         model = tuple(model.pipe.components.values())
     parts = model if isinstance(model, tuple) else (model,)

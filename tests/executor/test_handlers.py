@@ -51,10 +51,6 @@ def test_a_missing_or_doubled_handler_stops_the_registry() -> None:
 
 
 def test_tasks_that_need_a_model_say_so() -> None:
-    with pytest.raises(
-        ValueError, match="openpose-control cannot run locally: it needs the OpenPose"
-    ):
-        ModelSpec.parse("openpose-control=lllyasviel/Annotators")
     with pytest.raises(ValueError, match=r"audio-to-audio cannot run locally.*remotely"):
         ModelSpec.parse("audio-to-audio=speechbrain/sepformer")
     with pytest.raises(ModelUnavailable, match="depth-control has no built-in; it needs a model"):
