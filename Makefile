@@ -54,6 +54,8 @@ bench: setup
 	$(PY) -m bench.selector
 	$(PY) -m bench.responder
 	$(PY) -m bench.executor
+	$(PY) -m bench.annotators
+	$(PY) -m bench.language
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

@@ -1,6 +1,6 @@
 """`make bench`: the ControlNet annotators on a 1024x768 image, before and after OpenCV.
 
-"Before" is the NumPy code of the annotators as they were at BEFORE_COMMIT (read from git);
+"Before" is the NumPy code of the annotators as they were before issue 14 (read from git);
 "after" is `services/executor/imageops.py`. Both run side by side in one process, calls
 interleaved, so machine noise falls on both alike. For canny it also measures how much of
 `cv2.Canny`'s edge map (what ControlNet-canny was trained on) each one reproduces.
@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import json
 import statistics
-import subprocess
 import time
-import types
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,9 +20,9 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from bench.before import BEFORE_ISSUE_14, module_at
 from services.executor import imageops
 
-BEFORE_COMMIT = "e01f0a8"  # main before the OpenCV annotators
 RUNS = 15
 RESULTS = Path("bench/results/annotators.json")
 ANNOTATORS = {
@@ -61,17 +59,6 @@ def scene(width: int = 1024, height: int = 768, seed: int = 7) -> Image.Image:
     return Image.fromarray(noisy.astype(np.uint8), "RGB")
 
 
-def before_module() -> types.ModuleType:
-    """The annotators as they were at BEFORE_COMMIT, loaded from git."""
-    source = subprocess.run(
-        ["git", "show", f"{BEFORE_COMMIT}:services/executor/imageops.py"],
-        check=True, capture_output=True, text=True,
-    ).stdout  # fmt: skip
-    module = types.ModuleType("imageops_before")
-    exec(compile(source, "imageops_before.py", "exec"), module.__dict__)
-    return module
-
-
 def _median_ms(runs: list[float]) -> float:
     return round(statistics.median(runs) * 1000, 2)
 
@@ -94,7 +81,7 @@ def _overlap(edges: np.ndarray[Any, Any], reference: np.ndarray[Any, Any]) -> di
 
 def main() -> None:
     image = scene()
-    old = before_module()
+    old = module_at(BEFORE_ISSUE_14, "services/executor/imageops.py")
     results: dict[str, Any] = {"image": f"{image.width}x{image.height}", "runs": RUNS}
     latency: dict[str, Any] = {}
     for name, function in ANNOTATORS.items():
