@@ -135,7 +135,11 @@ _TEXT_TASKS = [
         task="tabular-classification",
         outputs=_LABELS,
         post=post.labels,
-        needs="reading a table out of an image (OCR), which Chorus does not have",
+        # HuggingGPT gives this task a picture of a table; its catalog's models are
+        # scikit-learn, Keras and AutoTrain (XGBoost) pipelines over named columns.
+        needs="reading the table's rows and columns out of the image (OCR, such as Tesseract), "
+        "which Chorus does not ship, and a scikit-learn/Keras/XGBoost runtime for the task's "
+        "models, which transformers does not load",
     ),
 ]
 
@@ -255,7 +259,10 @@ _AUDIO_TASKS = [
         outputs=_AUDIO,
         post=post.audios,
         remote=remote.audio_to_audio,
-        needs="a speech enhancement or separation library (SpeechBrain, ESPnet) outside "
+        # The catalog's models are SpeechBrain and Asteroid networks (enhancement, separation);
+        # transformers' one audio-to-audio model, SpeechT5 voice conversion, also needs a
+        # speaker embedding from a SpeechBrain x-vector model.
+        needs="a speech enhancement or separation library (SpeechBrain, Asteroid) outside "
         "transformers; run it remotely (CHORUS_REMOTE_INFERENCE=1)",
     ),
     Handler(
