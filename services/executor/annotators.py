@@ -1,8 +1,12 @@
-"""The ControlNet annotator networks: HED soft edges and OpenPose body keypoints, in torch.
+# torch modules answer `Any` when called, whatever their `forward` says.
+# mypy: disable-error-code="no-any-return"
+"""The ControlNet annotator networks: HED soft edges, M-LSD line segments and OpenPose body
+keypoints, in torch.
 
 Written here (not `controlnet_aux`, which needs torchvision) to the published checkpoints'
-layouts, so that `lllyasviel/Annotators`' `ControlNetHED.pth` and `body_pose_model.pth` load
-as they are. Each annotator is a callable from a PIL image to its control map of the same size.
+layouts, so that `lllyasviel/Annotators`' `ControlNetHED.pth`, `mlsd_large_512_fp32.pth` and
+`body_pose_model.pth` load as they are. Each annotator is a callable from a PIL image to its
+control map of the same size.
 """
 
 from __future__ import annotations
@@ -65,6 +69,180 @@ class HedNetwork(nn.Module):
             x, logits = block(x)
             edges.append(logits)
         return edges
+
+
+# --- M-LSD (large): a MobileNetV2 trunk and a decoder to a line-segment map ----------------
+
+
+class _ConvBnRelu6(nn.Sequential):
+    """MobileNetV2's convolution; a stride-2 one pads right and bottom only, as TensorFlow does."""
+
+    def __init__(self, c_in: int, c_out: int, kernel: int = 3, stride: int = 1, groups: int = 1):
+        padding = 0 if stride == 2 else (kernel - 1) // 2
+        conv = nn.Conv2d(c_in, c_out, kernel, stride, padding, groups=groups, bias=False)
+        super().__init__(conv, nn.BatchNorm2d(c_out), nn.ReLU6(inplace=True))
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride == 2:
+            x = nn.functional.pad(x, (0, 1, 0, 1))
+        for layer in self:
+            x = layer(x)
+        return x
+
+
+class _InvertedResidual(nn.Module):
+    def __init__(self, c_in: int, c_out: int, stride: int, expand: int) -> None:
+        super().__init__()
+        hidden = c_in * expand
+        layers: list[nn.Module] = [_ConvBnRelu6(c_in, hidden, kernel=1)] if expand != 1 else []
+        layers += [
+            _ConvBnRelu6(hidden, hidden, stride=stride, groups=hidden),
+            nn.Conv2d(hidden, c_out, 1, bias=False),
+            nn.BatchNorm2d(c_out),
+        ]
+        self.conv = nn.Sequential(*layers)
+        self.residual = stride == 1 and c_in == c_out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv(x) if self.residual else self.conv(x)
+
+
+class _Trunk(nn.Module):
+    """MobileNetV2 to its fifth stage, on RGB plus a constant fourth channel; five feature maps."""
+
+    TAPS = (1, 3, 6, 10, 13)
+
+    def __init__(self) -> None:
+        super().__init__()
+        features: list[nn.Module] = [_ConvBnRelu6(4, 32, stride=2)]
+        channels = 32
+        for expand, c_out, repeats, stride in [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2),
+                                               (6, 64, 4, 2), (6, 96, 3, 1)]:  # fmt: skip
+            for i in range(repeats):
+                features.append(_InvertedResidual(channels, c_out, stride if i == 0 else 1, expand))
+                channels = c_out
+        self.features = nn.Sequential(*features)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        taps = []
+        for i, layer in enumerate(self.features):
+            x = layer(x)
+            if i in self.TAPS:
+                taps.append(x)
+        return taps
+
+
+def _conv_bn_relu(c_in: int, c_out: int, kernel: int, dilation: int = 1) -> nn.Sequential:
+    padding = dilation * (kernel - 1) // 2
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, kernel, padding=padding, dilation=dilation),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+    )
+
+
+class _Merge(nn.Module):
+    """A finer feature map joined with the (upsampled) coarser decoder state."""
+
+    def __init__(self, fine: int, coarse: int, upscale: bool = True) -> None:
+        super().__init__()
+        self.conv1 = _conv_bn_relu(coarse, 64, 1)
+        self.conv2 = _conv_bn_relu(fine, 64, 1)
+        self.upscale = upscale
+
+    def forward(self, fine: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
+        coarse = self.conv1(coarse)
+        if self.upscale:
+            coarse = nn.functional.interpolate(
+                coarse, scale_factor=2.0, mode="bilinear", align_corners=True
+            )
+        return torch.cat((self.conv2(fine), coarse), dim=1)
+
+
+class _Refine(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = _conv_bn_relu(128, 128, 3)
+        self.conv2 = _conv_bn_relu(128, 64, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv2(self.conv1(x) + x)
+
+
+class _Head(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = _conv_bn_relu(64, 64, 3, dilation=5)
+        self.conv2 = _conv_bn_relu(64, 64, 3)
+        self.conv3 = nn.Conv2d(64, 16, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv3(self.conv2(self.conv1(x)))
+
+
+class MlsdNetwork(nn.Module):
+    """M-LSD large: at half the input's resolution, a line-centre logit (channel 0) and each
+    centre's displacement to the segment's two ends (channels 1-4: x0, y0, x1, y1)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.backbone = _Trunk()
+        self.block15, self.block16 = _Merge(64, 96, upscale=False), _Refine()
+        self.block17, self.block18 = _Merge(32, 64), _Refine()
+        self.block19, self.block20 = _Merge(24, 64), _Refine()
+        self.block21, self.block22 = _Merge(16, 64), _Refine()
+        self.block23 = _Head()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c1, c2, c3, c4, c5 = self.backbone(x)
+        x = self.block16(self.block15(c4, c5))
+        x = self.block18(self.block17(c3, x))
+        x = self.block20(self.block19(c2, x))
+        x = self.block22(self.block21(c1, x))
+        return self.block23(x)[:, 7:]
+
+
+def find_segments(
+    maps: torch.Tensor, min_score: float = 0.1, min_length: float = 20.0, top: int = 200
+) -> Array:
+    """Segments (x0, y0, x1, y1) in map pixels from M-LSD's output (1, 5+, H, W): the `top`
+    local maxima of the centre map, kept where confident and long enough."""
+    heat = torch.sigmoid(maps[0, 0].float())
+    peaks = heat * (nn.functional.max_pool2d(heat[None], 3, stride=1, padding=1)[0] == heat)
+    scores, indices = torch.topk(peaks.reshape(-1), min(top, peaks.numel()))
+    width = heat.shape[1]
+    ys, xs = (indices // width).cpu().numpy(), (indices % width).cpu().numpy()
+    ends = maps[0, 1:5].float().cpu().numpy()[:, ys, xs].T  # (top, 4) displacements
+    segments = ends + np.stack([xs, ys, xs, ys], axis=1)
+    lengths = np.hypot(ends[:, 0] - ends[:, 2], ends[:, 1] - ends[:, 3])
+    keep = (scores.cpu().numpy() > min_score) & (lengths > min_length)
+    return np.asarray(segments[keep])
+
+
+class MlsdAnnotator:
+    """Image -> white line segments on black, detected at the network's 512x512 input."""
+
+    def __init__(self, network: MlsdNetwork, resolution: int = 512) -> None:
+        self.network = network.eval()
+        self.resolution = resolution
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        rgb = np.asarray(image.convert("RGB"))
+        side = self.resolution
+        small = cv2.resize(rgb, (side, side), interpolation=cv2.INTER_AREA).astype(np.float32)
+        with_ones = np.concatenate([small, np.ones((side, side, 1), np.float32)], axis=2)
+        tensor = torch.from_numpy(with_ones.transpose(2, 0, 1) / 127.5 - 1.0)[None]
+        parameter = next(self.network.parameters())
+        with torch.no_grad():
+            maps = self.network(tensor.to(parameter.device, parameter.dtype))
+        height, width = rgb.shape[:2]
+        # the maps are at half the input; the input is the image squeezed to side x side
+        scale = np.array([width, height, width, height]) * 2 / side
+        canvas: Array = np.zeros((height, width), np.uint8)
+        for x0, y0, x1, y1 in find_segments(maps) * scale:
+            cv2.line(canvas, (int(x0), int(y0)), (int(x1), int(y1)), 255, 1)
+        return Image.fromarray(canvas).convert("RGB")
 
 
 # --- OpenPose body (COCO, 18 keypoints) ------------------------------------------------------
@@ -276,12 +454,15 @@ class HedAnnotator:
         return Image.fromarray((edges * 255).clip(0, 255).astype(np.uint8)).convert("RGB")
 
 
-def build(task: str, state: dict[str, torch.Tensor] | None) -> HedAnnotator | PoseAnnotator:
+Annotator = HedAnnotator | MlsdAnnotator | PoseAnnotator
+
+
+def build(task: str, state: dict[str, torch.Tensor] | None) -> Annotator:
     """The task's annotator, with the published weights (`state`) or random ones (None)."""
     if task == "openpose-control":
         pose = PoseNetwork()
         return PoseAnnotator(pose.load_published(state) if state is not None else pose)
-    hed = HedNetwork()
+    network = MlsdNetwork() if task == "mlsd-control" else HedNetwork()
     if state is not None:
-        hed.load_state_dict(state)
-    return HedAnnotator(hed)
+        network.load_state_dict(state)
+    return MlsdAnnotator(network) if isinstance(network, MlsdNetwork) else HedAnnotator(network)

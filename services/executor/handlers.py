@@ -35,7 +35,8 @@ _AUDIO = (Output("audio", AUDIO),)
 _INSTRUCTIONS: dict[str, str] = json.loads(load_prompt("services.executor", "llm_tasks.json"))
 
 # The annotators HuggingGPT runs before drawing with a ControlNet, as `builtin:<name>`
-# operations on OpenCV; HED and OpenPose also run as their networks (`Loader.ANNOTATOR`).
+# operations on OpenCV; HED and M-LSD also run as their networks (`Loader.ANNOTATOR`), as
+# OpenPose does.
 _ANNOTATORS: dict[str, Operation] = {
     "canny": imageops.canny,
     "hed": imageops.soft_edges,
@@ -43,7 +44,7 @@ _ANNOTATORS: dict[str, Operation] = {
     "normal": imageops.normal_map,
     "scribble": imageops.scribble,
 }
-_NETWORKS = {"hed"}
+_NETWORKS = {"hed", "mlsd"}
 _CONTROLNETS = ("canny", "hed", "mlsd", "normal", "openpose", "scribble", "seg", "depth")
 
 

@@ -211,6 +211,7 @@ def _diffusers(path: str, task: str, options: LoadOptions, controlnet: bool = Fa
 # (which holds gigabytes of others) or a directory.
 _ANNOTATOR_CHECKPOINTS = {
     "hed-control": "ControlNetHED.pth",
+    "mlsd-control": "mlsd_large_512_fp32.pth",
     "openpose-control": "body_pose_model.pth",
 }
 

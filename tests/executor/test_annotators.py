@@ -1,7 +1,8 @@
-"""The HED and OpenPose annotator networks: checkpoints in the published layout, random weights.
+"""The HED, M-LSD and OpenPose annotator networks: checkpoints in the published layout, random
+weights.
 
-A random network finds no body, so the keypoint decoding is tested on its own, on heatmaps
-and part affinity fields drawn for one arm.
+A random network finds no body and no line, so the decoding is tested on its own, on
+heatmaps and part affinity fields drawn for one arm, and on a drawn line-centre map.
 """
 
 from __future__ import annotations
@@ -23,17 +24,18 @@ from tests.support import MemoryArtifacts, local_run
 
 @pytest.fixture(scope="session")
 def annotator_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """`lllyasviel/Annotators`' two files, of random weights, keyed as the published ones are."""
+    """`lllyasviel/Annotators`' three files, of random weights, keyed as the published ones are."""
     target = tmp_path_factory.mktemp("Annotators")
     torch.manual_seed(0)
     pose = annotators.PoseNetwork().state_dict()
     # The published OpenPose checkpoint names each layer without the stage holding it.
     torch.save({k.split(".", 1)[1]: v for k, v in pose.items()}, target / "body_pose_model.pth")
     torch.save(annotators.HedNetwork().state_dict(), target / "ControlNetHED.pth")
+    torch.save(annotators.MlsdNetwork().state_dict(), target / "mlsd_large_512_fp32.pth")
     return target
 
 
-@pytest.mark.parametrize("task", ["openpose-control", "hed-control"])
+@pytest.mark.parametrize("task", ["openpose-control", "hed-control", "mlsd-control"])
 async def test_annotator_networks_map_an_image_to_its_size(
     task: str, annotator_weights: Path
 ) -> None:
@@ -83,3 +85,13 @@ def test_a_drawn_pose_has_the_limb_colours_on_black() -> None:
     assert tuple(canvas[joints[2][1], joints[2][0]]) == annotators.COLOURS[2]  # right shoulder dot
     middle_of_forearm = canvas[87, 37]  # limb 3 (elbow-wrist) drawn in its colour, blended
     assert middle_of_forearm.any() and tuple(middle_of_forearm) != (255, 255, 255)
+
+
+def test_a_line_centre_with_its_ends_is_one_segment() -> None:
+    maps = torch.full((1, 5, 64, 64), -10.0)  # confident nowhere
+    maps[0, 0, 20, 30] = 10.0  # one centre, at x=30, y=20
+    maps[0, 1:5, 20, 30] = torch.tensor([-15.0, 0.0, 15.0, 0.0])  # ends 15 to the left and right
+    maps[0, 0, 40, 10] = 10.0  # a confident centre of a segment too short to keep
+    maps[0, 1:5, 40, 10] = torch.tensor([-2.0, 0.0, 2.0, 0.0])
+    (segment,) = annotators.find_segments(maps)
+    assert segment.tolist() == [15.0, 20.0, 45.0, 20.0]
