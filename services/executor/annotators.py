@@ -437,15 +437,19 @@ def _to_image(maps: torch.Tensor, h: int, w: int, size: tuple[int, int]) -> Arra
 
 
 class HedAnnotator:
-    """Image -> HED soft edges: the mean of the five stages' logits, through a sigmoid."""
+    """Image -> HED soft edges: the mean of the five stages' logits, through a sigmoid,
+    detected with the shorter side at `resolution` (ControlNet's 512) and mapped back."""
 
-    def __init__(self, network: HedNetwork) -> None:
+    def __init__(self, network: HedNetwork, resolution: int = 512) -> None:
         self.network = network.eval()
+        self.resolution = resolution
 
     def __call__(self, image: Image.Image) -> Image.Image:
         rgb = np.asarray(image.convert("RGB"))
+        scale = self.resolution / min(rgb.shape[:2])
+        detect = cv2.resize(rgb, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
         parameter = next(self.network.parameters())
-        tensor = torch.from_numpy(rgb.transpose(2, 0, 1).copy()).float()[None]
+        tensor = torch.from_numpy(detect.transpose(2, 0, 1).copy()).float()[None]
         with torch.no_grad():
             stages = self.network(tensor.to(parameter.device, parameter.dtype))
         size = (rgb.shape[1], rgb.shape[0])
