@@ -65,7 +65,7 @@ class Loader(StrEnum):
     BUILTIN = "builtin"  # an operation in this package, named `builtin:<name>`
     DIFFUSERS = "diffusers"  # a diffusers pipeline (the optional `diffusers` extra)
     CONTROLNET = "controlnet"  # a ControlNet under a Stable Diffusion base
-    ANNOTATOR = "annotator"  # a ControlNet annotator network (HED, OpenPose) in `annotators.py`
+    ANNOTATOR = "annotator"  # an annotator network (HED, M-LSD, OpenPose), `annotators.py`
 
 
 # A batch of decoded inputs for the loaded model -> one raw result per input.

@@ -44,7 +44,7 @@ _ANNOTATORS: dict[str, Operation] = {
     "normal": imageops.normal_map,
     "scribble": imageops.scribble,
 }
-_NETWORKS = {"hed", "mlsd"}
+_NETWORKS = {"hed", "mlsd", "openpose"}
 _CONTROLNETS = ("canny", "hed", "mlsd", "normal", "openpose", "scribble", "seg", "depth")
 
 
@@ -68,6 +68,15 @@ def _image_pipeline(task: str, *, batchable: bool = False) -> Local:
         pipeline_task=task,
         batchable=batchable,
     )
+
+
+def _annotator(name: str) -> Local:
+    """A `*-control` annotator: its network where it has one (by task), else built-ins only."""
+    if name in _NETWORKS:
+        return Local(
+            loader=Loader.ANNOTATOR, call=run.each(run.operation), pipeline_task=f"{name}-control"
+        )
+    return Local(loader=Loader.BUILTIN, call=run.each(run.operation))
 
 
 _SEQ2SEQ = Local(loader=Loader.SEQ2SEQ, call=run.seq2seq)
@@ -286,11 +295,7 @@ _CONTROL_TASKS = [
             task=f"{name}-control",
             outputs=_IMAGE,
             post=post.control,
-            local=Local(
-                loader=Loader.ANNOTATOR if name in _NETWORKS else Loader.BUILTIN,
-                call=run.each(run.operation),
-                pipeline_task=f"{name}-control",
-            ),
+            local=_annotator(name),
             builtins={f"{BUILTIN_PREFIX}{name}": op},
         )
         for name, op in _ANNOTATORS.items()
@@ -311,11 +316,7 @@ _CONTROL_TASKS = [
         task="openpose-control",
         outputs=_IMAGE,
         post=post.control,
-        local=Local(
-            loader=Loader.ANNOTATOR,
-            call=run.each(run.operation),
-            pipeline_task="openpose-control",
-        ),
+        local=_annotator("openpose"),
     ),
     *(
         Handler(
