@@ -14,7 +14,7 @@ from typing import Any
 
 _SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "</s>", "<s>"]
 _TEXT = "good bad movie great awful i the cat sat on a mat who where is paris france capital of"
-WORDS = [*_SPECIAL, *_TEXT.split(), "city", "sleeps", "kitten", "an", "and", "what"]
+WORDS = [*_SPECIAL, *_TEXT.split(), "city", "sleeps", "kitten", "an", "and", "what", "<image>"]
 
 
 def word_tokenizer(target: Path, **special: str) -> Any:
@@ -287,4 +287,48 @@ def document_reader(target: Path) -> Path:
     DonutProcessor(
         DonutImageProcessor(size={"height": 32, "width": 32}), tokenizer
     ).save_pretrained(target)
+    return target
+
+
+def chat_vision_model(target: Path) -> Path:
+    """LLaVA: a CLIP vision tower and a Llama decoder, with a chat template, as chat VLMs have."""
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
+
+    tokenizer = word_tokenizer(target, eos_token="</s>", bos_token="<s>")
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})  # one token, unsplit
+    vision = CLIPVisionConfig(
+        image_size=32, patch_size=8, hidden_size=16, intermediate_size=32,
+        num_hidden_layers=2, num_attention_heads=2, projection_dim=16,
+    )  # fmt: skip
+    text = LlamaConfig(
+        vocab_size=len(WORDS), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=128,
+        pad_token_id=0, bos_token_id=WORDS.index("<s>"), eos_token_id=WORDS.index("</s>"),
+    )  # fmt: skip
+    config = LlavaConfig(
+        vision_config=vision, text_config=text, image_token_index=WORDS.index("<image>"),
+        vision_feature_layer=-1, vision_feature_select_strategy="default",
+    )  # fmt: skip
+    model = LlavaForConditionalGeneration(config)
+    model.generation_config.max_new_tokens = 8
+    model.save_pretrained(target)
+    template = (
+        "{% for m in messages %}{% for c in m['content'] %}"
+        "{% if c['type'] == 'image' %}<image> {% else %}{{ c['text'] }} {% endif %}"
+        "{% endfor %}{% endfor %}"
+    )
+    LlavaProcessor(
+        image_processor=CLIPImageProcessor(
+            size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
+        ),
+        tokenizer=tokenizer, patch_size=8, vision_feature_select_strategy="default",
+        chat_template=template, image_token="<image>", num_additional_image_tokens=1,
+    ).save_pretrained(target)  # fmt: skip
     return target
