@@ -5,7 +5,7 @@ PROTO_SRC := $(wildcard protos/chorus/v1/*.proto)
 # protoc finds its plugins (protoc-gen-mypy) on PATH.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup test test-fast demo lint format protos protos-check bench clean
+.PHONY: setup test test-fast demo lint format protos protos-check bench gpu-check clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -55,6 +55,13 @@ bench: setup
 	$(PY) -m bench.selector
 	$(PY) -m bench.responder
 	$(PY) -m bench.executor
+	$(PY) -m bench.annotators
+	$(PY) -m bench.language
+
+# The executor's backends on cuda:0 in float16 against the CPU (needs a CUDA device; no NATS,
+# no download): bench/results/gpu.json.
+gpu-check: setup
+	$(PY) -m bench.gpu_check
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

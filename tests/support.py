@@ -232,6 +232,15 @@ def local_run(task: str, model: str, max_batch: int = 1, options: Any = None) ->
     return run
 
 
+def marks_the_square(edges: Image.Image) -> bool:
+    """Whether an edge map of `square_png` marks the square's left side (on it or the pixel
+    beside it, where edge detectors differ) and nothing inside it or in the corner."""
+    gray = edges.convert("L")
+    side, middle = gray.width // 4, gray.width // 2
+    on_side = max(gray.getpixel((x, middle)) for x in (side - 1, side))  # type: ignore[type-var]
+    return on_side == 255 and gray.getpixel((middle, middle)) == 0 == gray.getpixel((2, 2))
+
+
 def square_png(size: int = 48) -> bytes:
     """A PNG of a black square on white, the middle half of each side: clear edges to find."""
     image = Image.new("RGB", (size, size), "white")

@@ -41,6 +41,8 @@ def main() -> int:
             house = _sample_image(Path(tmp))
             requests = [
                 ("Find the edges in house.png", [house]),
+                ("Find the straight lines in house.png", [house]),
+                ("Make a scribble of house.png", [house]),
                 (
                     'How similar are "a cat sleeps on the sofa" and "a kitten naps on the couch"?',
                     [],

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 from services.common.llm import LLM, ChatTurn
 from services.executor.devices import free_memory, is_out_of_memory
-from services.executor.handlers import Handler, Inputs, Produced
+from services.executor.handler import Handler, Inputs, Produced
 from services.executor.models import ModelSpec
 from services.executor.pool import ModelPool
 
@@ -46,7 +46,8 @@ class LocalBackend:
         self._spec = spec
         self._pool = pool
         self.max_batch = max_batch if handler.local.batchable else 1
-        self.kind = "builtin" if handler.local.loader == "builtin" else handler.local.loader
+        builtin = spec.model in handler.builtins
+        self.kind = "builtin" if builtin else handler.local.loader.value
 
     async def infer(self, model: str, batch: Sequence[Inputs]) -> list[Outputs]:
         async with self._pool.use(self._spec) as loaded:

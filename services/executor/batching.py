@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from services.executor.backends import ModelBackend, Outputs
-from services.executor.handlers import Inputs
+from services.executor.handler import Inputs
 
 
 @dataclass

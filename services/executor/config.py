@@ -106,6 +106,7 @@ def _load_options(env: Mapping[str, str]) -> LoadOptions:
         controlnet_base=env.get(
             "CHORUS_CONTROLNET_BASE", "stable-diffusion-v1-5/stable-diffusion-v1-5"
         ),
+        diffusion_steps=int_setting(env, "CHORUS_DIFFUSION_STEPS", 0) or None,
     )
 
 

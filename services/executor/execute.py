@@ -32,7 +32,8 @@ from services.common.tasks import AUDIO, IMAGE, KIND_NAMES, TEXT, Slot, task_typ
 from services.executor.backends import RemoteInferenceError
 from services.executor.devices import is_out_of_memory
 from services.executor.fetch import FetchPolicy, FetchRefused
-from services.executor.handlers import HANDLERS, Inputs, Produced
+from services.executor.handler import Inputs, Produced
+from services.executor.handlers import HANDLERS
 from services.executor.media import MediaError, decode_image, decode_wav, encode_png, encode_wav
 from services.executor.models import ModelUnavailable
 

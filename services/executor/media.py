@@ -34,6 +34,8 @@ def decode_image(data: bytes, name: str) -> Image.Image:
         image.load()
     except (UnidentifiedImageError, OSError) as e:
         raise MediaError(f"{name} is not a readable image: {e}") from e
+    except Image.DecompressionBombError as e:  # its header claims more pixels than PIL will take
+        raise MediaError(f"{name} is too large an image: {e}") from e
     return image.convert("RGB")
 
 
@@ -57,6 +59,8 @@ def decode_wav(data: bytes, name: str) -> Audio:
     samples = (np.frombuffer(frames, dtype=dtype).astype(np.float32) - offset) / scale
     if channels > 1:
         samples = samples.reshape(-1, channels).mean(axis=1)
+    if len(samples) == 0:
+        raise MediaError(f"{name} holds no samples")
     return Audio(samples.astype(np.float32), rate)
 
 

@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from services.common.workers import BUILTIN_PREFIX
-from services.executor.handlers import HANDLERS, Handler
+from services.executor.handler import Handler, Loader
+from services.executor.handlers import HANDLERS
+from services.executor.local_calls import Diffusion
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +67,8 @@ def default_specs() -> list[ModelSpec]:
     return specs
 
 
-def locate(model: str, allow_download: bool) -> str:
-    """A local directory holding the model's files."""
+def locate(model: str, allow_download: bool, only: str | None = None) -> str:
+    """A local directory holding the model's files (of a Hub repo, `only` that file, if given)."""
     if model == BUNDLED_MINILM:
         path = _bundled_minilm_path()
         if path is None:
@@ -80,7 +82,7 @@ def locate(model: str, allow_download: bool) -> str:
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     try:
-        return str(snapshot_download(model, local_files_only=True))
+        return str(snapshot_download(model, local_files_only=True, allow_patterns=only))
     except LocalEntryNotFoundError as e:
         if not allow_download:
             raise ModelUnavailable(
@@ -89,7 +91,7 @@ def locate(model: str, allow_download: bool) -> str:
             ) from e
     try:
         log.info("downloading %s from the Hub", model)
-        return str(snapshot_download(model))
+        return str(snapshot_download(model, allow_patterns=only))
     except Exception as e:
         raise ModelUnavailable(f"{model}: download failed: {e}") from e
 
@@ -104,6 +106,7 @@ class LoadOptions:
     dtype: str = "auto"  # "auto": float32 on CPU, float16 on CUDA
     allow_download: bool = False
     controlnet_base: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    diffusion_steps: int | None = None  # None: each diffusers pipeline's own default
 
 
 def load(spec: ModelSpec, options: LoadOptions) -> LoadedModel:
@@ -124,14 +127,14 @@ def _load(handler: Handler, model: str, options: LoadOptions) -> Any:
     local = handler.local
     if local is None:
         raise ModelUnavailable(f"{handler.task} cannot run locally: it needs {handler.needs}")
-    if local.loader == "builtin":
-        if model not in handler.builtins:
-            known = ", ".join(sorted(handler.builtins))
-            raise ModelUnavailable(f"{model}: no such built-in for {handler.task} (known: {known})")
+    if model in handler.builtins:
         return handler.builtins[model]
-    if model.startswith(BUILTIN_PREFIX):
-        raise ModelUnavailable(f"{model}: {handler.task} has no built-in; it needs a model")
-    path = locate(model, options.allow_download)
+    if model.startswith(BUILTIN_PREFIX) or local.loader == Loader.BUILTIN:
+        if not handler.builtins:
+            raise ModelUnavailable(f"{model}: {handler.task} has no built-in; it needs a model")
+        known = ", ".join(sorted(handler.builtins))
+        raise ModelUnavailable(f"{model}: no such built-in for {handler.task} (known: {known})")
+    path = locate(model, options.allow_download, only=_ANNOTATOR_CHECKPOINTS.get(handler.task))
     return _LOADERS[local.loader](path, local.pipeline_task, options)
 
 
@@ -173,37 +176,78 @@ def _sentence_transformers(path: str, _: str, options: LoadOptions) -> Any:
     return SentenceTransformer(path, device=options.device)
 
 
-def _diffusers(path: str, _: str, options: LoadOptions, controlnet: bool = False) -> Any:
+# What a diffusers handler's `pipeline_task` loads: the pipeline class for that task of the
+# model's family (a Stable Diffusion repo draws from text or from an image), or what the
+# repo itself names (text-to-video models have no auto class).
+_AUTO_PIPELINES = {
+    "text-to-image": "AutoPipelineForText2Image",
+    "image-to-image": "AutoPipelineForImage2Image",
+}
+
+
+def _diffusers(path: str, task: str, options: LoadOptions, controlnet: bool = False) -> Any:
     try:
-        import diffusers
+        import diffusers as library
     except ImportError as e:
         raise MissingExtra(
             "this task runs on diffusers, which is not installed: pip install 'chorus[diffusers]'"
         ) from e
+    diffusers: Any = library  # untyped
     dtype = torch_dtype(options)
     if controlnet:
-        net = diffusers.ControlNetModel.from_pretrained(path, torch_dtype=dtype)
+        net = diffusers.ControlNetModel.from_pretrained(path, dtype=dtype)
         base = locate(options.controlnet_base, options.allow_download)
         pipe = diffusers.StableDiffusionControlNetPipeline.from_pretrained(
-            base, controlnet=net, torch_dtype=dtype
+            base, controlnet=net, dtype=dtype
         )
     else:
-        pipe = diffusers.DiffusionPipeline.from_pretrained(path, torch_dtype=dtype)
-    return pipe.to(options.device)
+        auto = getattr(diffusers, _AUTO_PIPELINES.get(task, "DiffusionPipeline"))
+        pipe = auto.from_pretrained(path, dtype=dtype)
+    pipe.set_progress_bar_config(disable=True)
+    return Diffusion(pipe.to(options.device), options.diffusion_steps)
 
 
-_LOADERS: dict[str, Callable[[str, str, LoadOptions], Any]] = {
-    "pipeline": _pipeline,
-    "seq2seq": _seq2seq,
-    "extractive-qa": _extractive_qa,
-    "sentence-transformers": _sentence_transformers,
-    "diffusers": _diffusers,
-    "controlnet": lambda path, task, options: _diffusers(path, task, options, controlnet=True),
+# The checkpoint each annotator network loads, out of an `lllyasviel/Annotators`-style repo
+# (which holds gigabytes of others) or a directory.
+_ANNOTATOR_CHECKPOINTS = {
+    "hed-control": "ControlNetHED.pth",
+    "mlsd-control": "mlsd_large_512_fp32.pth",
+    "openpose-control": "body_pose_model.pth",
 }
+
+
+def _annotator(path: str, task: str, options: LoadOptions) -> Any:
+    import torch
+
+    from services.executor import annotators
+
+    state = torch.load(
+        Path(path) / _ANNOTATOR_CHECKPOINTS[task], map_location="cpu", weights_only=True
+    )
+    annotator = annotators.build(task, state)
+    annotator.network.to(options.device, torch_dtype(options))
+    return annotator
+
+
+# Every loader but the built-ins, which are operations rather than files to load.
+_LOADERS: dict[Loader, Callable[[str, str, LoadOptions], Any]] = {
+    Loader.PIPELINE: _pipeline,
+    Loader.SEQ2SEQ: _seq2seq,
+    Loader.EXTRACTIVE_QA: _extractive_qa,
+    Loader.SENTENCE_TRANSFORMERS: _sentence_transformers,
+    Loader.DIFFUSERS: _diffusers,
+    Loader.CONTROLNET: lambda path, task, options: _diffusers(path, task, options, controlnet=True),
+    Loader.ANNOTATOR: _annotator,
+}
+assert set(_LOADERS) == set(Loader) - {Loader.BUILTIN}, "a Loader without its loader"
 
 
 def _size_bytes(model: Any) -> int:
     """Bytes of the weights of a loaded model (0 for a built-in operation)."""
+    if hasattr(model, "network"):  # an annotator
+        model = model.network
+    if isinstance(model, Diffusion):
+        model = tuple(model.pipe.components.values())
     parts = model if isinstance(model, tuple) else (model,)
     total = 0
     for part in parts:

@@ -45,7 +45,8 @@ from services.executor.batching import Batcher
 from services.executor.config import ExecutorConfig
 from services.executor.execute import execute
 from services.executor.fetch import FetchPolicy
-from services.executor.handlers import HANDLERS, Inputs, Produced
+from services.executor.handler import Inputs, Produced
+from services.executor.handlers import HANDLERS
 from services.executor.models import ModelSpec, ModelUnavailable, locate
 from services.executor.pool import ModelPool
 

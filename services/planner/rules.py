@@ -33,6 +33,10 @@ _SOME = r"(?:[\w'-]+\s+){0,4}"  # up to four words between a verb and its object
 # Earlier entries win where two intents match the same words.
 _INTENTS = [
     _intent("canny-control", r"edges?\b|canny|outlines?\b", IMAGE),
+    _intent("scribble-control", r"scribble", IMAGE),
+    _intent("normal-control", r"normal.map", IMAGE),
+    _intent("mlsd-control", r"straight lines?|line map|wireframe|mlsd", IMAGE),
+    _intent("openpose-control", r"pose\b|skeleton|openpose", IMAGE),
     _intent("image-segmentation", r"segment", IMAGE),
     _intent("depth-estimation", r"depth", IMAGE),
     _intent(

@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from services.executor.batching import Batcher, BatchObserver
-from services.executor.handlers import HANDLERS, Inputs, Produced
+from services.executor.handler import Inputs, Produced
+from services.executor.handlers import HANDLERS
 from services.executor.models import LoadedModel, LoadOptions, ModelSpec
 from services.executor.pool import ModelPool
 

@@ -15,7 +15,8 @@ from services.executor import devices
 from services.executor.backends import LocalBackend
 from services.executor.batching import Batcher
 from services.executor.execute import execute
-from services.executor.handlers import HANDLERS, Handler, Inputs, Local, Produced
+from services.executor.handler import Handler, Inputs, Loader, Local, Produced
+from services.executor.handlers import HANDLERS
 from services.executor.models import LoadedModel, LoadOptions, ModelSpec
 from services.executor.pool import ModelPool
 from tests.support import MemoryArtifacts, local_run
@@ -34,7 +35,7 @@ def _backend_raising(error: BaseException) -> LocalBackend:
         "text-classification",
         HANDLERS["text-classification"].outputs,
         HANDLERS["text-classification"].post,
-        Local("pipeline", call, "text-classification"),
+        Local(Loader.PIPELINE, call, "text-classification"),
     )
     spec = ModelSpec("text-classification", "m")
 

@@ -11,7 +11,8 @@ from PIL import Image, ImageDraw
 
 from services.common.tasks import LLM_TASKS, TASK_TYPES
 from services.executor import imageops, render
-from services.executor.handlers import HANDLERS, HandlerError, Output, build_registry
+from services.executor.handler import HandlerError, Output, build_registry
+from services.executor.handlers import HANDLERS
 from services.executor.models import LoadOptions, MissingExtra, ModelSpec, ModelUnavailable, load
 
 
@@ -31,7 +32,6 @@ def test_every_task_type_has_exactly_one_handler_with_its_output_kinds() -> None
         (lambda h: replace(h, outputs=(Output("labels", -1),)), "produces no output of kind"),
         (lambda h: replace(h, local=None, needs=""), "no word on what it needs"),
         (lambda h: replace(h, local=replace(h.local, pipeline_task="")), "names no pipeline task"),
-        (lambda h: replace(h, local=replace(h.local, loader="magic")), "unknown loader"),
         (lambda h: replace(h, llm_instruction="Classify."), "LLM instruction"),
     ],
 )
@@ -51,10 +51,6 @@ def test_a_missing_or_doubled_handler_stops_the_registry() -> None:
 
 
 def test_tasks_that_need_a_model_say_so() -> None:
-    with pytest.raises(
-        ValueError, match="openpose-control cannot run locally: it needs the OpenPose"
-    ):
-        ModelSpec.parse("openpose-control=lllyasviel/Annotators")
     with pytest.raises(ValueError, match=r"audio-to-audio cannot run locally.*remotely"):
         ModelSpec.parse("audio-to-audio=speechbrain/sepformer")
     with pytest.raises(ModelUnavailable, match="depth-control has no built-in; it needs a model"):

@@ -45,6 +45,15 @@ CASES: list[tuple[str, Callable[[Path], Path], dict[str, str], dict[str, str]]] 
     ("conversational", tiny.text_generator, {"text": "the cat"}, {"text": "text"}),
     ("summarization", tiny.seq2seq, {"text": "the cat sat on a mat"}, {"text": "text"}),
     ("translation", tiny.seq2seq, {"text": "the cat sat on a mat"}, {"text": "text"}),
+    ("text2text-generation", tiny.seq2seq, {"text": "the cat sat on a mat"}, {"text": "text"}),
+    ("image-to-text", tiny.captioner, {"image": IMAGE}, {"text": "text"}),
+    ("visual-question-answering", tiny.captioner, {"image": IMAGE, "text": "where is the cat"},
+     {"text": "text"}),
+    ("image-to-text", tiny.chat_vision_model, {"image": IMAGE}, {"text": "text"}),
+    ("visual-question-answering", tiny.chat_vision_model,
+     {"image": IMAGE, "text": "where is the cat"}, {"text": "text"}),
+    ("document-question-answering", tiny.document_reader,
+     {"image": IMAGE, "text": "where is the cat"}, {"text": "text", "answer": "json"}),
     ("image-classification", tiny.image_classifier, {"image": IMAGE},
      {"text": "text", "labels": "json"}),
     ("object-detection", tiny.object_detector, {"image": IMAGE},
@@ -75,7 +84,9 @@ async def _invocation(task: str, args: dict[str, str], store: MemoryArtifacts) -
     return inv
 
 
-@pytest.mark.parametrize(("task", "build", "args", "expected"), CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize(
+    ("task", "build", "args", "expected"), CASES, ids=[f"{c[0]}-{c[1].__name__}" for c in CASES]
+)
 async def test_task_through_the_real_pipeline(
     task: str,
     build: Callable[[Path], Path],

@@ -14,7 +14,7 @@ from typing import Any
 
 _SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "</s>", "<s>"]
 _TEXT = "good bad movie great awful i the cat sat on a mat who where is paris france capital of"
-WORDS = [*_SPECIAL, *_TEXT.split(), "city", "sleeps", "kitten", "an", "and", "what"]
+WORDS = [*_SPECIAL, *_TEXT.split(), "city", "sleeps", "kitten", "an", "and", "what", "<image>"]
 
 
 def word_tokenizer(target: Path, **special: str) -> Any:
@@ -212,4 +212,123 @@ def speech_synthesizer(target: Path) -> Path:
         depth_separable_num_layers=1, sampling_rate=16000,
     )  # fmt: skip
     VitsModel(config).save_pretrained(target)
+    return target
+
+
+def _bert_vocab_tokenizer(target: Path) -> Any:
+    """A BERT word-piece tokenizer over `WORDS` (what BLIP's processor takes)."""
+    from transformers import BertTokenizer
+
+    target.mkdir(parents=True, exist_ok=True)
+    (target / "vocab.txt").write_text("\n".join(WORDS) + "\n")
+    return BertTokenizer(
+        vocab=str(target / "vocab.txt"), unk_token="[UNK]", pad_token="[PAD]",
+        cls_token="[CLS]", sep_token="[SEP]", model_max_length=64,
+    )  # fmt: skip
+
+
+def captioner(target: Path) -> Path:
+    """BLIP: a ViT image encoder and a BERT text decoder; captions, and answers a text prompt."""
+    from transformers import (
+        BlipConfig,
+        BlipForConditionalGeneration,
+        BlipImageProcessor,
+        BlipProcessor,
+    )
+
+    sep = WORDS.index("[SEP]")
+    config = BlipConfig(
+        text_config={
+            "vocab_size": len(WORDS), "hidden_size": 16, "num_hidden_layers": 1,
+            "num_attention_heads": 2, "intermediate_size": 32, "max_position_embeddings": 64,
+            "encoder_hidden_size": 16, "bos_token_id": WORDS.index("[CLS]"), "pad_token_id": 0,
+            "sep_token_id": sep, "eos_token_id": sep,
+        },
+        vision_config={
+            "image_size": 32, "patch_size": 8, "hidden_size": 16, "num_hidden_layers": 1,
+            "num_attention_heads": 2, "intermediate_size": 32, "projection_dim": 16,
+        },
+        projection_dim=16,
+    )  # fmt: skip
+    BlipForConditionalGeneration(config).save_pretrained(target)
+    image_processor = BlipImageProcessor(size={"height": 32, "width": 32})
+    BlipProcessor(image_processor, _bert_vocab_tokenizer(target)).save_pretrained(target)
+    return target
+
+
+def document_reader(target: Path) -> Path:
+    """Donut: a Swin image encoder and a BART decoder; answers from the page, no OCR."""
+    from transformers import (
+        BartConfig,
+        DonutImageProcessor,
+        DonutProcessor,
+        DonutSwinConfig,
+        VisionEncoderDecoderConfig,
+        VisionEncoderDecoderModel,
+    )
+
+    start, end = WORDS.index("<s>"), WORDS.index("</s>")
+    encoder = DonutSwinConfig(
+        image_size=[32, 32], patch_size=4, embed_dim=8, depths=[1, 1], num_heads=[1, 2],
+        window_size=4,
+    )  # fmt: skip
+    decoder = BartConfig(
+        vocab_size=len(WORDS), d_model=16, decoder_layers=1, decoder_attention_heads=2,
+        decoder_ffn_dim=32, max_position_embeddings=64, is_decoder=True,
+        add_cross_attention=True, pad_token_id=0, bos_token_id=start, eos_token_id=end,
+    )  # fmt: skip
+    config = VisionEncoderDecoderConfig.from_encoder_decoder_configs(encoder, decoder)
+    config.decoder_start_token_id, config.pad_token_id, config.eos_token_id = start, 0, end
+    model = VisionEncoderDecoderModel(config=config)
+    # The pipeline passes no length of its own at call time; random weights never end a reply.
+    model.generation_config.max_new_tokens = 8
+    model.save_pretrained(target)
+    tokenizer = word_tokenizer(target, eos_token="</s>", bos_token="<s>")
+    DonutProcessor(
+        DonutImageProcessor(size={"height": 32, "width": 32}), tokenizer
+    ).save_pretrained(target)
+    return target
+
+
+def chat_vision_model(target: Path) -> Path:
+    """LLaVA: a CLIP vision tower and a Llama decoder, with a chat template, as chat VLMs have."""
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
+
+    tokenizer = word_tokenizer(target, eos_token="</s>", bos_token="<s>")
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})  # one token, unsplit
+    vision = CLIPVisionConfig(
+        image_size=32, patch_size=8, hidden_size=16, intermediate_size=32,
+        num_hidden_layers=2, num_attention_heads=2, projection_dim=16,
+    )  # fmt: skip
+    text = LlamaConfig(
+        vocab_size=len(WORDS), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=128,
+        pad_token_id=0, bos_token_id=WORDS.index("<s>"), eos_token_id=WORDS.index("</s>"),
+    )  # fmt: skip
+    config = LlavaConfig(
+        vision_config=vision, text_config=text, image_token_index=WORDS.index("<image>"),
+        vision_feature_layer=-1, vision_feature_select_strategy="default",
+    )  # fmt: skip
+    model = LlavaForConditionalGeneration(config)
+    model.generation_config.max_new_tokens = 8
+    model.save_pretrained(target)
+    template = (
+        "{% for m in messages %}{% for c in m['content'] %}"
+        "{% if c['type'] == 'image' %}<image> {% else %}{{ c['text'] }} {% endif %}"
+        "{% endfor %}{% endfor %}"
+    )
+    LlavaProcessor(
+        image_processor=CLIPImageProcessor(
+            size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
+        ),
+        tokenizer=tokenizer, patch_size=8, vision_feature_select_strategy="default",
+        chat_template=template, image_token="<image>", num_additional_image_tokens=1,
+    ).save_pretrained(target)  # fmt: skip
     return target

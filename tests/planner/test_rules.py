@@ -57,3 +57,12 @@ def test_generated_image_feeds_the_next_task() -> None:
 def test_a_file_named_in_passing_is_not_an_entity_request() -> None:
     (task,) = plan_by_rules("Transcribe the file named 'meeting.wav'", {})
     assert task.task == "automatic-speech-recognition"
+
+
+def test_control_maps_are_asked_for_by_name() -> None:
+    tasks = plan_by_rules(
+        "Make a scribble, a normal map and the straight lines of photo.jpg", {"photo.jpg": PHOTO}
+    )
+    assert [t.task for t in tasks] == ["scribble-control", "normal-control", "mlsd-control"]
+    (pose,) = plan_by_rules("Find the pose of the dancer in photo.jpg", {"photo.jpg": PHOTO})
+    assert pose.task == "openpose-control"

@@ -105,3 +105,9 @@ def test_language_guess() -> None:
     assert guess_language("描述这张图片") == "zh"
     assert guess_language("Опиши картинку") == "ru"
     assert guess_language("Décris la photo et le texte, je veux une réponse") == "fr"
+    # languages that share a script with a bigger one, told apart by the model
+    assert guess_language("Descrivi questa immagine, per favore") == "it"
+    assert guess_language("Опиши це зображення, будь ласка") == "uk"
+    assert guess_language("این تصویر را توصیف کن") == "fa"
+    assert guess_language("תאר את התמונה הזאת") == "he"
+    assert guess_language("123 !?") == "en"  # no words: the default
