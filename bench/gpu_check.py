@@ -66,7 +66,6 @@ def _fixed_length_seq2seq(target: Path) -> Path:
 
 
 def _families() -> list[Family]:
-    from tests.executor import tiny_models
     from tests.support import build_tiny_text_classifier
 
     families = [
