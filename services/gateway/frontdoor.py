@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable
 
@@ -45,7 +46,9 @@ class FrontDoor:
         self._js = js
         self.store = store
         self._cancelling: set[asyncio.Task[None]] = set()
-        self._open: set[str] = set()  # requests this replica sent and still waits on
+        # Requests this replica started and still waits on (by start time): they can be
+        # cancelled before their first event. Pruned, as a caller may never read its events.
+        self._open: dict[str, float] = {}
 
     async def start(
         self, request: ChatRequest, *, api: str, traceparent: str = ""
@@ -58,13 +61,15 @@ class FrontDoor:
         continue_trace(traceparent)
         if not request.HasField("created_at"):
             request.created_at.GetCurrentTime()
+        now = time.monotonic()
+        self._open = {k: t for k, t in self._open.items() if now - t < REQUEST_TIMEOUT_S}
+        self._open[request.request_id] = now
         return self._run(request, api)
 
     async def _run(self, request: ChatRequest, api: str) -> AsyncGenerator[ProgressEvent, None]:
         request_id = request.request_id
 
         async def publish() -> None:
-            self._open.add(request_id)
             await bus.publish(self._js, subjects.REQUEST, request, msg_id=request_id)
 
         finished = False
@@ -75,7 +80,7 @@ class FrontDoor:
         finally:
             if not finished and request_id in self._open:  # the caller left, or timed out
                 self._cancel_soon(request_id, api)
-            self._open.discard(request_id)
+            self._open.pop(request_id, None)
 
     async def watch(self, request_id: str, *, api: str) -> AsyncGenerator[ProgressEvent, None]:
         """The events of a request already sent, from its first (replayed) to `done`."""

@@ -32,6 +32,7 @@ from services.gateway import openai_response as shape
 from services.gateway.config import GatewayConfig
 from services.gateway.errors import PipelineFailed, RequestError, status_of
 from services.gateway.frontdoor import FrontDoor
+from services.gateway.guard import HeadGuard
 from services.gateway.openai_request import ChatCompletion, Message, read_body
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,8 @@ class HttpApi:
             ClientDisconnect: _client_left,
             Exception: _crashed,
         }
-        return Starlette(routes=routes, middleware=[cors], exception_handlers=handlers)
+        middleware = [Middleware(HeadGuard), cors]
+        return Starlette(routes=routes, middleware=middleware, exception_handlers=handlers)
 
     def _base_url(self, request: Request) -> str:
         return self._config.public_url or str(request.base_url).rstrip("/")
@@ -170,7 +172,7 @@ async def _stream(
                 break
             elif line := shape.workflow_line(event):
                 part = shape.chunk(request_id, {"reasoning_content": line})
-                part["chorus"] = {"event": MessageToDict(event)}
+                part["chorus"] = {"event": _event_json(event)}
                 yield _sse(part)
     yield "data: [DONE]\n\n"
 
@@ -263,6 +265,12 @@ async def _until_disconnect(request: Request, work: Any) -> ChatResponse:
 async def _disconnected(request: Request) -> None:
     while (await request.receive())["type"] != "http.disconnect":
         pass
+
+
+def _event_json(event: ProgressEvent) -> dict[str, Any]:
+    return MessageToDict(
+        event, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
 
 
 def _sse(data: dict[str, Any]) -> str:

@@ -12,7 +12,9 @@ import uvicorn
 from starlette.applications import Starlette
 
 log = logging.getLogger(__name__)
-MAX_HEAD_BYTES = 64 * 1024  # a request line and headers; more is a 400 from h11
+# A head still arriving past this is a 400 from h11; one that arrives whole is checked by
+# `guard.HeadGuard` (a smaller limit, a 431).
+MAX_HEAD_BYTES = 64 * 1024
 KEEP_ALIVE_S = 30
 
 
