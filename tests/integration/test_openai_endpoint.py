@@ -161,7 +161,7 @@ async def test_stop_and_max_tokens_are_honoured_n_and_tools_refused(endpoint: En
     assert short.choices[0].finish_reason == "length"
     with pytest.raises(openai.BadRequestError, match="n: Chorus gives one answer"):
         await endpoint.client.chat.completions.create(model="chorus", messages=ask, n=2)
-    tool_turn = {"role": "tool", "content": "42", "tool_call_id": "x"}
+    tool_turn: Any = {"role": "tool", "content": "42", "tool_call_id": "x"}
     with pytest.raises(openai.BadRequestError, match="calls no client tools"):
         await endpoint.client.chat.completions.create(model="chorus", messages=[*ask, tool_turn])
 
