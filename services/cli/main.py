@@ -47,7 +47,9 @@ def _parser() -> argparse.ArgumentParser:
     up.set_defaults(run=_up)
 
     serve = commands.add_parser("serve", help="run one service in this process")
-    serve.add_argument("service", choices=["planner", "selector", "executor", "responder"])
+    serve.add_argument(
+        "service", choices=["gateway", "planner", "selector", "executor", "responder"]
+    )
     serve.add_argument(
         "--model",
         action="append",

@@ -22,13 +22,14 @@ from PIL import Image
 from prometheus_client import REGISTRY
 
 from services.cli.cluster import free_port, start_nats_server
-from tests.integration.stack import CANNY_ONLY, running_stack
+from tests.integration.stack import CANNY_ONLY, GATEWAY_APART, WITH_GATEWAY_APART, running_stack
 from tests.support import ScriptedLLM, square_png
 
 ANSWER = "The edges are in canny-control-0.png, drawn white on black."
 
 
-# One stack for the module (starting one takes seconds); each test resets the scripted LLM.
+# One stack for the module (starting one takes seconds), its gateway running on its own as at
+# the edge; each test resets the scripted LLM.
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 
@@ -62,9 +63,10 @@ async def running(module_nats: str, module_llm: ScriptedLLM) -> AsyncIterator[En
         "CHORUS_LLM_BASE_URL": module_llm.base_url,
         "CHORUS_PLANNER": "rules",  # the LLM writes only the answer
         "CHORUS_OPENAI_ADDR": addr,
+        **GATEWAY_APART,
     }
     async with (
-        running_stack(module_nats, env),
+        running_stack(module_nats, env, WITH_GATEWAY_APART),
         AsyncOpenAI(base_url=f"http://{addr}/v1", api_key="unused", max_retries=0) as client,
     ):
         yield Endpoint(client, module_llm, module_nats)
