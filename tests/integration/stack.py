@@ -28,15 +28,16 @@ BUILDS: dict[str, Any] = {
     "executor": build_executor,
     "responder": build_responder,
 }
+STAGES = tuple(BUILDS)
 # The gateway on its own, as `chorus serve gateway` runs it at the edge.
 GATEWAY_APART = {"CHORUS_PLANNER_HOSTS_GATEWAY": "0"}
-WITH_GATEWAY_APART = ("gateway", *BUILDS)
+WITH_GATEWAY_APART = ("gateway", *STAGES)
 BUILDS["gateway"] = build_gateway
 
 
 @contextlib.asynccontextmanager
 async def running_stack(
-    nats_url: str, env: Mapping[str, str] | None = None, services: tuple[str, ...] = tuple(BUILDS)
+    nats_url: str, env: Mapping[str, str] | None = None, services: tuple[str, ...] = STAGES
 ) -> AsyncIterator[Settings]:
     settings = Settings.from_env(
         {
