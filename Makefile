@@ -54,6 +54,7 @@ bench: setup
 	$(PY) -m bench.selector
 	$(PY) -m bench.responder
 	$(PY) -m bench.executor
+	$(PY) -m bench.gateway
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info
