@@ -33,11 +33,12 @@ from services.gateway.config import GatewayConfig
 from services.gateway.errors import PipelineFailed, RequestError, status_of
 from services.gateway.frontdoor import FrontDoor
 from services.gateway.guard import HeadGuard
-from services.gateway.openai_request import ChatCompletion, Message, read_body
+from services.gateway.openai_request import MEDIA_TYPE, ChatCompletion, Message, read_body
 
 log = logging.getLogger(__name__)
 KEEP_ALIVE_S = 10.0  # an SSE comment when the pipeline is quiet, so no proxy times the stream out
 _TOO_LARGE = ErrorCode.ERROR_CODE_PAYLOAD_TOO_LARGE
+_OCTETS = "application/octet-stream"
 
 
 class HttpApi:
@@ -134,7 +135,9 @@ class HttpApi:
             "Content-Security-Policy": "sandbox",
             "Cache-Control": "private, max-age=3600",
         }
-        return Response(data, media_type=ref.media_type, headers=headers)
+        # A media type set by an uploader is echoed in a header only when it is one.
+        media_type = ref.media_type if MEDIA_TYPE.fullmatch(ref.media_type) else _OCTETS
+        return Response(data, media_type=media_type, headers=headers)
 
     async def cancel(self, request: Request) -> Response:
         request_id = request.path_params["request_id"]

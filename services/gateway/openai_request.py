@@ -14,7 +14,7 @@ from typing import Any
 
 from services.gateway.errors import RequestError
 
-_MEDIA_TYPE = re.compile(r"[\w.+-]+/[\w.+-]+")
+MEDIA_TYPE = re.compile(r"[\w.+-]+/[\w.+-]+")
 _SYSTEM_ROLES = ("system", "developer")  # `developer` is the newer name of `system`
 # Sampling and bookkeeping parameters of OpenAI's API that do not change what Chorus does:
 # they are accepted (clients send them by default) and have no effect on a plan of models.
@@ -143,7 +143,7 @@ def data_url(url: str, name: str, where: str) -> InlineFile:
     """`data:image/png;base64,...` as a file; `name` gains an extension when it has none."""
     head, _, payload = url.partition(",")
     media_type = head.removeprefix("data:").split(";")[0] or "application/octet-stream"
-    if not _MEDIA_TYPE.fullmatch(media_type):  # it is echoed in a header when fetched
+    if not MEDIA_TYPE.fullmatch(media_type):  # it is echoed in a header when fetched
         raise RequestError(f"{where}: {media_type[:40]!r} is not a media type")
     if ";base64" not in head:
         raise RequestError(f"{where}: only base64 data URLs can be uploaded inline")
