@@ -105,22 +105,7 @@ class Executor:
 
     def handler_for(self, lane: Lane) -> Any:
         async def handle(invocation: TaskInvocation) -> None:
-            async with self.slots:
-                self._announcer.info.in_flight += 1
-                try:
-                    result = await self._unless_cancelled(
-                        invocation,
-                        execute(
-                            invocation,
-                            lambda inputs: lane.run(invocation.model, inputs),
-                            self._store,
-                            self._announcer.info.worker_id,
-                            self._fetch,
-                            self._max_seconds,
-                        ),
-                    )
-                finally:
-                    self._announcer.info.in_flight -= 1
+            result = await self._unless_cancelled(invocation, self._run(lane, invocation))
             outcome = status_name(result.status)
             # Labels from the lane, not the message: a bounded set whatever arrives.
             metrics.TASKS.labels(lane.task, lane.route, outcome).inc()
@@ -129,14 +114,30 @@ class Executor:
 
         return handle
 
+    async def _run(self, lane: Lane, invocation: TaskInvocation) -> TaskResult:
+        async with self.slots:
+            self._announcer.info.in_flight += 1
+            try:
+                return await execute(
+                    invocation,
+                    lambda inputs: lane.run(invocation.model, inputs),
+                    self._store,
+                    self._announcer.info.worker_id,
+                    self._fetch,
+                    self._max_seconds,
+                )
+            finally:
+                self._announcer.info.in_flight -= 1
+
     async def _unless_cancelled(
         self, invocation: TaskInvocation, run: Coroutine[Any, Any, TaskResult]
     ) -> TaskResult:
-        """The task's result, or a cancelled one as soon as its request is cancelled: a queued
-        invocation is dropped from its batch, a running one abandoned."""
+        """The task's result, or a cancelled one as soon as its request is cancelled: an
+        invocation waiting for a slot or in its batch's queue is dropped, a running one
+        abandoned."""
         request_id = invocation.request_id
         if (reason := self._cancelled.reason(request_id)) is not None:
-            run.close()  # cancelled while it waited for a slot: never started
+            run.close()  # cancelled before it came: never started
             return self._cancelled_result(invocation, reason)
         work = asyncio.create_task(run)
         cancelled = asyncio.create_task(self._cancelled.wait(request_id))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,7 +10,7 @@ import pytest
 import pytest_asyncio
 from playwright.async_api import Browser, Page, expect
 
-from services.cli.cluster import free_port, start_nats_server
+from services.cli.cluster import free_port
 from tests.gateway.browser import chromium, require_chromium
 from tests.integration.stack import CANNY_ONLY, running_stack
 from tests.support import ScriptedLLM, square_png
@@ -27,24 +27,9 @@ class Site:
     browser: Browser
 
 
-@pytest.fixture(scope="module")
-def module_nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    require_chromium()
-    proc, url = start_nats_server(tmp_path_factory.mktemp("jetstream"))
-    yield url
-    proc.terminate()
-    proc.wait(10)
-
-
-@pytest.fixture(scope="module")
-def module_llm() -> Iterator[ScriptedLLM]:
-    llm = ScriptedLLM().start()
-    yield llm
-    llm.stop()
-
-
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def running(module_nats: str, module_llm: ScriptedLLM) -> AsyncIterator[Site]:
+    require_chromium()
     addr = f"127.0.0.1:{free_port()}"
     env = {
         **CANNY_ONLY,

@@ -7,7 +7,7 @@ import base64
 import io
 import json
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +21,7 @@ from openai import AsyncOpenAI
 from PIL import Image
 from prometheus_client import REGISTRY
 
-from services.cli.cluster import free_port, start_nats_server
+from services.cli.cluster import free_port
 from tests.integration.stack import CANNY_ONLY, GATEWAY_APART, WITH_GATEWAY_APART, running_stack
 from tests.support import ScriptedLLM, square_png
 
@@ -38,21 +38,6 @@ class Endpoint:
     client: AsyncOpenAI
     llm: ScriptedLLM
     nats_url: str
-
-
-@pytest.fixture(scope="module")
-def module_nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    proc, url = start_nats_server(tmp_path_factory.mktemp("jetstream"))
-    yield url
-    proc.terminate()
-    proc.wait(10)
-
-
-@pytest.fixture(scope="module")
-def module_llm() -> Iterator[ScriptedLLM]:
-    llm = ScriptedLLM().start()
-    yield llm
-    llm.stop()
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
