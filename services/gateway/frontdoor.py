@@ -86,7 +86,7 @@ class FrontDoor:
         """The events of a request already sent, from its first (replayed) to `done`."""
         if not subjects.valid_request_id(request_id):
             raise RequestError("request_id: 1 to 64 letters, digits, '-' or '_'")
-        await self._require_known(request_id)
+        await self._finished(request_id)  # raises NOT_FOUND for a request never sent
         request_id_var.set(request_id)
 
         async def nothing() -> None:
@@ -98,11 +98,11 @@ class FrontDoor:
     async def cancel(self, request_id: str, *, api: str, how: str, reason: str) -> None:
         """Stops a request: a `CancelRequest` on the bus (the selector dispatches nothing more,
         executors drop its queued work), then its response, ended as cancelled, so every
-        caller waiting on it learns at once. A request that has finished keeps its response:
-        the bus drops a second `done` as a duplicate."""
+        caller waiting on it learns at once. A request that has finished is left as it is."""
         if not subjects.valid_request_id(request_id):
             raise RequestError("request_id: 1 to 64 letters, digits, '-' or '_'")
-        await self._require_known(request_id)
+        if await self._finished(request_id):
+            return
         request_id_var.set(request_id)
         cancel = CancelRequest(request_id=request_id, reason=reason)
         await bus.publish(
@@ -135,16 +135,22 @@ class FrontDoor:
         """Waits for the cancels still being sent."""
         await asyncio.gather(*self._cancelling, return_exceptions=True)
 
-    async def _require_known(self, request_id: str) -> None:
+    async def _finished(self, request_id: str) -> bool:
+        """Whether the request has ended (its last event is `done`); `NOT_FOUND` when there
+        is no such request."""
         if request_id in self._open:  # sent, perhaps not yet planned: no event yet
-            return
+            return False
         try:
-            await self._js.get_last_msg(subjects.EVENTS_STREAM, subjects.event(request_id))
+            last = await self._js.get_last_msg(subjects.EVENTS_STREAM, subjects.event(request_id))
         except NotFoundError as e:
             raise RequestError(
                 f"request_id: no request {request_id!r} (never sent, or its events expired)",
                 _NOT_FOUND,
             ) from e
+        try:
+            return ProgressEvent.FromString(last.data or b"").HasField("done")
+        except DecodeError:
+            return False
 
     async def _follow(
         self, request_id: str, api: str, start: Callable[[], Awaitable[None]]

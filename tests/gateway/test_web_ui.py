@@ -124,3 +124,17 @@ async def test_markup_in_a_request_or_a_file_name_is_shown_not_run(
     assert await page.evaluate("document.scrollingElement.scrollWidth") <= 390
     await page.screenshot(path=tmp_path / "phone.png", full_page=True)
     await page.close()
+
+
+async def test_a_file_dropped_on_the_page_is_attached(site: Site) -> None:
+    page = await _open(site)
+    dropped = await page.evaluate_handle(
+        """() => {
+            const files = new DataTransfer();
+            files.items.add(new File(["RIFF"], "voice.wav", {type: "audio/wav"}));
+            return files;
+        }"""
+    )
+    await page.dispatch_event("#composer", "drop", {"dataTransfer": dropped})
+    await expect(page.locator("#attachments .chip")).to_contain_text("voice.wav")
+    await page.close()

@@ -18,6 +18,7 @@ from chorus.v1.messages_pb2 import (
     ChatRequest,
     ChatResponse,
     ErrorCode,
+    ProgressEvent,
     TaskStatus,
 )
 from prometheus_client import REGISTRY
@@ -88,6 +89,22 @@ async def test_cancel_rpc_ends_the_stream_as_cancelled(api: Api) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as unknown:
         await api.stub.Cancel(CancelRequest(request_id="never-sent"))
     assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_cancelling_a_finished_request_leaves_its_answer(api: Api) -> None:
+    api.llm.replies = ["Done already."]
+    response = await api.stub.Chat(ChatRequest(messages=[ChatMessage(role="user", content="Hi")]))
+    await api.stub.Cancel(CancelRequest(request_id=response.request_id))
+    watched = [
+        e async for e in api.stub.WatchChat(WatchChatRequest(request_id=response.request_id))
+    ]
+    assert watched[-1].done.answer == "Done already." and not watched[-1].done.HasField("error")
+    nc = await nats.connect(api.nats_url)
+    last = await nc.jetstream().get_last_msg(
+        subjects.EVENTS_STREAM, subjects.event(response.request_id)
+    )
+    assert ProgressEvent.FromString(last.data or b"").done.answer == "Done already."
+    await nc.close()
 
 
 async def test_a_client_that_cancels_mid_stream_leaves_nothing_waiting(api: Api) -> None:
