@@ -160,24 +160,34 @@ async def _stream(
     first = shape.chunk(request_id, {"role": "assistant", "content": ""})
     first["chorus"] = {"request_id": request_id}
     yield _sse(first)
-    async with contextlib.aclosing(_with_keep_alive(events)) as paced:
-        async for event in paced:
-            if event is None:
-                yield ": keep-alive\n\n"
-                continue
-            kind = event.WhichOneof("event")
-            if kind == "answer_token":
-                if text := cut.feed(event.answer_token):
-                    yield _sse(shape.chunk(request_id, {"content": text}))
-            elif kind == "done":
-                for part in _finish(event.done, cut, base_url, call.include_usage):
+    try:
+        async with contextlib.aclosing(_with_keep_alive(events)) as paced:
+            async for event in paced:
+                if event is None:
+                    yield ": keep-alive\n\n"
+                elif part := _stream_part(request_id, event, cut):
                     yield _sse(part)
-                break
-            elif line := shape.workflow_line(event):
-                part = shape.chunk(request_id, {"reasoning_content": line})
-                part["chorus"] = {"event": _event_json(event)}
-                yield _sse(part)
+                elif event.HasField("done"):
+                    for part in _finish(event.done, cut, base_url, call.include_usage):
+                        yield _sse(part)
+                    break
+    except RequestError as e:  # after the head went out, an error is an event (a timeout)
+        status = status_of(e.code)
+        yield _sse(shape.error_body(str(e), status.openai_type, status.http))
     yield "data: [DONE]\n\n"
+
+
+def _stream_part(request_id: str, event: ProgressEvent, cut: shape.AnswerCut) -> dict[str, Any]:
+    """The chunk of an answer token or a workflow event; {} for one that sends nothing now."""
+    if event.WhichOneof("event") == "answer_token":
+        text = cut.feed(event.answer_token)
+        return shape.chunk(request_id, {"content": text}) if text else {}
+    line = shape.workflow_line(event)
+    if not line:
+        return {}
+    part = shape.chunk(request_id, {"reasoning_content": line})
+    part["chorus"] = {"event": _event_json(event)}
+    return part
 
 
 def _finish(
