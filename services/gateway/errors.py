@@ -21,9 +21,10 @@ class WireStatus(NamedTuple):
     openai_type: str  # the `error.type` OpenAI clients read
 
 
-_INVALID = WireStatus(grpc.StatusCode.INVALID_ARGUMENT, 400, "invalid_request_error")
 STATUS: dict[ErrorCode.ValueType, WireStatus] = {
-    ErrorCode.ERROR_CODE_INVALID_REQUEST: _INVALID,
+    ErrorCode.ERROR_CODE_INVALID_REQUEST: WireStatus(
+        grpc.StatusCode.INVALID_ARGUMENT, 400, "invalid_request_error"
+    ),
     ErrorCode.ERROR_CODE_NOT_FOUND: WireStatus(
         grpc.StatusCode.NOT_FOUND, 404, "invalid_request_error"
     ),
@@ -47,10 +48,6 @@ def status_of(code: ErrorCode.ValueType) -> WireStatus:
     return STATUS.get(code, STATUS[ErrorCode.ERROR_CODE_INTERNAL])
 
 
-def describe(error: PipelineError) -> str:
-    return f"{error.stage}: {code_name(error.code)}: {error.message}"
-
-
 class RequestError(Exception):
     """A call the front door turns down; the message names the field at fault."""
 
@@ -65,5 +62,5 @@ class PipelineFailed(RequestError):
     """The request ran and ended with a `PipelineError`."""
 
     def __init__(self, error: PipelineError) -> None:
-        super().__init__(describe(error), error.code)
+        super().__init__(f"{error.stage}: {code_name(error.code)}: {error.message}", error.code)
         self.error = error

@@ -91,7 +91,7 @@ class HttpApi:
         response = await _until_disconnect(request, _done(events))
         cut = shape.AnswerCut(call.stop, call.max_tokens)
         content = cut.feed(response.answer) + cut.flush()
-        content = _with_files(content, response, base_url)
+        content = shape.with_files(content, response, base_url)
         body = shape.completion(response, content, cut.finish_reason or "stop", base_url)
         return JSONResponse(body)
 
@@ -198,7 +198,7 @@ def _finish(
         status = status_of(failed.code)
         return [shape.error_body(str(failed), status.openai_type, status.http)]
     parts = []
-    tail = _with_files(cut.flush(), response, base_url)
+    tail = shape.with_files(cut.flush(), response, base_url)
     if tail:
         parts.append(shape.chunk(response.request_id, {"content": tail}))
     final = shape.chunk(response.request_id, {}, cut.finish_reason or "stop")
@@ -209,11 +209,6 @@ def _finish(
         usage["usage"] = shape.usage(response, response.answer)
         parts.append(usage)
     return parts
-
-
-def _with_files(content: str, response: ChatResponse, base_url: str) -> str:
-    files = shape.files_markdown(list(response.artifacts), base_url)
-    return f"{content}\n\n{files}" if files else content
 
 
 async def _with_keep_alive(

@@ -114,10 +114,10 @@ def _stop_prefix(text: str, stops: tuple[str, ...]) -> int:
     return max((n for s in stops for n in range(1, len(s)) if text.endswith(s[:n])), default=0)
 
 
-def answer_text(response: ChatResponse, base_url: str) -> str:
-    """The answer with the files it made embedded."""
+def with_files(content: str, response: ChatResponse, base_url: str) -> str:
+    """The answer (or its tail) with the files the request made embedded after it."""
     files = files_markdown(list(response.artifacts), base_url)
-    return f"{response.answer}\n\n{files}" if files else response.answer
+    return f"{content}\n\n{files}" if files else content
 
 
 def completion(response: ChatResponse, content: str, finish: str, base_url: str) -> dict[str, Any]:
