@@ -41,7 +41,7 @@ test: setup
 	$(VENV)/bin/pytest
 
 test-fast: setup
-	$(VENV)/bin/pytest -m "not slow"
+	$(VENV)/bin/pytest -m "not slow and not browser"
 
 demo: setup
 	$(PY) -m services.cli.demo
@@ -57,6 +57,7 @@ bench: setup
 	$(PY) -m bench.executor
 	$(PY) -m bench.annotators
 	$(PY) -m bench.language
+	$(PY) -m bench.gateway
 
 # The executor's backends on cuda:0 in float16 against the CPU (needs a CUDA device; no NATS,
 # no download): bench/results/gpu.json.

@@ -25,6 +25,23 @@ def nats_url(tmp_path: Path) -> Iterator[str]:
     proc.wait(10)
 
 
+@pytest.fixture(scope="module")
+def module_nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One JetStream server for a module whose tests share one running stack."""
+    proc, url = start_nats_server(tmp_path_factory.mktemp("jetstream"))
+    yield url
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def module_llm() -> Iterator[ScriptedLLM]:
+    """The scripted LLM of such a module; each test sets the replies it needs."""
+    llm = ScriptedLLM().start()
+    yield llm
+    llm.stop()
+
+
 @pytest.fixture
 def scripted_llm() -> Iterator[ScriptedLLM]:
     llm = ScriptedLLM(replies=["[]"]).start()

@@ -23,9 +23,10 @@ DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"
 SERVICES_DIR = ROOT / "services"
 
-SERVICES = ("planner", "selector", "executor", "responder")
+SERVICES = ("gateway", "planner", "selector", "executor", "responder")
 METRICS_PORT = 9100
 GRPC_PORT = 50051
+HTTP_PORT = 8000
 
 # The metrics the Grafana dashboard may query (histograms also as _bucket, _sum, _count).
 DASHBOARD_METRICS = frozenset(
@@ -287,7 +288,7 @@ def test_deployment_reads_env_from_existing_configmap_and_secret(name: str) -> N
 def test_one_deployment_per_service() -> None:
     by_service = {service_of(d) for d in deployments().values()}
     assert by_service == set(SERVICES)
-    for service in ("planner", "selector", "responder"):
+    for service in ("gateway", "planner", "selector", "responder"):
         assert service in deployments(), f"no Deployment named {service}"
 
 
@@ -340,28 +341,38 @@ def test_deployment_has_http_health_probes_on_the_metrics_port(name: str) -> Non
         assert _port(container, http["port"]) == METRICS_PORT
 
 
-def test_planner_serves_grpc_with_a_health_probe_and_a_service() -> None:
-    planner = deployments()["planner"]
-    container = main_container(planner)
-    assert GRPC_PORT in [p["containerPort"] for p in container["ports"]]
+def test_gateway_serves_grpc_and_http_at_the_edge() -> None:
+    gateway = deployments()["gateway"]
+    container = main_container(gateway)
+    assert {GRPC_PORT, HTTP_PORT} <= {p["containerPort"] for p in container["ports"]}
     grpc_probes = [
         container[p]["grpc"]
         for p in ("startupProbe", "livenessProbe", "readinessProbe")
         if "grpc" in container.get(p, {})
     ]
-    assert grpc_probes, "the planner needs a gRPC health probe"
+    assert grpc_probes, "the gateway needs a gRPC health probe"
     assert all(_port(container, g["port"]) == GRPC_PORT for g in grpc_probes)
-    pod_labels = planner["spec"]["template"]["metadata"]["labels"]
+    pod_labels = gateway["spec"]["template"]["metadata"]["labels"]
     services = [
         s
         for s in applied("Service").values()
         if s["spec"]["selector"].items() <= pod_labels.items()
         and s["spec"].get("clusterIP") != "None"
     ]
-    assert services, "no Service selects the planner pods"
+    assert services, "no Service selects the gateway pods"
     ports = services[0]["spec"]["ports"]
-    grpc = [p for p in ports if p["port"] == GRPC_PORT]
-    assert grpc and _port(container, grpc[0].get("targetPort", GRPC_PORT)) == GRPC_PORT
+    for port in (GRPC_PORT, HTTP_PORT):
+        exposed = [p for p in ports if p["port"] == port]
+        assert exposed and _port(container, exposed[0].get("targetPort", port)) == port
+    config = applied("ConfigMap")["chorus-config"]["data"]
+    assert config["CHORUS_OPENAI_ADDR"].endswith(f":{HTTP_PORT}")
+
+
+def test_the_planner_leaves_the_api_to_the_gateway() -> None:
+    container = main_container(deployments()["planner"])
+    env = {v["name"]: v.get("value") for v in container.get("env", [])}
+    assert env.get("CHORUS_PLANNER_HOSTS_GATEWAY") == "0"
+    assert GRPC_PORT not in [p["containerPort"] for p in container["ports"]]
 
 
 def test_every_service_selects_pods_that_exist() -> None:
@@ -441,7 +452,10 @@ def test_scaled_objects_target_existing_deployments_one_each() -> None:
         assert ref.get("kind", "Deployment") == "Deployment"
         assert ref["name"] in deployments(), f"{name} scales missing Deployment {ref['name']}"
         targets.append(ref["name"])
-    assert sorted(targets) == sorted(deployments()), "each Deployment needs one ScaledObject"
+    # The gateway consumes nothing from the bus (no lag to scale on): a fixed replica count.
+    consuming = [d for d in deployments() if d != "gateway"]
+    assert sorted(targets) == sorted(consuming), "each consuming Deployment needs one ScaledObject"
+    assert deployments()["gateway"]["spec"]["replicas"] >= 2
 
 
 @pytest.mark.parametrize("name", names_of(scaled_objects))

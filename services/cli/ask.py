@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TextIO
 
 import grpc
 from chorus.v1.messages_pb2 import ArtifactRef, ChatMessage, ChatRequest, ChatResponse, StopAfter
+from prompt_toolkit import PromptSession
+from prompt_toolkit.history import FileHistory, History, InMemoryHistory
 
 from services.cli.client import ChorusClient, plan_json, response_json
 from services.cli.view import ProgressView
+from services.common.events import code_name
 
 
 class StreamEnded(RuntimeError):
@@ -56,24 +60,40 @@ def ask(
     return _with_client("ask", text, files, addr, run)
 
 
+def _lines(stdin: TextIO) -> Iterator[str]:
+    """What the user types: on a terminal with line editing and a history kept across
+    sessions (arrows, Ctrl-R); piped, the lines as they come. Ends at Ctrl-D or Ctrl-C."""
+    if not stdin.isatty():
+        yield from stdin
+        return
+    session: PromptSession[str] = PromptSession(history=_history())
+    while True:
+        try:
+            yield session.prompt("you> ")
+        except (EOFError, KeyboardInterrupt):
+            return
+
+
+def _history() -> History:
+    path = Path(os.environ.get("CHORUS_CHAT_HISTORY", Path.home() / ".chorus_chat_history"))
+    try:
+        path.touch(exist_ok=True)
+    except OSError:  # a read-only home: this session's lines only
+        return InMemoryHistory()
+    return FileHistory(str(path))
+
+
 def chat(addr: str, out: Path, stdin: TextIO, stdout: TextIO) -> int:
     """`chorus chat`: one conversation, a request per line; `/file PATH` attaches, `/quit` ends.
 
     The conversation (each turn's text and files, the answers' generated files included)
     goes with every request, so "the image from before" can be found.
     """
-    interactive = stdin.isatty()
     client = ChorusClient(addr)
     history: list[ChatMessage] = []
     attached: list[ArtifactRef] = []
     try:
-        while True:
-            if interactive:
-                stdout.write("you> ")
-                stdout.flush()
-            line = stdin.readline()
-            if not line:
-                return 0
+        for line in _lines(stdin):
             text = line.strip()
             if text in ("/quit", "/exit"):
                 return 0
@@ -100,7 +120,7 @@ def chat(addr: str, out: Path, stdin: TextIO, stdout: TextIO) -> int:
                 stdout.write(f"saved {client.download(artifact.id, out)}\n")
             if response.HasField("error"):
                 err = response.error
-                stdout.write(f"error in {err.stage} ({err.code}): {err.message}\n")
+                stdout.write(f"error in {err.stage} ({code_name(err.code)}): {err.message}\n")
                 continue
             history += [
                 message,
@@ -108,6 +128,7 @@ def chat(addr: str, out: Path, stdin: TextIO, stdout: TextIO) -> int:
                     role="assistant", content=response.answer, artifacts=response.artifacts
                 ),
             ]
+        return 0
     finally:
         client.close()
 
@@ -167,7 +188,7 @@ def _report_error(response: ChatResponse, quiet: bool) -> int:
         return 0
     if not quiet:
         err = response.error
-        print(f"error in {err.stage} ({err.code}): {err.message}", file=sys.stderr)
+        print(f"error in {err.stage} ({code_name(err.code)}): {err.message}", file=sys.stderr)
     return 1
 
 

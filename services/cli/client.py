@@ -22,6 +22,7 @@ from chorus.v1.messages_pb2 import (
 )
 
 from services.common.artifacts import media_type_for, safe_file_name
+from services.common.events import code_name
 from services.common.tasks import status_name
 
 CHUNK_BYTES = 256 * 1024
@@ -144,7 +145,7 @@ def response_json(response: ChatResponse, saved: dict[str, Path]) -> dict[str, A
             "total_s": round(response.timings.total_seconds, 4),
         },
         "notes": list(response.notes),
-        "error": {"stage": error.stage, "code": error.code, "message": error.message}
+        "error": {"stage": error.stage, "code": code_name(error.code), "message": error.message}
         if error
         else None,
     }

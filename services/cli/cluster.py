@@ -78,7 +78,7 @@ class LocalCluster:
     executor_models: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
     log_dir: Path | None = None
-    openai_addr: str = ""  # the planner serves the OpenAI-compatible endpoint here; "": not at all
+    openai_addr: str = ""  # the gateway (in the planner) serves HTTP here; "": not at all
     metrics_ports: dict[str, int] = field(default_factory=dict)
     _procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     _tmp: tempfile.TemporaryDirectory[str] | None = None

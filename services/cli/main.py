@@ -47,7 +47,9 @@ def _parser() -> argparse.ArgumentParser:
     up.set_defaults(run=_up)
 
     serve = commands.add_parser("serve", help="run one service in this process")
-    serve.add_argument("service", choices=["planner", "selector", "executor", "responder"])
+    serve.add_argument(
+        "service", choices=["gateway", "planner", "selector", "executor", "responder"]
+    )
     serve.add_argument(
         "--model",
         action="append",
@@ -129,7 +131,11 @@ def _up(args: argparse.Namespace) -> int:
         print(f"chorus up: {e}", file=sys.stderr)
         return 1
     ports = ", ".join(f"{n} :{p}" for n, p in cluster.metrics_ports.items())
-    openai = f"  OpenAI-compatible: http://{args.openai_addr}/v1" if args.openai_addr else ""
+    openai = (
+        f"  web UI: http://{args.openai_addr}/  OpenAI-compatible: http://{args.openai_addr}/v1"
+        if args.openai_addr
+        else ""
+    )
     print(f"Chorus is up. gRPC: {grpc_addr}  NATS: {cluster.nats_url}{openai}", flush=True)
     print(f"metrics (/metrics, /healthz, /readyz): {ports}", flush=True)
     print("Ctrl-C stops everything.", flush=True)

@@ -1,8 +1,9 @@
 """What `chorus ask` and `chorus chat` show while a request runs.
 
 The plan as a small tree, each task with its model, status and elapsed time, then the answer
-as it streams. On a terminal the tree is redrawn in place with a spinner (plain ANSI); piped,
-each change is one plain line, so logs and scripts read it too.
+as it streams. On a terminal the tree is one `rich` live display, redrawn in place, each row
+cut to the terminal's width (a wrapped row would break the redraw); piped, each change is one
+plain line, so logs and scripts read it too.
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ from dataclasses import dataclass
 from typing import TextIO
 
 from chorus.v1.messages_pb2 import ProgressEvent, TaskPlan, TaskStatus
+from rich.console import Console, Group
+from rich.live import Live
+from rich.text import Text
 
 from services.cli.client import describe_task
 from services.common.tasks import status_name
@@ -39,16 +43,17 @@ class _Row:
 class ProgressView:
     """Consumes a request's events and writes them to `out`; `live` redraws in place."""
 
-    def __init__(self, out: TextIO, *, live: bool) -> None:
+    def __init__(self, out: TextIO, *, live: bool, width: int | None = None) -> None:
         self._out = out
         self._live = live
         self._started = time.monotonic()
         self._rows: dict[int, _Row] = {}
-        self._drawn = 0  # lines of the tree now on screen
         self._answering = False
+        self._final = False
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._spinner: threading.Thread | None = None
+        self._display: Live | None = None
+        # `width` for tests; on a terminal rich asks the terminal (and follows a resize).
+        self._console = Console(file=out, force_terminal=live, width=width, highlight=False)
 
     def on_event(self, event: ProgressEvent) -> None:
         kind = event.WhichOneof("event")
@@ -81,9 +86,7 @@ class ProgressView:
                 self._finish(event)
 
     def close(self) -> None:
-        self._stop.set()
-        if self._spinner is not None:
-            self._spinner.join()
+        self._stop_display()
 
     def _plan(self, plan: TaskPlan) -> None:
         for task in plan.tasks:
@@ -96,30 +99,35 @@ class ProgressView:
                 self._line(f"  {branch} {describe_task(task)}")
             return
         self._out.write(f"plan: {len(plan.tasks)} task(s){notes}\n")
-        self._redraw()
-        self._spinner = threading.Thread(target=self._spin, daemon=True)
-        self._spinner.start()
+        self._display = Live(
+            console=self._console, get_renderable=self._tree, refresh_per_second=10
+        )
+        self._display.start()
 
     def _changed(self, row: _Row, line: str) -> None:
-        if self._live:
-            self._redraw()
-        else:
+        if self._display is not None:
+            self._display.refresh()
+        elif not self._live:
             self._line(line)
+
+    def _stop_display(self) -> None:
+        """The last drawing of the tree stays; what follows goes below it."""
+        self._final = True
+        if self._display is not None:
+            self._display.refresh()
+            self._display.stop()
+            self._display = None
 
     def _token(self, piece: str) -> None:
         if not self._answering:
             self._answering = True
-            self._stop.set()  # the tree stays as it is; the answer goes below it
-            if self._live:
-                self._redraw(final=True)
+            self._stop_display()
             self._out.write("\n")
         self._out.write(piece)
         self._out.flush()
 
     def _finish(self, event: ProgressEvent) -> None:
-        self._stop.set()
-        if self._live and not self._answering:
-            self._redraw(final=True)
+        self._stop_display()
         if self._answering:
             self._out.write("\n\n")
         for note in event.done.notes:
@@ -130,20 +138,14 @@ class ProgressView:
         self._out.write(f"{time.monotonic() - self._started:6.2f}s  {text}\n")
         self._out.flush()
 
-    def _spin(self) -> None:
-        while not self._stop.wait(0.1):
-            with self._lock:
-                if not self._stop.is_set():
-                    self._redraw()
-
-    def _redraw(self, final: bool = False) -> None:
-        """The tree in place: cursor up over the last drawing, clear to the end, draw again."""
+    def _tree(self) -> Group:
+        """The rows now, one line each, cut at the terminal's edge."""
         frame = SPINNER[int(time.monotonic() * 10) % len(SPINNER)]
         lines = []
         rows = list(self._rows.values())
         for i, row in enumerate(rows):
             branch = "└─" if i == len(rows) - 1 else "├─"
-            mark = frame if row.status == "running" and not final else row.mark
+            mark = frame if row.status == "running" and not self._final else row.mark
             if row.seconds is not None:
                 elapsed = f"{row.seconds:.1f}s"
             elif row.started is not None:
@@ -151,8 +153,6 @@ class ProgressView:
             else:
                 elapsed = ""
             model = f"  {row.model}" if row.model else ""
-            lines.append(f"  {branch} {mark} {row.label}{model}  {row.status} {elapsed}".rstrip())
-        up = f"\x1b[{self._drawn}F" if self._drawn else ""
-        self._out.write(up + "\x1b[J" + "".join(f"{line}\n" for line in lines))
-        self._out.flush()
-        self._drawn = len(lines)
+            line = f"  {branch} {mark} {row.label}{model}  {row.status} {elapsed}".rstrip()
+            lines.append(Text(line, no_wrap=True, overflow="ellipsis"))
+        return Group(*lines)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 import nats
+from chorus.v1.messages_pb2 import ErrorCode
 from google.protobuf.message import DecodeError, Message
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -58,11 +59,11 @@ class InvalidMessage(ValueError):
 class PermanentError(Exception):
     """A failure that retrying cannot fix: the message is given up on at once."""
 
-    code = "internal"
+    code: ErrorCode.ValueType = ErrorCode.ERROR_CODE_INTERNAL
 
 
 class PayloadTooLarge(PermanentError):
-    code = "payload_too_large"
+    code = ErrorCode.ERROR_CODE_PAYLOAD_TOO_LARGE
 
 
 async def connect(url: str, name: str) -> NATS:

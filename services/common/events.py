@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 
-from chorus.v1.messages_pb2 import ChatResponse, PipelineError, ProgressEvent, TaskPlan
+from chorus.v1.messages_pb2 import ChatResponse, ErrorCode, PipelineError, ProgressEvent, TaskPlan
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from nats.js import JetStreamContext
@@ -40,13 +40,14 @@ async def fail(
     request_id: str,
     *,
     stage: str,
-    code: str,
+    code: ErrorCode.ValueType,
     message: str,
     plan: TaskPlan | None = None,
 ) -> None:
     """Ends a request with an error the caller can read, instead of leaving it to hang."""
-    ERRORS.labels(stage, code).inc()
-    log.error("request failed in %s (%s): %s", stage, code, message)
+    name = code_name(code)
+    ERRORS.labels(stage, name).inc()
+    log.error("request failed in %s (%s): %s", stage, name, message)
     response = ChatResponse(
         request_id=request_id,
         error=PipelineError(stage=stage, code=code, message=message),
@@ -56,13 +57,20 @@ async def fail(
     await finish(js, response)
 
 
+def code_name(code: ErrorCode.ValueType) -> str:
+    """`ERROR_CODE_LLM_UNAVAILABLE` as `llm_unavailable`, for messages and metric labels."""
+    return ErrorCode.Name(code).removeprefix("ERROR_CODE_").lower()
+
+
 def fail_on_give_up(
     js: JetStreamContext, stage: str
 ) -> Callable[[Message, Exception], Awaitable[None]]:
     """The usual last resort of a stage: end the request with the error."""
 
     async def give_up(message: Message, error: Exception) -> None:
-        code = error.code if isinstance(error, bus.PermanentError) else "internal"
+        code = (
+            error.code if isinstance(error, bus.PermanentError) else ErrorCode.ERROR_CODE_INTERNAL
+        )
         plan = getattr(message, "plan", None)
         await fail(
             js,

@@ -58,7 +58,8 @@ async def serve(name: str, settings: Settings, build: Build, stop: asyncio.Event
         for consumer in consumers:
             consumer.stop()
         # In-flight messages get a grace period; past it they stay unacked, to be redelivered.
-        _, late = await asyncio.wait(tasks, timeout=DRAIN_GRACE_S)
+        # A service may consume nothing (the gateway): then there is nothing to drain.
+        _, late = await asyncio.wait(tasks, timeout=DRAIN_GRACE_S) if tasks else (set(), set())
         for task in late:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

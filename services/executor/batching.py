@@ -109,7 +109,8 @@ class Batcher:
         except Exception as e:
             if len(items) > 1:  # find the input that fails; the others still get answers
                 for item in items:
-                    await self._infer([item])
+                    if not item.future.done():  # cancelled meanwhile: stop before it
+                        await self._infer([item])
                 return
             _settle(items[0], error=e)
             return

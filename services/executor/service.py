@@ -13,6 +13,7 @@ import logging
 import os
 import socket
 import uuid
+from collections.abc import Coroutine
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,6 +43,7 @@ from services.executor.backends import (
     inference_client,
 )
 from services.executor.batching import Batcher
+from services.executor.cancels import CancelledRequests
 from services.executor.config import ExecutorConfig
 from services.executor.execute import execute
 from services.executor.fetch import FetchPolicy
@@ -92,8 +94,10 @@ class Executor:
         announcer: WorkerAnnouncer,
         capacity: int,
         fetch: FetchPolicy,
+        cancelled: CancelledRequests,
     ) -> None:
         self._js = rt.js
+        self._cancelled = cancelled
         self._max_seconds = rt.settings.task_deadline_s
         self._store = store
         self._announcer = announcer
@@ -102,19 +106,7 @@ class Executor:
 
     def handler_for(self, lane: Lane) -> Any:
         async def handle(invocation: TaskInvocation) -> None:
-            async with self.slots:
-                self._announcer.info.in_flight += 1
-                try:
-                    result = await execute(
-                        invocation,
-                        lambda inputs: lane.run(invocation.model, inputs),
-                        self._store,
-                        self._announcer.info.worker_id,
-                        self._fetch,
-                        self._max_seconds,
-                    )
-                finally:
-                    self._announcer.info.in_flight -= 1
+            result = await self._unless_cancelled(invocation, self._run(lane, invocation))
             outcome = status_name(result.status)
             # Labels from the lane, not the message: a bounded set whatever arrives.
             metrics.TASKS.labels(lane.task, lane.route, outcome).inc()
@@ -123,21 +115,64 @@ class Executor:
 
         return handle
 
-    async def give_up(self, invocation: TaskInvocation, error: Exception) -> None:
-        await self._publish(
-            TaskResult(
-                request_id=invocation.request_id,
-                task_id=invocation.task_id,
-                task=invocation.task,
-                model=invocation.model,
-                status=TaskStatus.TASK_STATUS_FAILED,
-                error=f"executor error: {error}",
-                executor=self._announcer.info.worker_id,
-                attempt=invocation.attempt,
-                selection_reason=invocation.selection_reason,
-                retryable=True,  # this replica's trouble, not the task's
-            )
+    async def _run(self, lane: Lane, invocation: TaskInvocation) -> TaskResult:
+        async with self.slots:
+            self._announcer.info.in_flight += 1
+            try:
+                return await execute(
+                    invocation,
+                    lambda inputs: lane.run(invocation.model, inputs),
+                    self._store,
+                    self._announcer.info.worker_id,
+                    self._fetch,
+                    self._max_seconds,
+                )
+            finally:
+                self._announcer.info.in_flight -= 1
+
+    async def _unless_cancelled(
+        self, invocation: TaskInvocation, run: Coroutine[Any, Any, TaskResult]
+    ) -> TaskResult:
+        """The task's result, or a cancelled one as soon as its request is cancelled: an
+        invocation waiting for a slot or in its batch's queue is dropped, a running one
+        abandoned."""
+        request_id = invocation.request_id
+        if (reason := self._cancelled.reason(request_id)) is not None:
+            run.close()  # cancelled before it came: never started
+            return self._cancelled_result(invocation, reason)
+        work = asyncio.create_task(run)
+        cancelled = asyncio.create_task(self._cancelled.wait(request_id))
+        await asyncio.wait([work, cancelled], return_when=asyncio.FIRST_COMPLETED)
+        for task in (work, cancelled):
+            task.cancel()
+        if work.done() and not work.cancelled():
+            return work.result()
+        await asyncio.gather(work, return_exceptions=True)
+        return self._cancelled_result(invocation, self._cancelled.reason(request_id) or "")
+
+    def _cancelled_result(self, invocation: TaskInvocation, reason: str) -> TaskResult:
+        log.info("task %d dropped: its request was cancelled (%s)", invocation.task_id, reason)
+        return self._result(invocation, TaskStatus.TASK_STATUS_CANCELLED, f"cancelled: {reason}")
+
+    def _result(
+        self, invocation: TaskInvocation, status: TaskStatus.ValueType, error: str
+    ) -> TaskResult:
+        return TaskResult(
+            request_id=invocation.request_id,
+            task_id=invocation.task_id,
+            task=invocation.task,
+            model=invocation.model,
+            status=status,
+            error=error,
+            executor=self._announcer.info.worker_id,
+            attempt=invocation.attempt,
+            selection_reason=invocation.selection_reason,
         )
+
+    async def give_up(self, invocation: TaskInvocation, error: Exception) -> None:
+        result = self._result(invocation, TaskStatus.TASK_STATUS_FAILED, f"executor error: {error}")
+        result.retryable = True  # this replica's trouble, not the task's
+        await self._publish(result)
 
     async def _publish(self, result: TaskResult) -> None:
         msg_id = subjects.result_msg_id(result.request_id, result.task_id, result.attempt)
@@ -210,7 +245,10 @@ async def build(rt: Runtime, stack: AsyncExitStack) -> list[bus.Consumer[Any]]:
         info,
         rt.settings.worker_ttl_s,
     )
-    executor = Executor(rt, store, announcer, config.capacity, config.fetch)
+    cancelled = CancelledRequests()
+    cancels = await cancelled.listen(rt.nc)
+    stack.push_async_callback(cancels.unsubscribe)
+    executor = Executor(rt, store, announcer, config.capacity, config.fetch, cancelled)
     consumers: list[bus.Consumer[Any]] = []
     for lane in lanes:
         intake = bus.ConsumerSpec(

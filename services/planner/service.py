@@ -1,4 +1,5 @@
-"""The planner on the bus: consumes `chorus.request`, publishes `chorus.plan`; serves the gRPC API."""
+"""The planner on the bus: consumes `chorus.request`, publishes `chorus.plan`; hosts the gateway
+unless `CHORUS_PLANNER_HOSTS_GATEWAY=0` (when the gateway runs at the edge on its own)."""
 
 from __future__ import annotations
 
@@ -6,17 +7,14 @@ import logging
 from contextlib import AsyncExitStack
 from typing import Any
 
-from chorus.v1.messages_pb2 import ChatRequest
+from chorus.v1.messages_pb2 import ChatRequest, ErrorCode
 
 from services.common import bus, events, subjects
-from services.common.artifacts import ArtifactStore
 from services.common.llm import LLMError, ReportingLLM, open_llm
 from services.common.resources import request_text
 from services.common.runtime import Runtime
-from services.common.workers import WorkerRegistry
-from services.planner.api import start_grpc
-from services.planner.frontdoor import FrontDoor
-from services.planner.openai_http import start_openai_http
+from services.common.settings import bool_setting
+from services.gateway import service as gateway
 from services.planner.plan import plan
 
 log = logging.getLogger(__name__)
@@ -34,7 +32,7 @@ class Planner:
                 self._js,
                 request.request_id,
                 stage=STAGE,
-                code="invalid_request",
+                code=ErrorCode.ERROR_CODE_INVALID_REQUEST,
                 message="messages: the request holds no user message with text",
             )
             return
@@ -45,7 +43,11 @@ class Planner:
             task_plan = await plan(request, self._llm)
         except LLMError as e:
             await events.fail(
-                self._js, request.request_id, stage=STAGE, code="llm_unavailable", message=str(e)
+                self._js,
+                request.request_id,
+                stage=STAGE,
+                code=ErrorCode.ERROR_CODE_LLM_UNAVAILABLE,
+                message=str(e),
             )
             return
         log.info("planned %d tasks", len(task_plan.tasks))
@@ -57,17 +59,8 @@ class Planner:
 
 async def build(rt: Runtime, stack: AsyncExitStack) -> list[bus.Consumer[Any]]:
     llm = None if rt.settings.planner == "rules" else open_llm(rt.settings.llm, stack)
-    store = await ArtifactStore.open(rt.js, rt.settings.stream_replicas)
-    registry = await WorkerRegistry.watch(
-        rt.js, rt.settings.worker_ttl_s, rt.settings.stream_replicas
-    )
-    stack.push_async_callback(registry.stop)
-    front = FrontDoor(rt.js, store)
-    server = await start_grpc(rt, front, registry)
-    stack.push_async_callback(server.stop, 5.0)
-    if rt.settings.openai_addr:
-        http = await start_openai_http(front, rt.settings.openai_addr)
-        stack.push_async_callback(http.stop)
+    if bool_setting(rt.settings.env, "CHORUS_PLANNER_HOSTS_GATEWAY", True):
+        await gateway.start(rt, stack)
     planner = Planner(rt, llm)
     spec = bus.ConsumerSpec(
         stage=STAGE,

@@ -15,7 +15,13 @@ from typing import Any
 import nats
 import numpy as np
 import pytest
-from chorus.v1.messages_pb2 import TaskArgument, TaskInvocation, TaskResult, TaskStatus
+from chorus.v1.messages_pb2 import (
+    CancelRequest,
+    TaskArgument,
+    TaskInvocation,
+    TaskResult,
+    TaskStatus,
+)
 from chorus.v1.workers_pb2 import WorkerInfo
 from nats.js import JetStreamContext
 from PIL import Image
@@ -293,3 +299,36 @@ async def test_models_load_on_first_use_and_the_least_recently_used_is_evicted(
         (worker,) = await _workers(js)
     assert all(r.status == TaskStatus.TASK_STATUS_SUCCEEDED for r in results), results
     assert {m.task for m in worker.models} == {"text-classification", "token-classification"}
+
+
+async def test_a_cancelled_request_has_its_tasks_dropped(
+    nats_url: str, scripted_llm: ScriptedLLM
+) -> None:
+    scripted_llm.replies = ["A summary that comes too late."]
+    scripted_llm.delay_s = 10.0
+    env = {
+        "CHORUS_EXECUTOR_MODELS": "canny-control=builtin:canny",
+        "CHORUS_LLM_BASE_URL": scripted_llm.base_url,
+    }
+    subject = subjects.invoke("summarization", LLM_ROUTE)
+    before = _metric(
+        "chorus_executor_tasks_total", task="summarization", model=LLM_ROUTE, outcome="cancelled"
+    )
+    async with running_stack(nats_url, env, services=("executor",)), _bus(nats_url) as (js, sub):
+        await bus.publish(js, subject, _invocation("summarization", LLM_ROUTE, 0, text="a story"))
+        for _ in range(600):  # until the task runs: the LLM has been called
+            if scripted_llm.requests:
+                break
+            await asyncio.sleep(0.05)
+        cancel = CancelRequest(request_id="req1", reason="the user pressed Stop")
+        await js.publish(subjects.cancel("req1"), cancel.SerializeToString())
+        # An invocation of the request that arrives after the cancel never runs.
+        await bus.publish(js, subject, _invocation("summarization", LLM_ROUTE, 1, text="more"))
+        results = await _results(sub, 2)
+    assert {r.status for r in results.values()} == {TaskStatus.TASK_STATUS_CANCELLED}
+    assert results[0].error == "cancelled: the user pressed Stop"
+    assert len(scripted_llm.requests) == 1
+    after = _metric(
+        "chorus_executor_tasks_total", task="summarization", model=LLM_ROUTE, outcome="cancelled"
+    )
+    assert after == before + 2

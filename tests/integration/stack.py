@@ -11,6 +11,7 @@ from services.cli.cluster import free_port
 from services.common.runtime import serve
 from services.common.settings import Settings
 from services.executor.service import build as build_executor
+from services.gateway.service import build as build_gateway
 from services.planner.service import build as build_planner
 from services.responder.service import build as build_responder
 from services.selector.service import build as build_selector
@@ -22,16 +23,21 @@ CANNY_ONLY = {
 }
 
 BUILDS: dict[str, Any] = {
-    "planner": build_planner,
+    "planner": build_planner,  # hosting the gateway unless CHORUS_PLANNER_HOSTS_GATEWAY=0
     "selector": build_selector,
     "executor": build_executor,
     "responder": build_responder,
 }
+STAGES = tuple(BUILDS)
+# The gateway on its own, as `chorus serve gateway` runs it at the edge.
+GATEWAY_APART = {"CHORUS_PLANNER_HOSTS_GATEWAY": "0"}
+WITH_GATEWAY_APART = ("gateway", *STAGES)
+BUILDS["gateway"] = build_gateway
 
 
 @contextlib.asynccontextmanager
 async def running_stack(
-    nats_url: str, env: Mapping[str, str] | None = None, services: tuple[str, ...] = tuple(BUILDS)
+    nats_url: str, env: Mapping[str, str] | None = None, services: tuple[str, ...] = STAGES
 ) -> AsyncIterator[Settings]:
     settings = Settings.from_env(
         {

@@ -12,6 +12,7 @@ from chorus.v1.messages_pb2 import (
     ChatMessage,
     ChatRequest,
     ChatResponse,
+    ErrorCode,
     ProgressEvent,
     StopAfter,
     TaskStatus,
@@ -166,7 +167,10 @@ async def test_llm_down_gives_a_clear_error_in_bounded_time(nats_url: str) -> No
     }
     async with running_stack(nats_url, env, services=("planner",)):
         _, response = await _ask_over_bus(nats_url, _request("hello"))
-    assert response.error.stage == "planner" and response.error.code == "llm_unavailable"
+    assert (
+        response.error.stage == "planner"
+        and response.error.code == ErrorCode.ERROR_CODE_LLM_UNAVAILABLE
+    )
     assert "unavailable" in response.error.message
 
 
@@ -220,7 +224,10 @@ async def test_a_plan_too_large_for_a_message_fails_clearly(nats_url: str) -> No
     text = "Summarize and translate '" + "word " * 80_000 + "'"  # 400 kB, copied into each task
     async with running_stack(nats_url, CANNY_ONLY):
         _, response = await _ask_over_bus(nats_url, _request(text))
-    assert (response.error.stage, response.error.code) == ("planner", "payload_too_large")
+    assert (response.error.stage, response.error.code) == (
+        "planner",
+        ErrorCode.ERROR_CODE_PAYLOAD_TOO_LARGE,
+    )
     assert "send long inputs as files" in response.error.message
 
 

@@ -12,7 +12,15 @@ import nats
 import pytest
 from chorus.v1 import chorus_pb2_grpc
 from chorus.v1.chorus_pb2 import ArtifactChunk, DownloadArtifactRequest, WatchChatRequest
-from chorus.v1.messages_pb2 import ChatMessage, ChatRequest, TaskStatus
+from chorus.v1.messages_pb2 import (
+    CancelRequest,
+    ChatMessage,
+    ChatRequest,
+    ChatResponse,
+    ErrorCode,
+    ProgressEvent,
+    TaskStatus,
+)
 from prometheus_client import REGISTRY
 
 from services.common import subjects
@@ -65,6 +73,40 @@ async def test_watching_a_request_replays_its_events_and_an_unknown_one_is_not_f
     assert "no request 'never-sent'" in str(caught.value.details())
 
 
+async def test_cancel_rpc_ends_the_stream_as_cancelled(api: Api) -> None:
+    api.llm.replies = ["word " * 100]
+    api.llm.token_interval_s = 0.05  # 5 s of answer
+    call = api.stub.StreamChat(
+        ChatRequest(messages=[ChatMessage(role="user", content="Hello there")])
+    )
+    seen = []
+    async for event in call:
+        seen.append(event)
+        if event.WhichOneof("event") == "answer_token":
+            await api.stub.Cancel(CancelRequest(request_id=event.request_id, reason="enough"))
+    done = seen[-1].done
+    assert done.error.code == ErrorCode.ERROR_CODE_CANCELLED and "enough" in done.error.message
+    with pytest.raises(grpc.aio.AioRpcError) as unknown:
+        await api.stub.Cancel(CancelRequest(request_id="never-sent"))
+    assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_cancelling_a_finished_request_leaves_its_answer(api: Api) -> None:
+    api.llm.replies = ["Done already."]
+    response = await api.stub.Chat(ChatRequest(messages=[ChatMessage(role="user", content="Hi")]))
+    await api.stub.Cancel(CancelRequest(request_id=response.request_id))
+    watched = [
+        e async for e in api.stub.WatchChat(WatchChatRequest(request_id=response.request_id))
+    ]
+    assert watched[-1].done.answer == "Done already." and not watched[-1].done.HasField("error")
+    nc = await nats.connect(api.nats_url)
+    last = await nc.jetstream().get_last_msg(
+        subjects.EVENTS_STREAM, subjects.event(response.request_id)
+    )
+    assert ProgressEvent.FromString(last.data or b"").done.answer == "Done already."
+    await nc.close()
+
+
 async def test_a_client_that_cancels_mid_stream_leaves_nothing_waiting(api: Api) -> None:
     api.llm.replies = ["word " * 100]
     api.llm.token_interval_s = 0.05  # 5 s of answer
@@ -83,8 +125,12 @@ async def test_a_client_that_cancels_mid_stream_leaves_nothing_waiting(api: Api)
         if _open_waits() == before:
             break
         await asyncio.sleep(0.05)
-    assert _open_waits() == before and responses.pending_msgs == 0
-    await responses.next_msg(timeout=30)  # the request still finishes for other listeners
+    assert _open_waits() == before
+    # The request was cancelled with its caller: its response, for any other listener, says so.
+    msg = await responses.next_msg(timeout=30)
+    response = ChatResponse.FromString(msg.data)
+    assert response.error.code == ErrorCode.ERROR_CODE_CANCELLED
+    assert "client disconnected" in response.error.message
     await nc.close()
 
 

@@ -26,23 +26,25 @@ from chorus.v1 import messages_pb2 as chorus_dot_v1_dot_messages__pb2
 from chorus.v1 import workers_pb2 as chorus_dot_v1_dot_workers__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x63horus/v1/chorus.proto\x12\tchorus.v1\x1a\x18\x63horus/v1/messages.proto\x1a\x17\x63horus/v1/workers.proto\"?\n\rArtifactChunk\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nmedia_type\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"%\n\x17\x44ownloadArtifactRequest\x12\n\n\x02id\x18\x01 \x01(\t\"!\n\x11ListModelsRequest\x12\x0c\n\x04task\x18\x01 \x01(\t\"<\n\x12ListModelsResponse\x12&\n\x07workers\x18\x01 \x03(\x0b\x32\x15.chorus.v1.WorkerInfo\"&\n\x10WatchChatRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t2\xae\x03\n\x06\x43horus\x12\x37\n\x04\x43hat\x12\x16.chorus.v1.ChatRequest\x1a\x17.chorus.v1.ChatResponse\x12@\n\nStreamChat\x12\x16.chorus.v1.ChatRequest\x1a\x18.chorus.v1.ProgressEvent0\x01\x12\x44\n\x0eUploadArtifact\x12\x18.chorus.v1.ArtifactChunk\x1a\x16.chorus.v1.ArtifactRef(\x01\x12R\n\x10\x44ownloadArtifact\x12\".chorus.v1.DownloadArtifactRequest\x1a\x18.chorus.v1.ArtifactChunk0\x01\x12I\n\nListModels\x12\x1c.chorus.v1.ListModelsRequest\x1a\x1d.chorus.v1.ListModelsResponse\x12\x44\n\tWatchChat\x12\x1b.chorus.v1.WatchChatRequest\x1a\x18.chorus.v1.ProgressEvent0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x63horus/v1/chorus.proto\x12\tchorus.v1\x1a\x18\x63horus/v1/messages.proto\x1a\x17\x63horus/v1/workers.proto\"$\n\x0e\x43\x61ncelResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"?\n\rArtifactChunk\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nmedia_type\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"%\n\x17\x44ownloadArtifactRequest\x12\n\n\x02id\x18\x01 \x01(\t\"!\n\x11ListModelsRequest\x12\x0c\n\x04task\x18\x01 \x01(\t\"<\n\x12ListModelsResponse\x12&\n\x07workers\x18\x01 \x03(\x0b\x32\x15.chorus.v1.WorkerInfo\"&\n\x10WatchChatRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t2\xed\x03\n\x06\x43horus\x12\x37\n\x04\x43hat\x12\x16.chorus.v1.ChatRequest\x1a\x17.chorus.v1.ChatResponse\x12@\n\nStreamChat\x12\x16.chorus.v1.ChatRequest\x1a\x18.chorus.v1.ProgressEvent0\x01\x12\x44\n\x0eUploadArtifact\x12\x18.chorus.v1.ArtifactChunk\x1a\x16.chorus.v1.ArtifactRef(\x01\x12R\n\x10\x44ownloadArtifact\x12\".chorus.v1.DownloadArtifactRequest\x1a\x18.chorus.v1.ArtifactChunk0\x01\x12I\n\nListModels\x12\x1c.chorus.v1.ListModelsRequest\x1a\x1d.chorus.v1.ListModelsResponse\x12\x44\n\tWatchChat\x12\x1b.chorus.v1.WatchChatRequest\x1a\x18.chorus.v1.ProgressEvent0\x01\x12=\n\x06\x43\x61ncel\x12\x18.chorus.v1.CancelRequest\x1a\x19.chorus.v1.CancelResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'chorus.v1.chorus_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ARTIFACTCHUNK']._serialized_start=88
-  _globals['_ARTIFACTCHUNK']._serialized_end=151
-  _globals['_DOWNLOADARTIFACTREQUEST']._serialized_start=153
-  _globals['_DOWNLOADARTIFACTREQUEST']._serialized_end=190
-  _globals['_LISTMODELSREQUEST']._serialized_start=192
-  _globals['_LISTMODELSREQUEST']._serialized_end=225
-  _globals['_LISTMODELSRESPONSE']._serialized_start=227
-  _globals['_LISTMODELSRESPONSE']._serialized_end=287
-  _globals['_WATCHCHATREQUEST']._serialized_start=289
-  _globals['_WATCHCHATREQUEST']._serialized_end=327
-  _globals['_CHORUS']._serialized_start=330
-  _globals['_CHORUS']._serialized_end=760
+  _globals['_CANCELRESPONSE']._serialized_start=88
+  _globals['_CANCELRESPONSE']._serialized_end=124
+  _globals['_ARTIFACTCHUNK']._serialized_start=126
+  _globals['_ARTIFACTCHUNK']._serialized_end=189
+  _globals['_DOWNLOADARTIFACTREQUEST']._serialized_start=191
+  _globals['_DOWNLOADARTIFACTREQUEST']._serialized_end=228
+  _globals['_LISTMODELSREQUEST']._serialized_start=230
+  _globals['_LISTMODELSREQUEST']._serialized_end=263
+  _globals['_LISTMODELSRESPONSE']._serialized_start=265
+  _globals['_LISTMODELSRESPONSE']._serialized_end=325
+  _globals['_WATCHCHATREQUEST']._serialized_start=327
+  _globals['_WATCHCHATREQUEST']._serialized_end=365
+  _globals['_CHORUS']._serialized_start=368
+  _globals['_CHORUS']._serialized_end=861
 # @@protoc_insertion_point(module_scope)

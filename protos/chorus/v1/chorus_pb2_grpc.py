@@ -27,7 +27,7 @@ if _version_not_supported:
 
 
 class ChorusStub:
-    """The client API, served by the planner.
+    """The client API, served by the gateway (hosted by the planner process by default).
     """
 
     def __init__(self, channel):
@@ -66,10 +66,15 @@ class ChorusStub:
                 request_serializer=chorus_dot_v1_dot_chorus__pb2.WatchChatRequest.SerializeToString,
                 response_deserializer=chorus_dot_v1_dot_messages__pb2.ProgressEvent.FromString,
                 _registered_method=True)
+        self.Cancel = channel.unary_unary(
+                '/chorus.v1.Chorus/Cancel',
+                request_serializer=chorus_dot_v1_dot_messages__pb2.CancelRequest.SerializeToString,
+                response_deserializer=chorus_dot_v1_dot_chorus__pb2.CancelResponse.FromString,
+                _registered_method=True)
 
 
 class ChorusServicer:
-    """The client API, served by the planner.
+    """The client API, served by the gateway (hosted by the planner process by default).
     """
 
     def Chat(self, request, context):
@@ -115,6 +120,14 @@ class ChorusServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Cancel(self, request, context):
+        """Stops a request: its tasks not yet run are dropped and its response ends with the error
+        ERROR_CODE_CANCELLED. Cancelling a request that has finished changes nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ChorusServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -148,6 +161,11 @@ def add_ChorusServicer_to_server(servicer, server):
                     request_deserializer=chorus_dot_v1_dot_chorus__pb2.WatchChatRequest.FromString,
                     response_serializer=chorus_dot_v1_dot_messages__pb2.ProgressEvent.SerializeToString,
             ),
+            'Cancel': grpc.unary_unary_rpc_method_handler(
+                    servicer.Cancel,
+                    request_deserializer=chorus_dot_v1_dot_messages__pb2.CancelRequest.FromString,
+                    response_serializer=chorus_dot_v1_dot_chorus__pb2.CancelResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'chorus.v1.Chorus', rpc_method_handlers)
@@ -157,7 +175,7 @@ def add_ChorusServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Chorus:
-    """The client API, served by the planner.
+    """The client API, served by the gateway (hosted by the planner process by default).
     """
 
     @staticmethod
@@ -312,6 +330,33 @@ class Chorus:
             '/chorus.v1.Chorus/WatchChat',
             chorus_dot_v1_dot_chorus__pb2.WatchChatRequest.SerializeToString,
             chorus_dot_v1_dot_messages__pb2.ProgressEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Cancel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chorus.v1.Chorus/Cancel',
+            chorus_dot_v1_dot_messages__pb2.CancelRequest.SerializeToString,
+            chorus_dot_v1_dot_chorus__pb2.CancelResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -28,7 +28,7 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class ChorusStub:
-    """The client API, served by the planner."""
+    """The client API, served by the gateway (hosted by the planner process by default)."""
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
@@ -48,10 +48,14 @@ class ChorusStub:
     the first, then live until `done`: how a client that lost its stream picks it up again.
     NOT_FOUND when no such request exists (or its events expired).
     """
+    Cancel: _grpc.UnaryUnaryMultiCallable[_messages_pb2.CancelRequest, _chorus_pb2.CancelResponse]
+    """Stops a request: its tasks not yet run are dropped and its response ends with the error
+    ERROR_CODE_CANCELLED. Cancelling a request that has finished changes nothing.
+    """
 
 @_typing.type_check_only
 class ChorusAsyncStub(ChorusStub):
-    """The client API, served by the planner."""
+    """The client API, served by the gateway (hosted by the planner process by default)."""
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     Chat: _aio.UnaryUnaryMultiCallable[_messages_pb2.ChatRequest, _messages_pb2.ChatResponse]  # type: ignore[assignment]
@@ -68,9 +72,13 @@ class ChorusAsyncStub(ChorusStub):
     the first, then live until `done`: how a client that lost its stream picks it up again.
     NOT_FOUND when no such request exists (or its events expired).
     """
+    Cancel: _aio.UnaryUnaryMultiCallable[_messages_pb2.CancelRequest, _chorus_pb2.CancelResponse]  # type: ignore[assignment]
+    """Stops a request: its tasks not yet run are dropped and its response ends with the error
+    ERROR_CODE_CANCELLED. Cancelling a request that has finished changes nothing.
+    """
 
 class ChorusServicer(metaclass=_abc_1.ABCMeta):
-    """The client API, served by the planner."""
+    """The client API, served by the gateway (hosted by the planner process by default)."""
 
     @_abc_1.abstractmethod
     def Chat(
@@ -120,6 +128,16 @@ class ChorusServicer(metaclass=_abc_1.ABCMeta):
         """The events of a request sent earlier (by any client, over gRPC or the bus), replayed from
         the first, then live until `done`: how a client that lost its stream picks it up again.
         NOT_FOUND when no such request exists (or its events expired).
+        """
+
+    @_abc_1.abstractmethod
+    def Cancel(
+        self,
+        request: _messages_pb2.CancelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_chorus_pb2.CancelResponse, _abc.Awaitable[_chorus_pb2.CancelResponse]]:
+        """Stops a request: its tasks not yet run are dropped and its response ends with the error
+        ERROR_CODE_CANCELLED. Cancelling a request that has finished changes nothing.
         """
 
 def add_ChorusServicer_to_server(servicer: ChorusServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -109,6 +109,50 @@ TASK_STATUS_CANCELLED: TaskStatus.ValueType  # 4
 """the request was cancelled before the task finished"""
 Global___TaskStatus: _TypeAlias = TaskStatus  # noqa: Y015
 
+class _ErrorCode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ErrorCodeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorCode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ERROR_CODE_UNSPECIFIED: _ErrorCode.ValueType  # 0
+    ERROR_CODE_INVALID_REQUEST: _ErrorCode.ValueType  # 1
+    """the caller's input is wrong; the message names the field"""
+    ERROR_CODE_NOT_FOUND: _ErrorCode.ValueType  # 2
+    """a request or file that does not exist (or expired)"""
+    ERROR_CODE_PAYLOAD_TOO_LARGE: _ErrorCode.ValueType  # 3
+    """an input over a size limit"""
+    ERROR_CODE_LLM_UNAVAILABLE: _ErrorCode.ValueType  # 4
+    """the controller LLM could not be reached"""
+    ERROR_CODE_DEADLINE: _ErrorCode.ValueType  # 5
+    """no response in time"""
+    ERROR_CODE_CANCELLED: _ErrorCode.ValueType  # 6
+    """the client cancelled the request"""
+    ERROR_CODE_INTERNAL: _ErrorCode.ValueType  # 7
+    """a bug or a fault of ours"""
+
+class ErrorCode(_ErrorCode, metaclass=_ErrorCodeEnumTypeWrapper):
+    """Why a request failed: one vocabulary for the whole pipeline. The front door maps each code to
+    a gRPC status and an HTTP status in one table (services/gateway/errors.py).
+    """
+
+ERROR_CODE_UNSPECIFIED: ErrorCode.ValueType  # 0
+ERROR_CODE_INVALID_REQUEST: ErrorCode.ValueType  # 1
+"""the caller's input is wrong; the message names the field"""
+ERROR_CODE_NOT_FOUND: ErrorCode.ValueType  # 2
+"""a request or file that does not exist (or expired)"""
+ERROR_CODE_PAYLOAD_TOO_LARGE: ErrorCode.ValueType  # 3
+"""an input over a size limit"""
+ERROR_CODE_LLM_UNAVAILABLE: ErrorCode.ValueType  # 4
+"""the controller LLM could not be reached"""
+ERROR_CODE_DEADLINE: ErrorCode.ValueType  # 5
+"""no response in time"""
+ERROR_CODE_CANCELLED: ErrorCode.ValueType  # 6
+"""the client cancelled the request"""
+ERROR_CODE_INTERNAL: ErrorCode.ValueType  # 7
+"""a bug or a fault of ours"""
+Global___ErrorCode: _TypeAlias = ErrorCode  # noqa: Y015
+
 @_typing.final
 class ArtifactRef(_message.Message):
     """A file in the artifact object store. Messages carry these, never the bytes."""
@@ -542,15 +586,14 @@ class PipelineError(_message.Message):
     CODE_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
     stage: _builtins.str
-    """"planner", "selector", "executor", "responder" """
-    code: _builtins.str
-    """e.g. "llm_unavailable" """
+    """"gateway", "planner", "selector", "executor", "responder" """
+    code: Global___ErrorCode.ValueType
     message: _builtins.str
     def __init__(
         self,
         *,
         stage: _builtins.str = ...,
-        code: _builtins.str = ...,
+        code: Global___ErrorCode.ValueType = ...,
         message: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015

@@ -1,7 +1,7 @@
 """The gRPC API `chorus.v1.Chorus`: each call becomes a `ChatRequest` on the bus.
 
-Replies are found by request id on `chorus.event.<id>`, so any planner replica can serve any
-call. Exceptions become gRPC status codes here and nowhere else.
+Replies are found by request id on `chorus.event.<id>`, so any gateway replica can serve any
+call. Exceptions become gRPC status codes here, through the table in `errors`.
 """
 
 from __future__ import annotations
@@ -15,39 +15,31 @@ import grpc
 from chorus.v1 import chorus_pb2, chorus_pb2_grpc
 from chorus.v1.chorus_pb2 import (
     ArtifactChunk,
+    CancelResponse,
     DownloadArtifactRequest,
     ListModelsRequest,
     ListModelsResponse,
     WatchChatRequest,
 )
-from chorus.v1.messages_pb2 import ArtifactRef, ChatRequest, ChatResponse, ProgressEvent
+from chorus.v1.messages_pb2 import (
+    ArtifactRef,
+    CancelRequest,
+    ChatRequest,
+    ChatResponse,
+    ProgressEvent,
+)
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from services.common.artifacts import ArtifactNotFound
 from services.common.runtime import Runtime
 from services.common.workers import WorkerRegistry
-from services.planner.frontdoor import (
-    FrontDoor,
-    InvalidRequest,
-    RequestError,
-    RequestNotFound,
-    RequestTimedOut,
-)
+from services.gateway.errors import PipelineFailed, RequestError, status_of
+from services.gateway.frontdoor import FrontDoor
 
 log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 1024 * 1024
-_STATUS_BY_ERROR = {
-    "invalid_request": grpc.StatusCode.INVALID_ARGUMENT,
-    "llm_unavailable": grpc.StatusCode.UNAVAILABLE,
-    "payload_too_large": grpc.StatusCode.INVALID_ARGUMENT,
-}
-_STATUS_BY_REFUSAL = {
-    InvalidRequest.code: grpc.StatusCode.INVALID_ARGUMENT,
-    RequestNotFound.code: grpc.StatusCode.NOT_FOUND,
-    RequestTimedOut.code: grpc.StatusCode.DEADLINE_EXCEEDED,
-}
 
 
 class ChorusApi(chorus_pb2_grpc.ChorusServicer):
@@ -60,14 +52,13 @@ class ChorusApi(chorus_pb2_grpc.ChorusServicer):
     async def Chat(
         self, request: ChatRequest, context: grpc.aio.ServicerContext[ChatRequest, ChatResponse]
     ) -> ChatResponse:
-        async with contextlib.aclosing(self._run(request, context)) as events:
+        async with contextlib.aclosing(await self._run(request, context)) as events:
             async for event in events:
                 if event.HasField("done"):
                     response = event.done
                     if response.HasField("error"):
-                        err = response.error
-                        code = _STATUS_BY_ERROR.get(err.code, grpc.StatusCode.INTERNAL)
-                        await context.abort(code, f"{err.stage}: {err.code}: {err.message}")
+                        failed = PipelineFailed(response.error)
+                        await context.abort(status_of(failed.code).grpc, str(failed))
                     return response
         await context.abort(grpc.StatusCode.INTERNAL, "the event stream ended without a response")
         raise AssertionError("unreachable")
@@ -75,7 +66,7 @@ class ChorusApi(chorus_pb2_grpc.ChorusServicer):
     async def StreamChat(
         self, request: ChatRequest, context: grpc.aio.ServicerContext[ChatRequest, ProgressEvent]
     ) -> AsyncIterator[ProgressEvent]:
-        async with contextlib.aclosing(self._run(request, context)) as events:
+        async with contextlib.aclosing(await self._run(request, context)) as events:
             async for event in events:
                 yield event
 
@@ -89,12 +80,29 @@ class ChorusApi(chorus_pb2_grpc.ChorusServicer):
             async for event in events:
                 yield event
 
-    def _run(
+    async def _run(
         self, request: ChatRequest, context: grpc.aio.ServicerContext[ChatRequest, object]
     ) -> AsyncGenerator[ProgressEvent, None]:
         metadata = dict(context.invocation_metadata() or ())
         traceparent = str(metadata.get("traceparent", ""))
-        return _aborting(self._front.run(request, api="grpc", traceparent=traceparent), context)
+        try:
+            events = await self._front.start(request, api="grpc", traceparent=traceparent)
+        except RequestError as e:
+            await context.abort(status_of(e.code).grpc, str(e))
+            raise AssertionError("unreachable") from e
+        return _aborting(events, context)
+
+    async def Cancel(
+        self,
+        request: CancelRequest,
+        context: grpc.aio.ServicerContext[CancelRequest, CancelResponse],
+    ) -> CancelResponse:
+        reason = request.reason or "cancelled by the client"
+        try:
+            await self._front.cancel(request.request_id, api="grpc", how="request", reason=reason)
+        except RequestError as e:
+            await context.abort(status_of(e.code).grpc, str(e))
+        return CancelResponse(request_id=request.request_id)
 
     async def UploadArtifact(
         self,
@@ -150,7 +158,7 @@ async def _aborting(
             async for event in events:
                 yield event
         except RequestError as e:
-            await context.abort(_STATUS_BY_REFUSAL[e.code], str(e))
+            await context.abort(status_of(e.code).grpc, str(e))
 
 
 async def start_grpc(rt: Runtime, front: FrontDoor, registry: WorkerRegistry) -> grpc.aio.Server:

@@ -1,0 +1,43 @@
+"""The gateway: the gRPC API and the HTTP API (OpenAI-compatible, web UI) over one front door.
+
+It consumes nothing from the bus: it publishes requests and follows their events. The
+planner process hosts it by default; `chorus serve gateway` runs it alone at the edge.
+"""
+
+from __future__ import annotations
+
+from contextlib import AsyncExitStack
+from typing import Any
+
+from services.common import bus
+from services.common.artifacts import ArtifactStore
+from services.common.runtime import Runtime
+from services.common.workers import WorkerRegistry
+from services.gateway.config import GatewayConfig
+from services.gateway.frontdoor import FrontDoor
+from services.gateway.grpc_api import start_grpc
+from services.gateway.http_api import HttpApi
+from services.gateway.server import HttpServer
+
+
+async def start(rt: Runtime, stack: AsyncExitStack) -> None:
+    """Serves both APIs until the stack closes."""
+    config = GatewayConfig.from_env(rt.settings.env)
+    store = await ArtifactStore.open(rt.js, rt.settings.stream_replicas)
+    registry = await WorkerRegistry.watch(
+        rt.js, rt.settings.worker_ttl_s, rt.settings.stream_replicas
+    )
+    stack.push_async_callback(registry.stop)
+    front = FrontDoor(rt.js, store)
+    stack.push_async_callback(front.close)
+    server = await start_grpc(rt, front, registry)
+    stack.push_async_callback(server.stop, 5.0)
+    if rt.settings.openai_addr:
+        http = HttpServer(HttpApi(front, config).app(), rt.settings.openai_addr)
+        await http.start()
+        stack.push_async_callback(http.stop)
+
+
+async def build(rt: Runtime, stack: AsyncExitStack) -> list[bus.Consumer[Any]]:
+    await start(rt, stack)
+    return []
