@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -25,10 +26,11 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import BadRequestError
+from nats.js.errors import BadRequestError, NotFoundError
 from nats.js.kv import KeyValue
 
 from services.common import subjects
+from services.common.outage import OUTAGE, retrying, unavailable
 from services.common.telemetry import (
     MESSAGES,
     STAGE_SECONDS,
@@ -121,9 +123,9 @@ async def ensure_streams(js: JetStreamContext, replicas: int = 1) -> None:
     ]
     for config in configs:
         try:
-            await js.add_stream(config)
+            await retrying("create stream", functools.partial(js.add_stream, config))
         except BadRequestError:
-            await js.update_stream(config)
+            await retrying("update stream", functools.partial(js.update_stream, config))
 
 
 async def publish(
@@ -139,16 +141,18 @@ async def publish(
     headers = {REQUEST_ID: request_id_var.get(), TRACEPARENT: outgoing_traceparent()}
     if msg_id:
         headers[MSG_ID] = msg_id
-    await js.publish(subject, data, headers=headers)
+    await retrying("publish", lambda: js.publish(subject, data, headers=headers))
 
 
 async def open_key_value(js: JetStreamContext, config: KeyValueConfig) -> KeyValue:
-    """Creates the bucket, or binds to it as it is when it exists with other settings."""
+    """Creates the bucket, or binds to it as it is when it exists with other settings.
+
+    Also how a bucket that vanished with a restarted server comes back."""
     try:
-        return await js.create_key_value(config=config)
+        return await retrying("create bucket", lambda: js.create_key_value(config=config))
     except BadRequestError as e:
         log.warning("bucket %s exists with other settings, which are kept: %s", config.bucket, e)
-        return await js.key_value(config.bucket)
+        return await retrying("open bucket", lambda: js.key_value(config.bucket))
 
 
 @dataclass(frozen=True)
@@ -164,6 +168,9 @@ class ConsumerSpec(Generic[M]):
     give_up: Callable[[M, Exception], Awaitable[None]]
     concurrency: int = 8
     max_deliver: int = 3
+    # Deliveries that met an unreachable JetStream (an election, a restart) do not count
+    # towards `max_deliver`: such a message is put back until this many deliveries in all.
+    max_redeliver: int = 30
     ack_wait_s: float = 30.0
     # Shared by the consumers of one process that draw on the same capacity (an executor's
     # lanes): a consumer fetches only while a slot is free, so work it could not start yet
@@ -187,14 +194,35 @@ class Consumer(Generic[M]):
         self.running = False
 
     async def run(self) -> None:
+        """Consumes until stopped. A JetStream outage (disconnect, leader election, a stream
+        or consumer gone with a restarted server) pauses it: it binds again and goes on."""
+        try:
+            while not self._stopping.is_set():
+                try:
+                    sub = await self._bind()
+                    self.running = True
+                    await self._pull(sub)
+                except Exception as e:
+                    if not unavailable(e) and not isinstance(e, NotFoundError):
+                        raise
+                    self.running = False
+                    OUTAGE.failed(f"consume {self._spec.subject}", e)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._stopping.wait(), 1.0)
+        finally:
+            self.running = False
+            if self._tasks:
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _bind(self) -> JetStreamContext.PullSubscription:
         spec = self._spec
         config = ConsumerConfig(
             durable_name=spec.durable,
             filter_subject=spec.subject,
             ack_policy=AckPolicy.EXPLICIT,
             ack_wait=spec.ack_wait_s,
-            # The handler dead-letters at max_deliver itself; one spare covers a crash mid-way.
-            max_deliver=spec.max_deliver + 1,
+            # The handler dead-letters itself; one spare covers a crash mid-way.
+            max_deliver=spec.max_redeliver + 1,
             deliver_policy=DeliverPolicy.ALL,
             max_ack_pending=max(spec.concurrency * 4, 64),
         )
@@ -202,8 +230,10 @@ class Consumer(Generic[M]):
             await self._js.add_consumer(subjects.WORK_STREAM, config)
         except BadRequestError as e:
             log.warning("consumer %s keeps its earlier settings: %s", spec.durable, e)
-        sub = await self._js.pull_subscribe_bind(durable=spec.durable, stream=subjects.WORK_STREAM)
-        self.running = True
+        return await self._js.pull_subscribe_bind(durable=spec.durable, stream=subjects.WORK_STREAM)
+
+    async def _pull(self, sub: JetStreamContext.PullSubscription) -> None:
+        spec = self._spec
         try:
             while not self._stopping.is_set():
                 if len(self._tasks) >= spec.concurrency:
@@ -221,14 +251,12 @@ class Consumer(Generic[M]):
                     msgs = await sub.fetch(1, timeout=1.0)
                 except (TimeoutError, NatsTimeoutError):
                     continue
+                OUTAGE.recovered()
                 for msg in msgs:
                     task = asyncio.create_task(self._process(msg))
                     self._tasks.add(task)
                     task.add_done_callback(self._tasks.discard)
         finally:
-            self.running = False
-            if self._tasks:
-                await asyncio.gather(*self._tasks, return_exceptions=True)
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
 
@@ -264,10 +292,15 @@ class Consumer(Generic[M]):
             return
         except Exception as e:
             delivered = msg.metadata.num_delivered
+            if unavailable(e) and delivered < spec.max_redeliver:
+                OUTAGE.failed(f"handle {spec.stage}", e)
+                MESSAGES.labels(spec.stage, "retry").inc()
+                await _quietly(msg.nak(delay=min(2.0 * delivered, 10.0)))
+                return
             if delivered < spec.max_deliver and not isinstance(e, PermanentError):
                 log.warning("%s failed (attempt %d), will retry: %s", spec.stage, delivered, e)
                 MESSAGES.labels(spec.stage, "retry").inc()
-                await msg.nak(delay=0.5 * delivered)
+                await _quietly(msg.nak(delay=0.5 * delivered))
                 return
             log.exception("%s gave up after %d attempt(s)", spec.stage, delivered)
             try:
@@ -278,7 +311,8 @@ class Consumer(Generic[M]):
             return
         finally:
             heartbeat.cancel()
-        await msg.ack()
+        # An ack lost to an outage is a redelivery later, which every stage takes in its stride.
+        await _quietly(msg.ack())
         MESSAGES.labels(spec.stage, "ok").inc()
 
     async def _keep_alive(self, msg: Msg) -> None:
@@ -293,5 +327,16 @@ class Consumer(Generic[M]):
         log.error("dead-lettered a message from %s: %s", msg.subject, reason)
         MESSAGES.labels(stage, "dead_letter").inc()
         headers = {ERROR_HEADER: reason[:512], "Chorus-Subject": msg.subject}
-        await self._js.publish(subjects.deadletter(stage), msg.data, headers=headers)
-        await msg.ack()
+        subject = subjects.deadletter(stage)
+        await retrying("dead-letter", lambda: self._js.publish(subject, msg.data, headers=headers))
+        await _quietly(msg.ack())
+
+
+async def _quietly(reply: Awaitable[None]) -> None:
+    """Acks and naks are fire-and-forget: one lost to a disconnect means a redelivery."""
+    try:
+        await reply
+    except Exception as e:
+        if not unavailable(e):
+            raise
+        OUTAGE.failed("ack", e)

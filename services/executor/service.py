@@ -31,7 +31,6 @@ from services.common.workers import (
     LLM_ROUTE,
     REMOTE_ROUTE,
     WorkerAnnouncer,
-    open_worker_bucket,
 )
 from services.executor import metrics
 from services.executor.backends import (
@@ -204,11 +203,7 @@ async def build(rt: Runtime, stack: AsyncExitStack) -> list[bus.Consumer[Any]]:
         capacity=config.capacity,
         models=[lane.served() for lane in lanes],
     )
-    announcer = WorkerAnnouncer(
-        await open_worker_bucket(rt.js, rt.settings.worker_ttl_s, rt.settings.stream_replicas),
-        info,
-        rt.settings.worker_ttl_s,
-    )
+    announcer = WorkerAnnouncer(rt.js, info, rt.settings.worker_ttl_s, rt.settings.stream_replicas)
     executor = Executor(rt, store, announcer, config.capacity, config.fetch)
     consumers: list[bus.Consumer[Any]] = []
     for lane in lanes:
