@@ -41,7 +41,7 @@ test: setup
 	$(VENV)/bin/pytest
 
 test-fast: setup
-	$(VENV)/bin/pytest -m "not slow"
+	$(VENV)/bin/pytest -m "not slow and not fault"
 
 demo: setup
 	$(PY) -m services.cli.demo

@@ -68,7 +68,9 @@ class PayloadTooLarge(PermanentError):
 
 
 async def connect(url: str, name: str) -> NATS:
-    """Connects with unlimited reconnects, so a NATS restart is a pause, not a crash."""
+    """Connects with unlimited reconnects, so a NATS restart is a pause, not a crash.
+
+    `url` may list several servers, comma-separated (the nodes of a cluster)."""
 
     async def on_error(e: Exception) -> None:
         log.warning("nats error: %s", e)
@@ -80,7 +82,7 @@ async def connect(url: str, name: str) -> NATS:
         log.info("reconnected to nats")
 
     return await nats.connect(
-        url,
+        [server.strip() for server in url.split(",")],
         name=name,
         max_reconnect_attempts=-1,
         reconnect_time_wait=1,
@@ -200,6 +202,7 @@ class Consumer(Generic[M]):
             while not self._stopping.is_set():
                 try:
                     sub = await self._bind()
+                    OUTAGE.recovered()  # JetStream answered: the consumer is there again
                     self.running = True
                     await self._pull(sub)
                 except Exception as e:

@@ -344,20 +344,28 @@ async def build(rt: Runtime, stack: AsyncExitStack) -> list[bus.Consumer[Any]]:
     llm = open_llm(settings.llm, stack)
     selector = Selector(rt.js, runs, registry, catalog, config, llm)
     give_up = events.fail_on_give_up(rt.js, STAGE)
-    specs: list[bus.ConsumerSpec[Any]] = [
-        bus.ConsumerSpec(
-            STAGE, subjects.PLAN, "selector-plans", TaskPlan, selector.handle_plan, give_up
+
+    def intake(subject: str, durable: str, message_type: type[Any], handle: Any) -> Any:
+        return bus.ConsumerSpec(STAGE, subject, durable, message_type, handle, give_up)
+
+    specs = [
+        intake(
+            subjects.PLAN,
+            durable="selector-plans",
+            message_type=TaskPlan,
+            handle=selector.handle_plan,
         ),
-        bus.ConsumerSpec(
-            STAGE, subjects.RESULT, "selector-results", TaskResult, selector.handle_result, give_up
+        intake(
+            subjects.RESULT,
+            durable="selector-results",
+            message_type=TaskResult,
+            handle=selector.handle_result,
         ),
-        bus.ConsumerSpec(
-            STAGE,
+        intake(
             f"{subjects.CANCEL_PREFIX}.>",
-            "selector-cancels",
-            CancelRequest,
-            selector.handle_cancel,
-            give_up,
+            durable="selector-cancels",
+            message_type=CancelRequest,
+            handle=selector.handle_cancel,
         ),
     ]
     sweeper = Periodic(selector.sweep, SWEEP_INTERVAL_S, "task sweep")
