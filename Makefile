@@ -5,7 +5,7 @@ PROTO_SRC := $(wildcard protos/chorus/v1/*.proto)
 # protoc finds its plugins (protoc-gen-mypy) on PATH.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup test test-fast demo lint format protos protos-check bench clean
+.PHONY: setup test test-fast demo lint format protos protos-check bench chaos clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -54,6 +54,10 @@ bench: setup
 	$(PY) -m bench.selector
 	$(PY) -m bench.responder
 	$(PY) -m bench.executor
+
+# Requests while services, the NATS server or a cluster node are killed (bench/chaos.py).
+chaos: setup
+	$(PY) -m bench.chaos
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

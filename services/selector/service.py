@@ -11,9 +11,11 @@ between repeats the report (deduplicated by its message id) instead of losing it
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from functools import cached_property
@@ -36,7 +38,7 @@ from nats.js.errors import (
     NoKeysError,
 )
 from nats.js.kv import KeyValue
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
 from services.common import bus, events, subjects
 from services.common.llm import LLM, open_llm
@@ -100,6 +102,13 @@ STRAY_CANCELS = Counter(
     "chorus_selector_stray_cancels_total",
     "Cancels that matched no running request, by reason (unknown_request, finished_request).",
     ["reason"],
+)
+WAITING_TASKS = Gauge(
+    "chorus_selector_waiting_tasks",
+    "Ready tasks waiting for a replica of their type, by task type, as of the last sweep "
+    "(every selector replica sweeps every run: aggregate with max). KEDA scales an executor "
+    "group up from zero on it.",
+    ["task"],
 )
 BAD_RUN_STATE = Counter(
     "chorus_selector_bad_run_state_total",
@@ -197,9 +206,15 @@ class Selector:
 
         Any selector replica may sweep; compare-and-set keeps them from clashing.
         """
+        waiting: collections.Counter[str] = collections.Counter()
         for request_id in await self._run_ids():
             request_id_var.set(request_id)
-            await self._transact(request_id, Tick())
+            state = await self._transact(request_id, Tick())
+            if state is not None:
+                waiting.update(w.task for w in state.waiting.values())
+        WAITING_TASKS.clear()
+        for task, count in waiting.items():
+            WAITING_TASKS.labels(task).set(count)
 
     async def _run_ids(self) -> list[str]:
         try:
@@ -221,11 +236,14 @@ class Selector:
     def _replicas(self, state: RunState) -> _LiveReplicas:
         return _LiveReplicas(self._registry, self._catalog, state, self._config.top_k)
 
-    async def _transact(self, request_id: str, event: Event, *, missing: Any = None) -> None:
+    async def _transact(
+        self, request_id: str, event: Event, *, missing: Callable[[str], None] | None = None
+    ) -> RunState | None:
         """Applies `event` to the run under compare-and-set, retrying on conflict, and carries
         out what the rules decided once the new state is written.
 
-        `missing(reason)` counts an event for a run that is unknown or over.
+        `missing(reason)` counts an event for a run that is unknown or over. Returns the run's
+        state as it now stands, if it still runs.
         """
         while True:
             try:
@@ -233,30 +251,30 @@ class Selector:
             except KeyNotFoundError as e:
                 if missing is not None:
                     missing("finished_request" if _finished(e) else "unknown_request")
-                return
+                return None
             try:
                 state = RunState.FromString(entry.value or b"")
             except DecodeError as e:
                 await self._discard_bad_state(request_id, entry.revision, e)
-                return
+                return None
             trace_id_var.set(state.trace_id)  # what a sweep publishes joins the request's trace
             before = state.SerializeToString(deterministic=True)
             effects = step(state, event, time.time(), self._rules, self._replicas(state))
             if state.SerializeToString(deterministic=True) == before:
                 await self._carry_out(effects)  # only counts: a stray, nothing to do
-                return
+                return state
             try:
                 if is_complete(state):
                     # The report goes out first: once the entry is gone, nothing could send it.
                     # Its delete marker tells late messages that the run finished.
                     await self._carry_out(effects)
                     await _delete_at(self._runs, request_id, entry.revision)
-                else:
+                    return None
                     await self._runs.update(
                         request_id, state.SerializeToString(), last=entry.revision
                     )
                     await self._carry_out(effects)
-                return
+                return state
             except KeyWrongLastSequenceError:
                 continue  # another replica changed the run; redo on the fresh state
 
