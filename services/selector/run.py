@@ -18,6 +18,7 @@ from chorus.v1.messages_pb2 import (
     ProgressEvent,
     RunState,
     Task,
+    TaskArgument,
     TaskInvocation,
     TaskResult,
     TaskStarted,
@@ -35,6 +36,10 @@ from services.selector.dag import (
 )
 from services.selector.rank import Candidate
 from services.selector.select import NoCandidate, decide
+
+# Invocations are sent again only this soon after their dispatch: well within the work
+# stream's two-minute duplicate window, so a send that had gone out is dropped by NATS.
+RESEND_WITHIN_S = 90.0
 
 
 @dataclass(frozen=True)
@@ -132,6 +137,7 @@ def step(
     match event:
         case Start():
             run.reject_unrunnable()
+            run.resend_recent()  # a redelivered plan: its first dispatches may not have gone out
         case ResultArrived(result):
             run.record(result)
         case Tick():
@@ -191,6 +197,8 @@ class _Run:
 
     def record(self, result: TaskResult) -> None:
         stray = stray_reason(self.state, result)
+        if stray == "duplicate":  # often a redelivery: what it caused may not have gone out
+            self.resend_recent()
         if stray:
             self._count("stray", stray, result.task_id)
             return
@@ -278,23 +286,45 @@ class _Run:
             route=choice.route,
         )
         self.state.dispatched[task.id].CopyFrom(started)
+        self._send(task, started, args)
+        return True
+
+    def resend_recent(self) -> None:
+        """Sends again the invocations of tasks dispatched within the dedup window.
+
+        A selector that stopped between writing a dispatch and publishing it leaves the task
+        recorded but never sent; the message that caused the dispatch is redelivered and finds
+        nothing new to do. Sending again with the same message ids costs nothing where the
+        first send went out (NATS drops the duplicate) and saves the task's deadline where not.
+        """
+        for task_id, started in self.state.dispatched.items():
+            sent_at = started.deadline_unix - self.rules.task_deadline_s
+            if task_id in self.state.results or self.now - sent_at > RESEND_WITHIN_S:
+                continue
+            task = self._tasks[task_id]
+            try:
+                args = resolve_args(task, self.state)
+            except UnresolvedInput:
+                continue  # it was sent, so its inputs existed: nothing to repair here
+            self._send(task, started, args)
+
+    def _send(self, task: Task, started: TaskStarted, args: list[TaskArgument]) -> None:
         request_id = self.state.plan.request_id
         invocation = TaskInvocation(
             request_id=request_id,
             task_id=task.id,
             task=task.task,
-            model=choice.model,
+            model=started.model,
             args=args,
-            attempt=attempt,
-            selection_reason=choice.reason,
+            attempt=started.attempt,
+            selection_reason=started.selection_reason,
         )
         invocation.deadline.FromNanoseconds(int(started.deadline_unix * 1e9))
-        msg_id = f"{request_id}.{task.id}.{attempt}"
-        self.effects.append(Invoke(task.task, choice.route, invocation, f"{msg_id}.invoke"))
+        msg_id = f"{request_id}.{task.id}.{started.attempt}"
+        self.effects.append(Invoke(task.task, started.route, invocation, f"{msg_id}.invoke"))
         event = self._event()
         event.task_started.CopyFrom(started)
         self.effects.append(Emit(event, f"{msg_id}.started"))
-        return True
 
     def _wait_for_capacity(
         self, task: Task, attempt: int, avoid: str, previous: TaskStarted | None, error: str

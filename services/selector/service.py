@@ -56,6 +56,7 @@ from services.selector.rank import Candidate, RequestFacts, rank
 from services.selector.run import (
     Cancel,
     Count,
+    Effect,
     Emit,
     Event,
     Invoke,
@@ -278,7 +279,7 @@ class Selector:
             except KeyWrongLastSequenceError:
                 continue  # another replica changed the run; redo on the fresh state
 
-    async def _carry_out(self, effects: list[Any]) -> None:
+    async def _carry_out(self, effects: list[Effect]) -> None:
         for effect in effects:
             match effect:
                 case Invoke(task, route, invocation, msg_id):

@@ -222,3 +222,18 @@ def test_a_bad_plan_finishes_with_a_verdict_for_every_task() -> None:
     effects = step(state, Start(), T0, RULES, LIVE)
     assert _counts(effects) == [("failure", "invalid_plan")]
     assert _of(Report, effects)
+
+
+def test_a_redelivered_message_sends_recent_dispatches_again_with_their_ids() -> None:
+    """A selector that died between recording a dispatch and publishing it: the redelivered
+    result finds nothing new, and sends what may not have gone out (NATS drops duplicates)."""
+    state = _state(_task(0), _task(1, deps=(0,)))
+    step(state, Start(), T0, RULES, LIVE)
+    first = step(state, ResultArrived(_result(0, SUCCEEDED)), T0 + 1, RULES, LIVE)
+    again = step(state, ResultArrived(_result(0, SUCCEEDED)), T0 + 2, RULES, LIVE)
+    assert _counts(again) == [("stray", "duplicate")]
+    assert [(i.msg_id, i.invocation) for i in _of(Invoke, again)] == [
+        (i.msg_id, i.invocation) for i in _of(Invoke, first)
+    ]
+    late = step(state, ResultArrived(_result(0, SUCCEEDED)), T0 + 200, RULES, LIVE)
+    assert not _of(Invoke, late)  # past the duplicate window a resend would run it twice
