@@ -80,6 +80,7 @@ async def connect(url: str, name: str) -> NATS:
 
     async def on_reconnect() -> None:
         log.info("reconnected to nats")
+        OUTAGE.reconnected()
 
     return await nats.connect(
         [server.strip() for server in url.split(",")],

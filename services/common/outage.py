@@ -53,6 +53,16 @@ class Outage:
 
     def __init__(self) -> None:
         self.since: float | None = None
+        self._on_reconnect: list[Callable[[], None]] = []
+
+    def on_reconnect(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Calls `callback` each time the connection to NATS is back; returns its undo."""
+        self._on_reconnect.append(callback)
+        return lambda: self._on_reconnect.remove(callback)
+
+    def reconnected(self) -> None:
+        for callback in list(self._on_reconnect):
+            callback()
 
     @property
     def active(self) -> bool:

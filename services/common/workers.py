@@ -188,10 +188,14 @@ class WorkerAnnouncer:
         self._replicas = replicas
         self._kv: KeyValue | None = None
         self._heartbeat = Periodic(self.announce, ttl_s / 3, "worker heartbeat")
+        self._forget_reconnect: Callable[[], None] = lambda: None
 
     async def start(self) -> None:
         await self.announce()
         self._heartbeat.start()
+        # Back from a NATS restart: announce now, not at the next beat, so the registry
+        # (recreated empty, if it was memory-backed) fills again at once.
+        self._forget_reconnect = OUTAGE.on_reconnect(self._heartbeat.wake)
 
     async def announce(self) -> None:
         self.info.heartbeat_unix = time.time()
@@ -208,6 +212,7 @@ class WorkerAnnouncer:
             await retrying("announce worker", lambda: kv.put(self.info.worker_id, entry))
 
     async def stop(self) -> None:
+        self._forget_reconnect()
         await self._heartbeat.stop()
         if self._kv is not None:
             with contextlib.suppress(Exception):
