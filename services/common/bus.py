@@ -48,6 +48,7 @@ REQUEST_ID = "Chorus-Request-Id"
 ERROR_HEADER = "Chorus-Error"
 TRACEPARENT = "traceparent"
 EVENT_RETENTION_S = 3600.0
+IDLE_CHECK_FETCHES = 5  # empty one-second fetches between checks that the consumer exists
 
 
 MAX_PAYLOAD_BYTES = 1_000_000  # NATS's default max_payload is 1 MiB; headers need the rest
@@ -238,6 +239,7 @@ class Consumer(Generic[M]):
 
     async def _pull(self, sub: JetStreamContext.PullSubscription) -> None:
         spec = self._spec
+        idle = 0
         try:
             while not self._stopping.is_set():
                 if len(self._tasks) >= spec.concurrency:
@@ -254,7 +256,13 @@ class Consumer(Generic[M]):
                     # times out, which would hold a lone message back for the whole timeout.
                     msgs = await sub.fetch(1, timeout=1.0)
                 except (TimeoutError, NatsTimeoutError):
+                    idle += 1
+                    if idle % IDLE_CHECK_FETCHES == 0:
+                        # A pull on a consumer that was deleted (its stream gone with a
+                        # restarted server) only ever times out: ask that it still exists.
+                        await sub.consumer_info()
                     continue
+                idle = 0
                 OUTAGE.recovered()
                 for msg in msgs:
                     task = asyncio.create_task(self._process(msg))

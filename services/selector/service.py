@@ -271,10 +271,8 @@ class Selector:
                     await self._carry_out(effects)
                     await _delete_at(self._runs, request_id, entry.revision)
                     return None
-                    await self._runs.update(
-                        request_id, state.SerializeToString(), last=entry.revision
-                    )
-                    await self._carry_out(effects)
+                await self._runs.update(request_id, state.SerializeToString(), last=entry.revision)
+                await self._carry_out(effects)
                 return state
             except KeyWrongLastSequenceError:
                 continue  # another replica changed the run; redo on the fresh state

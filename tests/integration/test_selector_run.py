@@ -156,3 +156,15 @@ async def test_the_selector_refuses_a_plan_over_the_size_limit(nats_url: str) ->
         response = await _run_plan(nats_url, _plan("r", *tasks))
     assert (response.error.stage, response.error.code) == ("selector", "plan_too_large")
     assert f"more than {MAX_PLAN_TASKS}" in response.error.message
+
+
+async def test_a_work_stream_deleted_under_running_services_is_recreated(nats_url: str) -> None:
+    async with running_stack(nats_url, services=("selector", "responder")):
+        echo = await EchoReplica(nats_url, [("summarization", "m")]).start()
+        nc = await nats.connect(nats_url)
+        await nc.jetstream().delete_stream(subjects.WORK_STREAM)
+        await nc.close()
+        # Consumers find their stream gone, the services make it again and bind anew.
+        response = await _run_plan(nats_url, _plan("r", _text_task(0, "summarization")))
+        await echo.stop()
+    assert response.results[0].status == TaskStatus.TASK_STATUS_SUCCEEDED
