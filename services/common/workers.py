@@ -13,6 +13,7 @@ from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import NotFoundError
 from nats.js.kv import KeyValue
+from prometheus_client import Counter
 
 from services.common import subjects
 from services.common.bus import open_key_value
@@ -20,6 +21,10 @@ from services.common.outage import OUTAGE, retrying, unavailable
 from services.common.periodic import Periodic
 
 log = logging.getLogger(__name__)
+BAD_WORKER_ENTRIES = Counter(
+    "chorus_worker_registry_bad_entries_total",
+    "Worker registry entries that did not decode (skipped).",
+)
 
 # Routes that are not one model's files. A replica that serves `(task, LLM_ROUTE)` runs the
 # task on the LLM itself (HuggingGPT does this for the text tasks in `tasks.LLM_TASKS`); one that
@@ -139,6 +144,7 @@ class WorkerRegistry:
             try:
                 worker = WorkerInfo.FromString(entry.value)
             except Exception:
+                BAD_WORKER_ENTRIES.inc()
                 log.warning("ignored an undecodable worker entry %s", entry.key)
                 continue
             self._workers[entry.key] = worker
