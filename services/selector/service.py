@@ -362,32 +362,33 @@ async def build(rt: Runtime, stack: AsyncExitStack) -> list[bus.Consumer[Any]]:
     selector = Selector(rt.js, runs, registry, catalog, config, llm)
     give_up = events.fail_on_give_up(rt.js, STAGE)
 
-    def intake(subject: str, durable: str, message_type: type[Any], handle: Any) -> Any:
-        return bus.ConsumerSpec(STAGE, subject, durable, message_type, handle, give_up)
-
-    specs = [
-        intake(
-            subjects.PLAN,
-            durable="selector-plans",
-            message_type=TaskPlan,
-            handle=selector.handle_plan,
-        ),
-        intake(
-            subjects.RESULT,
-            durable="selector-results",
-            message_type=TaskResult,
-            handle=selector.handle_result,
-        ),
-        intake(
-            f"{subjects.CANCEL_PREFIX}.>",
-            durable="selector-cancels",
-            message_type=CancelRequest,
-            handle=selector.handle_cancel,
-        ),
-    ]
+    plans = bus.ConsumerSpec(
+        stage=STAGE,
+        subject=subjects.PLAN,
+        durable="selector-plans",
+        message_type=TaskPlan,
+        handle=selector.handle_plan,
+        give_up=give_up,
+    )
+    results = bus.ConsumerSpec(
+        stage=STAGE,
+        subject=subjects.RESULT,
+        durable="selector-results",
+        message_type=TaskResult,
+        handle=selector.handle_result,
+        give_up=give_up,
+    )
+    cancels = bus.ConsumerSpec(
+        stage=STAGE,
+        subject=f"{subjects.CANCEL_PREFIX}.>",
+        durable="selector-cancels",
+        message_type=CancelRequest,
+        handle=selector.handle_cancel,
+        give_up=give_up,
+    )
     sweeper = Periodic(selector.sweep, SWEEP_INTERVAL_S, "task sweep")
     # A replica of a task type that had none: tasks waiting for it go now, not at the next sweep.
     registry.on_capacity(sweeper.wake)
     sweeper.start()
     stack.push_async_callback(sweeper.stop)
-    return [bus.Consumer(rt.js, spec) for spec in specs]
+    return [bus.Consumer(rt.js, plans), bus.Consumer(rt.js, results), bus.Consumer(rt.js, cancels)]

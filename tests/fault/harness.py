@@ -37,7 +37,7 @@ from chorus.v1.messages_pb2 import (
 )
 from nats.aio.client import Client as NATS
 
-from services.cli.cluster import free_port, nats_server_binary
+from services.cli.cluster import free_port, nats_server_binary, service_ready
 from services.common import bus, subjects
 from services.common.artifacts import ArtifactStore
 from services.common.outage import retrying
@@ -198,7 +198,7 @@ class Fleet:
         deadline = time.monotonic() + timeout_s
         pending = set(names)
         while pending and time.monotonic() < deadline:
-            pending = {n for n in pending if not _ready(self._ports[n])}
+            pending = {n for n in pending if not service_ready(self._ports[n])}
             time.sleep(0.2)
         if pending:
             raise RuntimeError(f"not ready after {timeout_s:.0f} s: {sorted(pending)}")
@@ -250,16 +250,6 @@ def service_env(llm: ScriptedLLM, stream_replicas: int = 1) -> dict[str, str]:
 
 async def _ignore(error: Exception) -> None:
     """A node not up yet is what the wait is for: no traceback."""
-
-
-def _ready(port: int) -> bool:
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
-            return bool(r.status == 200)
-    except OSError:
-        return False
 
 
 @dataclass
