@@ -7,6 +7,8 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
+from services.common.outage import OUTAGE, unavailable
+
 log = logging.getLogger(__name__)
 
 
@@ -43,7 +45,10 @@ class Periodic:
             try:
                 await self._work()
             except Exception as e:
-                log.warning("%s failed: %s", self._name, e)
+                if unavailable(e):  # logged once per outage, not once per beat
+                    OUTAGE.failed(self._name, e)
+                else:
+                    log.warning("%s failed: %s", self._name, e)
 
     async def stop(self) -> None:
         self._stopping.set()
