@@ -114,14 +114,14 @@ class Report:
     report: ExecutionReport
 
 
-Counter = Literal["stray", "failure", "retry", "waiting"]
+Metric = Literal["stray", "failure", "retry", "waiting"]
 
 
 @dataclass(frozen=True)
 class Count:
     """One for a selector metric: `counter` names it, `reason` is its label."""
 
-    counter: Counter
+    counter: Metric
     reason: str
     task_id: int
 
@@ -396,5 +396,5 @@ class _Run:
         event.time.FromNanoseconds(int(self.now * 1e9))
         return event
 
-    def _count(self, counter: Counter, reason: str, task_id: int) -> None:
+    def _count(self, counter: Metric, reason: str, task_id: int) -> None:
         self.effects.append(Count(counter, reason, task_id))
