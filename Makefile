@@ -5,7 +5,7 @@ PROTO_SRC := $(wildcard protos/chorus/v1/*.proto)
 # protoc finds its plugins (protoc-gen-mypy) on PATH.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup test test-fast demo lint format protos protos-check bench gpu-check clean
+.PHONY: setup test test-fast demo lint format protos protos-check bench gpu-check chaos clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -41,7 +41,7 @@ test: setup
 	$(VENV)/bin/pytest
 
 test-fast: setup
-	$(VENV)/bin/pytest -m "not slow and not browser"
+	$(VENV)/bin/pytest -m "not slow and not fault and not browser"
 
 demo: setup
 	$(PY) -m services.cli.demo
@@ -63,6 +63,10 @@ bench: setup
 # no download): bench/results/gpu.json.
 gpu-check: setup
 	$(PY) -m bench.gpu_check
+
+# Requests while services, the NATS server or a cluster node are killed (bench/chaos.py).
+chaos: setup
+	$(PY) -m bench.chaos
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

@@ -133,8 +133,8 @@ async def _selection_latency(nats_url: str, catalog: Catalog) -> dict[str, Any]:
                 remote = [ServedModel(task=t, model=REMOTE_ROUTE) for t in tasks]
                 workers[0].models.extend(remote)
             for worker in workers:
-                await WorkerAnnouncer(kv, worker, 600).announce()
-            registry = WorkerRegistry(kv, 600)
+                await WorkerAnnouncer(js, worker, 600).announce()
+            registry = WorkerRegistry(js, 600, 1)
             await registry.start()
             samples = []
             for i in range(SELECTIONS):

@@ -17,7 +17,7 @@ from chorus.v1.workers_pb2 import ServedModel, WorkerInfo
 from nats.aio.client import Client as NATS
 
 from services.common import bus, subjects
-from services.common.workers import WorkerAnnouncer, open_worker_bucket
+from services.common.workers import WorkerAnnouncer
 
 
 class EchoReplica:
@@ -66,8 +66,7 @@ class EchoReplica:
             capacity=self._capacity,
             models=[ServedModel(task=t, model=m, backend="echo") for t, m in self._served],
         )
-        kv = await open_worker_bucket(js, self._ttl_s, 1)
-        self._announcer = WorkerAnnouncer(kv, info, self._ttl_s)
+        self._announcer = WorkerAnnouncer(js, info, self._ttl_s)
         await self._announcer.start()
         for _ in range(500):  # consumers are bound within milliseconds
             if all(c.running for c in self._consumers):

@@ -435,8 +435,13 @@ def jetstream_triggers(scaled: Doc) -> list[dict[str, str]]:
     triggers = scaled["spec"]["triggers"]
     assert triggers, f"{scaled['metadata']['name']} has no triggers"
     for trigger in triggers:
-        assert trigger["type"] == "nats-jetstream"
-    return [t["metadata"] for t in triggers]
+        assert trigger["type"] in ("nats-jetstream", "prometheus")
+    return [t["metadata"] for t in triggers if t["type"] == "nats-jetstream"]
+
+
+def waiting_triggers(scaled: Doc) -> list[dict[str, str]]:
+    """Prometheus triggers on the selector's gauge of tasks waiting for a replica."""
+    return [t["metadata"] for t in scaled["spec"]["triggers"] if t["type"] == "prometheus"]
 
 
 def _durables(service: str) -> set[str]:
@@ -463,7 +468,12 @@ def test_scaled_object_reads_the_work_stream(name: str) -> None:
     scaled = scaled_objects()[name]
     namespace = kustomization()["namespace"]
     spec = scaled["spec"]
-    assert 1 <= spec["minReplicaCount"] <= spec["maxReplicaCount"], "executors need >= 1"
+    assert 0 <= spec["minReplicaCount"] <= spec["maxReplicaCount"]
+    if spec["minReplicaCount"] == 0:
+        assert waiting_triggers(scaled), (
+            f"{name}: at zero replicas no stream lag appears (the selector holds the waiting "
+            "tasks), so scaling from zero needs the chorus_selector_waiting_tasks trigger"
+        )
     assert "replicas" not in deployments()[spec["scaleTargetRef"]["name"]]["spec"], (
         "KEDA owns the replica count; a fixed `replicas` fights it on every apply"
     )
@@ -493,6 +503,45 @@ def test_executor_scaler_consumers_are_the_executor_durables(name: str) -> None:
     consumers = [t["consumer"] for t in jetstream_triggers(scaled)]
     assert len(consumers) == len(set(consumers)), f"{name}: a consumer is listed twice"
     assert set(consumers) == expected
+
+
+@pytest.mark.parametrize("name", names_of(executors))
+def test_a_scale_from_zero_trigger_asks_for_the_groups_task_types(name: str) -> None:
+    (scaled,) = [
+        s for s in scaled_objects().values() if s["spec"]["scaleTargetRef"]["name"] == name
+    ]
+    tasks = {
+        spec.partition("=")[0].strip()
+        for spec in flag_values(main_container(executors()[name])["args"], "--model")
+    }
+    gauge = "chorus_selector_waiting_tasks"
+    assert gauge in (SERVICES_DIR / "selector" / "service.py").read_text(encoding="utf-8")
+    for meta in waiting_triggers(scaled):
+        asked = re.search(gauge + r'\{task=~"([^"]+)"\}', meta["query"])
+        assert asked, f"{name}: the prometheus trigger must read {gauge}{{task=~...}}"
+        assert set(asked.group(1).split("|")) == tasks
+        assert meta["query"].startswith("max("), "every selector reports the same count"
+        assert float(meta["threshold"]) >= 1
+
+
+def test_every_deployment_has_one_disruption_budget() -> None:
+    budgets = applied("PodDisruptionBudget")
+    covered = []
+    for name, budget in budgets.items():
+        spec = budget["spec"]
+        assert ("minAvailable" in spec) != ("maxUnavailable" in spec), name
+        wanted = spec["selector"]["matchLabels"]
+        matched = [
+            d
+            for d, deployment in deployments().items()
+            if wanted.items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+        ]
+        assert len(matched) == 1, f"PodDisruptionBudget {name} matches {matched}"
+        covered += matched
+        if spec.get("minAvailable"):  # a floor needs replicas above it, or drains block
+            minimum = scaled_objects()[matched[0]]["spec"]["minReplicaCount"]
+            assert minimum > spec["minAvailable"], f"{name}: minAvailable blocks every drain"
+    assert sorted(covered) == sorted(deployments())
 
 
 def test_stage_scalers_name_durables_the_services_create() -> None:

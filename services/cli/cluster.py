@@ -137,7 +137,7 @@ class LocalCluster:
                 if proc.poll() is not None:
                     where = f" (see {self.log_dir / (name + '.log')})" if self.log_dir else ""
                     raise ClusterError(f"{name} exited with code {proc.returncode}{where}")
-                if _ready(self.metrics_ports[name]):
+                if service_ready(self.metrics_ports[name]):
                     pending.discard(name)
             if time.monotonic() > deadline:
                 raise ClusterError(
@@ -169,7 +169,8 @@ class LocalCluster:
             self._tmp = None
 
 
-def _ready(port: int) -> bool:
+def service_ready(port: int) -> bool:
+    """Whether the service whose metrics port is `port` answers `/readyz` with 200."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
             return bool(r.status == 200)

@@ -65,6 +65,11 @@ class ProgressView:
                 row = self._rows.setdefault(s.task_id, _Row(f"[{s.task_id}] {s.task}"))
                 row.model, row.status, row.started = s.model, "running", time.monotonic()
                 self._changed(row, f"{row.label} -> {s.model} ({s.selection_reason})")
+            elif kind == "task_waiting":
+                w = event.task_waiting
+                row = self._rows.setdefault(w.task_id, _Row(f"[{w.task_id}] {w.task}"))
+                row.status = "waiting for a replica"
+                self._changed(row, f"{row.label} {w.reason}")
             elif kind == "task_finished":
                 r = event.task_finished
                 row = self._rows.setdefault(r.task_id, _Row(f"[{r.task_id}] {r.task}"))

@@ -20,6 +20,7 @@ from nats.js.errors import (
 from nats.js.object_store import ObjectStore
 
 from services.common import subjects
+from services.common.outage import retrying
 
 log = logging.getLogger(__name__)
 ARTIFACT_TTL_S = 24 * 3600.0  # generated and uploaded files expire a day after they are written
@@ -65,17 +66,27 @@ class ArtifactStore:
     async def open(cls, js: JetStreamContext, replicas: int = 1) -> ArtifactStore:
         config = ObjectStoreConfig(ttl=ARTIFACT_TTL_S, storage=StorageType.FILE, replicas=replicas)
         try:
-            return cls(await js.create_object_store(subjects.ARTIFACT_BUCKET, config=config))
+            return cls(
+                await retrying(
+                    "create artifact bucket",
+                    lambda: js.create_object_store(subjects.ARTIFACT_BUCKET, config=config),
+                )
+            )
         except BadRequestError as e:
             log.warning("the artifact bucket exists with other settings, which are kept: %s", e)
-            return cls(await js.object_store(subjects.ARTIFACT_BUCKET))
+            return cls(
+                await retrying(
+                    "open artifact bucket", lambda: js.object_store(subjects.ARTIFACT_BUCKET)
+                )
+            )
 
     async def put(self, data: bytes, name: str, media_type: str | None = None) -> ArtifactRef:
         name = safe_file_name(name)
         media_type = media_type or media_type_for(name)
         artifact_id = f"{uuid.uuid4().hex[:16]}-{name}"
         meta = ObjectMeta(name=artifact_id, headers={_NAME_HEADER: name, _TYPE_HEADER: media_type})
-        await self._store.put(artifact_id, data, meta=meta)
+        # Retried through a NATS outage: a second put under the same id only writes it again.
+        await retrying("store artifact", lambda: self._store.put(artifact_id, data, meta=meta))
         return ArtifactRef(
             id=artifact_id,
             name=name,
@@ -87,14 +98,14 @@ class ArtifactStore:
     async def info(self, artifact_id: str) -> ArtifactRef:
         """What is stored under this id, without fetching the bytes."""
         try:
-            info = await self._store.get_info(artifact_id)
+            info = await retrying("read artifact", lambda: self._store.get_info(artifact_id))
         except (NotFoundError, ObjectNotFoundError, ObjectDeletedError) as e:
             raise ArtifactNotFound(f"artifact {artifact_id!r} does not exist or expired") from e
         return _ref(artifact_id, info.headers or {}, int(info.size or 0))
 
     async def get(self, artifact_id: str) -> tuple[ArtifactRef, bytes]:
         try:
-            result = await self._store.get(artifact_id)
+            result = await retrying("read artifact", lambda: self._store.get(artifact_id))
         except (NotFoundError, ObjectNotFoundError, ObjectDeletedError) as e:
             raise ArtifactNotFound(f"artifact {artifact_id!r} does not exist or expired") from e
         data = result.data or b""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -26,10 +27,11 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import BadRequestError
+from nats.js.errors import BadRequestError, NotFoundError
 from nats.js.kv import KeyValue
 
 from services.common import subjects
+from services.common.outage import OUTAGE, retrying, unavailable
 from services.common.telemetry import (
     MESSAGES,
     STAGE_SECONDS,
@@ -47,6 +49,7 @@ REQUEST_ID = "Chorus-Request-Id"
 ERROR_HEADER = "Chorus-Error"
 TRACEPARENT = "traceparent"
 EVENT_RETENTION_S = 3600.0
+IDLE_CHECK_FETCHES = 5  # empty one-second fetches between checks that the consumer exists
 
 
 MAX_PAYLOAD_BYTES = 1_000_000  # NATS's default max_payload is 1 MiB; headers need the rest
@@ -67,7 +70,9 @@ class PayloadTooLarge(PermanentError):
 
 
 async def connect(url: str, name: str) -> NATS:
-    """Connects with unlimited reconnects, so a NATS restart is a pause, not a crash."""
+    """Connects with unlimited reconnects, so a NATS restart is a pause, not a crash.
+
+    `url` may list several servers, comma-separated (the nodes of a cluster)."""
 
     async def on_error(e: Exception) -> None:
         log.warning("nats error: %s", e)
@@ -77,9 +82,10 @@ async def connect(url: str, name: str) -> NATS:
 
     async def on_reconnect() -> None:
         log.info("reconnected to nats")
+        OUTAGE.reconnected()
 
     return await nats.connect(
-        url,
+        [server.strip() for server in url.split(",")],
         name=name,
         max_reconnect_attempts=-1,
         reconnect_time_wait=1,
@@ -122,9 +128,9 @@ async def ensure_streams(js: JetStreamContext, replicas: int = 1) -> None:
     ]
     for config in configs:
         try:
-            await js.add_stream(config)
+            await retrying("create stream", functools.partial(js.add_stream, config))
         except BadRequestError:
-            await js.update_stream(config)
+            await retrying("update stream", functools.partial(js.update_stream, config))
 
 
 async def publish(
@@ -140,16 +146,18 @@ async def publish(
     headers = {REQUEST_ID: request_id_var.get(), TRACEPARENT: outgoing_traceparent()}
     if msg_id:
         headers[MSG_ID] = msg_id
-    await js.publish(subject, data, headers=headers)
+    await retrying("publish", lambda: js.publish(subject, data, headers=headers))
 
 
 async def open_key_value(js: JetStreamContext, config: KeyValueConfig) -> KeyValue:
-    """Creates the bucket, or binds to it as it is when it exists with other settings."""
+    """Creates the bucket, or binds to it as it is when it exists with other settings.
+
+    Also how a bucket that vanished with a restarted server comes back."""
     try:
-        return await js.create_key_value(config=config)
+        return await retrying("create bucket", lambda: js.create_key_value(config=config))
     except BadRequestError as e:
         log.warning("bucket %s exists with other settings, which are kept: %s", config.bucket, e)
-        return await js.key_value(config.bucket)
+        return await retrying("open bucket", lambda: js.key_value(config.bucket))
 
 
 @dataclass(frozen=True)
@@ -165,6 +173,9 @@ class ConsumerSpec(Generic[M]):
     give_up: Callable[[M, Exception], Awaitable[None]]
     concurrency: int = 8
     max_deliver: int = 3
+    # Deliveries that met an unreachable JetStream (an election, a restart) do not count
+    # towards `max_deliver`: such a message is put back until this many deliveries in all.
+    max_redeliver: int = 30
     ack_wait_s: float = 30.0
     # Shared by the consumers of one process that draw on the same capacity (an executor's
     # lanes): a consumer fetches only while a slot is free, so work it could not start yet
@@ -188,14 +199,36 @@ class Consumer(Generic[M]):
         self.running = False
 
     async def run(self) -> None:
+        """Consumes until stopped. A JetStream outage (disconnect, leader election, a stream
+        or consumer gone with a restarted server) pauses it: it binds again and goes on."""
+        try:
+            while not self._stopping.is_set():
+                try:
+                    sub = await self._bind()
+                    OUTAGE.recovered()  # JetStream answered: the consumer is there again
+                    self.running = True
+                    await self._pull(sub)
+                except Exception as e:
+                    if not unavailable(e) and not isinstance(e, NotFoundError):
+                        raise
+                    self.running = False
+                    OUTAGE.failed(f"consume {self._spec.subject}", e)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._stopping.wait(), 1.0)
+        finally:
+            self.running = False
+            if self._tasks:
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _bind(self) -> JetStreamContext.PullSubscription:
         spec = self._spec
         config = ConsumerConfig(
             durable_name=spec.durable,
             filter_subject=spec.subject,
             ack_policy=AckPolicy.EXPLICIT,
             ack_wait=spec.ack_wait_s,
-            # The handler dead-letters at max_deliver itself; one spare covers a crash mid-way.
-            max_deliver=spec.max_deliver + 1,
+            # The handler dead-letters itself; one spare covers a crash mid-way.
+            max_deliver=spec.max_redeliver + 1,
             deliver_policy=DeliverPolicy.ALL,
             max_ack_pending=max(spec.concurrency * 4, 64),
         )
@@ -203,8 +236,11 @@ class Consumer(Generic[M]):
             await self._js.add_consumer(subjects.WORK_STREAM, config)
         except BadRequestError as e:
             log.warning("consumer %s keeps its earlier settings: %s", spec.durable, e)
-        sub = await self._js.pull_subscribe_bind(durable=spec.durable, stream=subjects.WORK_STREAM)
-        self.running = True
+        return await self._js.pull_subscribe_bind(durable=spec.durable, stream=subjects.WORK_STREAM)
+
+    async def _pull(self, sub: JetStreamContext.PullSubscription) -> None:
+        spec = self._spec
+        idle = 0
         try:
             while not self._stopping.is_set():
                 if len(self._tasks) >= spec.concurrency:
@@ -221,15 +257,19 @@ class Consumer(Generic[M]):
                     # times out, which would hold a lone message back for the whole timeout.
                     msgs = await sub.fetch(1, timeout=1.0)
                 except (TimeoutError, NatsTimeoutError):
+                    idle += 1
+                    if idle % IDLE_CHECK_FETCHES == 0:
+                        # A pull on a consumer that was deleted (its stream gone with a
+                        # restarted server) only ever times out: ask that it still exists.
+                        await sub.consumer_info()
                     continue
+                idle = 0
+                OUTAGE.recovered()
                 for msg in msgs:
                     task = asyncio.create_task(self._process(msg))
                     self._tasks.add(task)
                     task.add_done_callback(self._tasks.discard)
         finally:
-            self.running = False
-            if self._tasks:
-                await asyncio.gather(*self._tasks, return_exceptions=True)
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
 
@@ -265,10 +305,15 @@ class Consumer(Generic[M]):
             return
         except Exception as e:
             delivered = msg.metadata.num_delivered
+            if unavailable(e) and delivered < spec.max_redeliver:
+                OUTAGE.failed(f"handle {spec.stage}", e)
+                MESSAGES.labels(spec.stage, "retry").inc()
+                await _quietly(msg.nak(delay=min(2.0 * delivered, 10.0)))
+                return
             if delivered < spec.max_deliver and not isinstance(e, PermanentError):
                 log.warning("%s failed (attempt %d), will retry: %s", spec.stage, delivered, e)
                 MESSAGES.labels(spec.stage, "retry").inc()
-                await msg.nak(delay=0.5 * delivered)
+                await _quietly(msg.nak(delay=0.5 * delivered))
                 return
             log.exception("%s gave up after %d attempt(s)", spec.stage, delivered)
             try:
@@ -279,7 +324,8 @@ class Consumer(Generic[M]):
             return
         finally:
             heartbeat.cancel()
-        await msg.ack()
+        # An ack lost to an outage is a redelivery later, which every stage takes in its stride.
+        await _quietly(msg.ack())
         MESSAGES.labels(spec.stage, "ok").inc()
 
     async def _keep_alive(self, msg: Msg) -> None:
@@ -294,5 +340,16 @@ class Consumer(Generic[M]):
         log.error("dead-lettered a message from %s: %s", msg.subject, reason)
         MESSAGES.labels(stage, "dead_letter").inc()
         headers = {ERROR_HEADER: reason[:512], "Chorus-Subject": msg.subject}
-        await self._js.publish(subjects.deadletter(stage), msg.data, headers=headers)
-        await msg.ack()
+        subject = subjects.deadletter(stage)
+        await retrying("dead-letter", lambda: self._js.publish(subject, msg.data, headers=headers))
+        await _quietly(msg.ack())
+
+
+async def _quietly(reply: Awaitable[None]) -> None:
+    """Acks and naks are fire-and-forget: one lost to a disconnect means a redelivery."""
+    try:
+        await reply
+    except Exception as e:
+        if not unavailable(e):
+            raise
+        OUTAGE.failed("ack", e)

@@ -15,11 +15,14 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from services.common import bus
+from services.common.outage import OUTAGE
+from services.common.periodic import Periodic
 from services.common.settings import Settings, SettingsError
 from services.common.telemetry import HealthServer, configure_logging
 
 log = logging.getLogger(__name__)
 DRAIN_GRACE_S = 10.0
+STREAM_CHECK_S = 2.0
 
 
 @dataclass
@@ -45,8 +48,17 @@ async def serve(name: str, settings: Settings, build: Build, stop: asyncio.Event
         consumers = await build(Runtime(name, settings, nc, js), stack)
         tasks = [asyncio.create_task(c.run()) for c in consumers]
 
+        async def restore_streams() -> None:
+            # A consumer that cannot bind may have lost its stream with a restarted server.
+            if nc.is_connected and not all(c.running for c in consumers):
+                await bus.ensure_streams(js, settings.stream_replicas)
+
+        keeper = Periodic(restore_streams, STREAM_CHECK_S, "stream check")
+        keeper.start()
+        stack.push_async_callback(keeper.stop)
+
         def ready() -> bool:
-            return nc.is_connected and all(c.running for c in consumers)
+            return nc.is_connected and not OUTAGE.active and all(c.running for c in consumers)
 
         health = HealthServer(settings.metrics_port, ready)
         health.start()

@@ -57,7 +57,8 @@ class Settings:
         if base_url is not None:
             require_url("CHORUS_LLM_BASE_URL", base_url, ("http", "https"))
         nats_url = env.get("CHORUS_NATS_URL", "nats://127.0.0.1:4222")
-        require_url("CHORUS_NATS_URL", nats_url, ("nats", "tls", "ws", "wss"))
+        for server in nats_url.split(","):  # a cluster's nodes may be listed, comma-separated
+            require_url("CHORUS_NATS_URL", server.strip(), ("nats", "tls", "ws", "wss"))
         planner = env.get("CHORUS_PLANNER", "auto")
         if planner not in ("auto", "rules"):
             raise SettingsError(f"CHORUS_PLANNER must be 'auto' or 'rules', not {planner!r}")

@@ -12,6 +12,9 @@ from chorus.v1.messages_pb2 import Kind, TaskStatus
 
 TEXT, IMAGE, AUDIO, VIDEO = Kind.KIND_TEXT, Kind.KIND_IMAGE, Kind.KIND_AUDIO, Kind.KIND_VIDEO
 KIND_NAMES = {TEXT: "text", IMAGE: "image", AUDIO: "audio", VIDEO: "video"}
+# The most tasks one plan may hold: the planner refuses a longer plan, and the selector refuses
+# one published to `chorus.plan` by anyone else.
+MAX_PLAN_TASKS = 64
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,6 @@ from services.common.workers import (
     LLM_ROUTE,
     REMOTE_ROUTE,
     WorkerAnnouncer,
-    open_worker_bucket,
 )
 from services.executor import metrics
 from services.executor.backends import (
@@ -240,11 +239,7 @@ async def build(rt: Runtime, stack: AsyncExitStack) -> list[bus.Consumer[Any]]:
         capacity=config.capacity,
         models=[lane.served() for lane in lanes],
     )
-    announcer = WorkerAnnouncer(
-        await open_worker_bucket(rt.js, rt.settings.worker_ttl_s, rt.settings.stream_replicas),
-        info,
-        rt.settings.worker_ttl_s,
-    )
+    announcer = WorkerAnnouncer(rt.js, info, rt.settings.worker_ttl_s, rt.settings.stream_replicas)
     cancelled = CancelledRequests()
     cancels = await cancelled.listen(rt.nc)
     stack.push_async_callback(cancels.unsubscribe)

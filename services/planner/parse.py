@@ -25,9 +25,7 @@ from services.common.lenient_json import (
     load_lenient,
 )
 from services.common.resources import find_resource
-from services.common.tasks import KIND_NAMES, TASK_TYPES, TEXT, Slot, TaskType
-
-MAX_TASKS = 64
+from services.common.tasks import KIND_NAMES, MAX_PLAN_TASKS, TASK_TYPES, TEXT, Slot, TaskType
 
 _GENERATED = re.compile(
     r"<\s*GENERATED\s*>\s*[-_]\s*(\d+)|<\s*GENERATED\s*[-_]\s*(\d+)\s*>|<\s*node\s*[-_]\s*(\d+)\s*>",
@@ -125,8 +123,8 @@ def parse_plan(
         raise PlanError(str(e)) from e
     notes = list(loaded.repairs)
     items = _task_items(loaded.value, notes)
-    if len(items) > MAX_TASKS:
-        raise PlanError(f"the plan has {len(items)} tasks, more than {MAX_TASKS}")
+    if len(items) > MAX_PLAN_TASKS:
+        raise PlanError(f"the plan has {len(items)} tasks, more than {MAX_PLAN_TASKS}")
     drafts = _unfold([_draft(i, item, notes) for i, item in enumerate(items)], notes)
     return ParsedPlan(_Linker(drafts, resources, notes).tasks(), notes)
 

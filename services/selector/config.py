@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from services.common.settings import Settings, SettingsError, bool_setting, int_setting
+from services.common.settings import (
+    Settings,
+    SettingsError,
+    bool_setting,
+    float_setting,
+    int_setting,
+)
 from services.selector.rank import DEFAULT_TOP_K
 
 
@@ -14,6 +20,7 @@ class SelectorConfig:
     llm_choice: bool  # let the LLM choose among several candidates (when an LLM is configured)
     task_deadline_s: float  # from dispatch, queueing included (CHORUS_TASK_DEADLINE, shared)
     task_retries: int  # further attempts after an overdue task, a lost model or an executor error
+    capacity_wait_s: float  # how long a ready task waits for a replica of its type to come
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SelectorConfig:
@@ -26,4 +33,5 @@ class SelectorConfig:
             llm_choice=bool_setting(env, "CHORUS_SELECT_LLM", True),
             task_deadline_s=settings.task_deadline_s,
             task_retries=int_setting(env, "CHORUS_TASK_RETRIES", 1),
+            capacity_wait_s=float_setting(env, "CHORUS_CAPACITY_WAIT", 60.0),
         )

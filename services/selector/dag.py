@@ -46,6 +46,7 @@ def unrunnable_tasks(plan: TaskPlan) -> list[TaskResult]:
     that is not in the plan, or a place in a dependency cycle. Their dependents are then
     skipped like those of any failed task, so a bad plan finishes instead of stalling."""
     ids = {t.id for t in plan.tasks}
+    cyclic = _in_cycles(plan)
     failed = []
     for task in plan.tasks:
         missing = sorted(dependencies(task) - ids)
@@ -53,7 +54,7 @@ def unrunnable_tasks(plan: TaskPlan) -> list[TaskResult]:
             error = f"unknown task type {task.task!r}"
         elif missing:
             error = f"depends on task {missing[0]}, which is not in the plan"
-        elif _in_cycle(plan, task.id):
+        elif task.id in cyclic:
             error = "part of a dependency cycle"
         else:
             continue
@@ -132,20 +133,48 @@ def _result(request_id: str, task: Task, status: TaskStatus.ValueType, error: st
     )
 
 
-def _in_cycle(plan: TaskPlan, start: int) -> bool:
-    """Whether `start` can reach itself by following dependencies."""
+def _in_cycles(plan: TaskPlan) -> set[int]:
+    """The tasks that can reach themselves by following dependencies, in one pass over the
+    graph (Tarjan's strongly connected components, without recursion)."""
     by_id = {t.id: t for t in plan.tasks}
-    stack = list(dependencies(by_id[start]))
-    seen: set[int] = set()
-    while stack:
-        current = stack.pop()
-        if current == start:
-            return True
-        if current in seen or current not in by_id:
+    edges = {i: sorted(d for d in dependencies(t) if d in by_id) for i, t in by_id.items()}
+    index: dict[int, int] = {}
+    low: dict[int, int] = {}
+    stack: list[int] = []
+    on_stack: set[int] = set()
+    cyclic: set[int] = set()
+    for root in by_id:
+        if root in index:
             continue
-        seen.add(current)
-        stack.extend(dependencies(by_id[current]))
-    return False
+        work = [(root, 0)]
+        while work:
+            node, next_edge = work.pop()
+            if next_edge == 0:
+                index[node] = low[node] = len(index)
+                stack.append(node)
+                on_stack.add(node)
+            if next_edge < len(edges[node]):
+                work.append((node, next_edge + 1))
+                dep = edges[node][next_edge]
+                if dep not in index:
+                    work.append((dep, 0))
+                elif dep in on_stack:
+                    low[node] = min(low[node], index[dep])
+                continue
+            if low[node] == index[node]:  # `node` roots a component: pop it
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                if len(component) > 1 or node in edges[node]:
+                    cyclic.update(component)
+            if work:
+                parent = work[-1][0]
+                low[parent] = min(low[parent], low[node])
+    return cyclic
 
 
 def _succeeded(state: RunState, task_id: int) -> bool:

@@ -1,30 +1,35 @@
 """The selector on the bus: owns each request's task graph in a KV bucket, updated by CAS.
 
-Consumes `chorus.plan` and `chorus.result`; publishes `chorus.invoke.<task>.<route>` and
-`chorus.report`. Every publish carries a dedup id and happens before the state update, so a
-crash or a lost compare-and-set race only repeats a publish, which NATS drops within its
-two-minute duplicate window; a retried update reuses the models it already chose.
+Consumes `chorus.plan`, `chorus.result` and `chorus.cancel.>`; publishes
+`chorus.invoke.<task>.<route>`, progress events and `chorus.report`. The rules live in
+`run.py`; here each event runs one compare-and-set transaction on the run's entry, and what
+the rules decided goes out only once the new state is written (record, then dispatch): a
+result can never overtake the record of its dispatch, and a lost race publishes nothing. A
+finished run is the exception: its report goes out before the entry is deleted, so a crash in
+between repeats the report (deduplicated by its message id) instead of losing it.
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from chorus.v1.messages_pb2 import (
-    ExecutionReport,
+    CancelRequest,
+    ErrorCode,
     RunState,
     StopAfter,
-    Task,
-    TaskInvocation,
     TaskPlan,
     TaskResult,
-    TaskStarted,
-    TaskStatus,
 )
+from google.protobuf.message import DecodeError
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import (
@@ -34,7 +39,7 @@ from nats.js.errors import (
     NoKeysError,
 )
 from nats.js.kv import KeyValue
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
 from services.common import bus, events, subjects
 from services.common.llm import LLM, open_llm
@@ -42,47 +47,104 @@ from services.common.periodic import Periodic
 from services.common.resources import request_text
 from services.common.runtime import Runtime
 from services.common.settings import SettingsError
+from services.common.tasks import MAX_PLAN_TASKS
 from services.common.telemetry import request_id_var, trace_id_var
 from services.common.workers import WorkerRegistry
 from services.selector.catalog import Catalog, CatalogError, load_catalog
 from services.selector.config import SelectorConfig
-from services.selector.dag import (
-    UnresolvedInput,
-    blocked_tasks,
-    drop_duplicate_ids,
-    is_complete,
-    ready_tasks,
-    resolve_args,
-    unrunnable_tasks,
-)
+from services.selector.dag import drop_duplicate_ids, is_complete
 from services.selector.rank import Candidate, RequestFacts, rank
-from services.selector.select import NoCandidate, Selection, choose_models, decide, open_tasks
+from services.selector.run import (
+    Cancel,
+    Count,
+    Effect,
+    Emit,
+    Event,
+    Invoke,
+    Report,
+    ResultArrived,
+    RunRules,
+    Start,
+    Tick,
+    report_of,
+    step,
+)
+from services.selector.select import choose_models, open_tasks
 
 log = logging.getLogger(__name__)
 STAGE = "selector"
 RUN_TTL_S = 24 * 3600.0
 SWEEP_INTERVAL_S = 5.0
 OVERDUE_GRACE_S = 5.0  # an executor that finishes right at the deadline still gets its say
-TASK_FAILURES = Counter(
-    "chorus_selector_task_failures_total",
-    "Tasks the selector failed itself, by reason "
-    "(invalid_plan, no_candidate, unresolved_input, overdue).",
+COUNTERS = {
+    "failure": Counter(
+        "chorus_selector_task_failures_total",
+        "Tasks the selector failed itself, by reason "
+        "(invalid_plan, no_candidate, unresolved_input, overdue).",
+        ["reason"],
+    ),
+    "retry": Counter(
+        "chorus_selector_retries_total",
+        "Tasks dispatched again, by reason (overdue, model_gone, executor_error).",
+        ["reason"],
+    ),
+    "stray": Counter(
+        "chorus_selector_stray_results_total",
+        "Results that matched no running task, by reason "
+        "(unknown_request, finished_request, unknown_task, duplicate, stale_attempt).",
+        ["reason"],
+    ),
+    "waiting": Counter(
+        "chorus_selector_capacity_waits_total",
+        "Ready tasks that began waiting for a replica of their type, by reason (no_replica).",
+        ["reason"],
+    ),
+}
+STRAY_CANCELS = Counter(
+    "chorus_selector_stray_cancels_total",
+    "Cancels that matched no running request, by reason (unknown_request, finished_request).",
     ["reason"],
 )
-RETRIES = Counter(
-    "chorus_selector_retries_total",
-    "Tasks dispatched again, by reason (overdue, model_gone, executor_error).",
-    ["reason"],
+WAITING_TASKS = Gauge(
+    "chorus_selector_waiting_tasks",
+    "Ready tasks waiting for a replica of their type, by task type, as of the last sweep "
+    "(every selector replica sweeps every run: aggregate with max). KEDA scales an executor "
+    "group up from zero on it.",
+    ["task"],
 )
-STRAY_RESULTS = Counter(
-    "chorus_selector_stray_results_total",
-    "Results that matched no running task, by reason "
-    "(unknown_request, finished_request, unknown_task, duplicate, stale_attempt).",
-    ["reason"],
+BAD_RUN_STATE = Counter(
+    "chorus_selector_bad_run_state_total",
+    "Run-state entries that did not decode: the request is failed and the entry deleted.",
 )
 
-Publish = Callable[[], Awaitable[None]]
-Choices = dict[tuple[int, int], Selection]  # (task id, attempt) -> the model dispatched to
+
+class PlanTooLarge(bus.PermanentError):
+    code = ErrorCode.ERROR_CODE_PAYLOAD_TOO_LARGE
+
+
+@dataclass
+class _LiveReplicas:
+    """The worker registry as one request's rules see it (`run.Replicas`)."""
+
+    registry: WorkerRegistry
+    catalog: Catalog
+    state: RunState
+    top_k: int
+
+    @property
+    def synced(self) -> bool:
+        return self.registry.synced
+
+    @cached_property
+    def _facts(self) -> RequestFacts:
+        return RequestFacts.of(request_text(self.state.plan.request))
+
+    def candidates(self, task: str) -> list[Candidate]:
+        return rank(task, self._facts, self.registry.serving(task), self.catalog, self.top_k)
+
+    def serves(self, task: str, route: str) -> bool:
+        workers = self.registry.serving(task)
+        return any(m.task == task and m.model == route for w in workers for m in w.models)
 
 
 class Selector:
@@ -102,11 +164,20 @@ class Selector:
         self._config = config
         self._llm = llm if config.llm_choice else None
 
+    @property
+    def _rules(self) -> RunRules:  # a property: tests shorten OVERDUE_GRACE_S
+        config = self._config
+        return RunRules(
+            config.task_deadline_s, config.task_retries, config.capacity_wait_s, OVERDUE_GRACE_S
+        )
+
     async def handle_plan(self, plan: TaskPlan) -> None:
+        if len(plan.tasks) > MAX_PLAN_TASKS:
+            raise PlanTooLarge(f"the plan has {len(plan.tasks)} tasks, more than {MAX_PLAN_TASKS}")
         state = RunState(started_unix=time.time(), trace_id=trace_id_var.get())
         state.plan.CopyFrom(plan)
         if plan.request.stop_after == StopAfter.STOP_AFTER_PLAN or not plan.tasks:
-            await self._report(state)
+            await self._carry_out([Report(report_of(state, time.time()))])
             return
         state.notes.extend(drop_duplicate_ids(state.plan))
         try:
@@ -121,33 +192,31 @@ class Selector:
                 await self._runs.create(plan.request_id, state.SerializeToString())
             except KeyWrongLastSequenceError:
                 log.info("another selector replica started this run; continuing it")
-        await self._transact(plan.request_id, self._reject_unrunnable)
+        # Also on a redelivery: a selector that stopped between creating the run and
+        # dispatching its first tasks left them ready, and starting again is idempotent.
+        await self._transact(plan.request_id, Start())
 
     async def handle_result(self, result: TaskResult) -> None:
-        def record(state: RunState, choices: Choices) -> list[Publish]:
-            stray = _stray_reason(state, result)
-            if stray:
-                STRAY_RESULTS.labels(stray).inc()
-                log.warning("result for task %d ignored: %s", result.task_id, stray)
-                return []
-            started = state.dispatched[result.task_id]
-            failed = result.status == TaskStatus.TASK_STATUS_FAILED
-            if failed and result.retryable and started.attempt < self._config.task_retries:
-                RETRIES.labels("executor_error").inc()
-                return self._dispatch(state, _task(state, result.task_id), choices, started)
-            return self._finish(state, result)
+        await self._transact(result.request_id, ResultArrived(result), missing=_stray_result)
 
-        await self._transact(result.request_id, record, stray=True)
+    async def handle_cancel(self, cancel: CancelRequest) -> None:
+        await self._transact(cancel.request_id, Cancel(cancel.reason), missing=_stray_cancel)
 
     async def sweep(self) -> None:
-        """Retries or fails dispatched tasks that went overdue or whose model disappeared.
+        """Retries or fails overdue tasks and tasks whose model disappeared; dispatches tasks
+        that waited for a replica which has come; fails those that waited too long.
 
-        Any selector replica may sweep; compare-and-set keeps them from clashing. A retried
-        attempt's late answer still counts if it succeeded; a late failure is stale.
+        Any selector replica may sweep; compare-and-set keeps them from clashing.
         """
+        waiting: collections.Counter[str] = collections.Counter()
         for request_id in await self._run_ids():
             request_id_var.set(request_id)
-            await self._transact(request_id, self._recover)
+            state = await self._transact(request_id, Tick())
+            if state is not None:
+                waiting.update(w.task for w in state.waiting.values())
+        WAITING_TASKS.clear()
+        for task, count in waiting.items():
+            WAITING_TASKS.labels(task).set(count)
 
     async def _run_ids(self) -> list[str]:
         try:
@@ -160,189 +229,88 @@ class Selector:
         if self._llm is None:
             return
         text = request_text(state.plan.request)
-        facts = RequestFacts.of(text)
-        undecided = open_tasks(state.plan.tasks, lambda task: self._rank(task, facts))
+        replicas = self._replicas(state)
+        undecided = open_tasks(state.plan.tasks, lambda task: replicas.candidates(task))
         choices = await choose_models(text, undecided, self._llm)
         for task_id, choice in choices.items():
             state.choices[task_id].CopyFrom(choice)
 
-    def _reject_unrunnable(self, state: RunState, choices: Choices) -> list[Publish]:
-        effects = []
-        for failed in unrunnable_tasks(state.plan):
-            if failed.task_id not in state.results:
-                TASK_FAILURES.labels("invalid_plan").inc()
-                effects += self._finish(state, failed)
-        return effects
-
-    def _recover(self, state: RunState, choices: Choices) -> list[Publish]:
-        trace_id_var.set(state.trace_id)  # what the sweep publishes joins the request's trace
-        now = time.time()
-        effects: list[Publish] = []
-        for task_id, started in list(state.dispatched.items()):
-            if task_id in state.results:
-                continue
-            overdue = started.deadline_unix and now > started.deadline_unix + OVERDUE_GRACE_S
-            retries_left = started.attempt < self._config.task_retries
-            if overdue and not retries_left:
-                TASK_FAILURES.labels("overdue").inc()
-                error = "no result by the task's deadline (its executor may have stopped)"
-                effects += self._finish(state, _failed(state, task_id, started, error))
-            elif overdue:
-                RETRIES.labels("overdue").inc()
-                effects += self._dispatch(state, _task(state, task_id), choices, started)
-            elif retries_left and self._model_gone(state, started):
-                RETRIES.labels("model_gone").inc()
-                effects += self._dispatch(state, _task(state, task_id), choices, started)
-        return effects
-
-    def _model_gone(self, state: RunState, started: TaskStarted) -> bool:
-        """No live replica serves the task's route any more, and another candidate exists."""
-        workers = self._registry.serving(started.task)
-        served = {m.model for w in workers for m in w.models if m.task == started.task}
-        if started.route in served:
-            return False
-        facts = RequestFacts.of(request_text(state.plan.request))
-        return bool(self._rank(started.task, facts))
+    def _replicas(self, state: RunState) -> _LiveReplicas:
+        return _LiveReplicas(self._registry, self._catalog, state, self._config.top_k)
 
     async def _transact(
-        self,
-        request_id: str,
-        change: Callable[[RunState, Choices], list[Publish]],
-        *,
-        stray: bool = False,
-    ) -> None:
-        """Applies `change` and advances the graph under compare-and-set, retrying on conflict.
+        self, request_id: str, event: Event, *, missing: Callable[[str], None] | None = None
+    ) -> RunState | None:
+        """Applies `event` to the run under compare-and-set, retrying on conflict, and carries
+        out what the rules decided once the new state is written.
 
-        `stray`: the change is a result, which is counted when its run is unknown or over.
+        `missing(reason)` counts an event for a run that is unknown or over. Returns the run's
+        state as it now stands, if it still runs.
         """
-        choices: Choices = {}
         while True:
             try:
                 entry = await self._runs.get(request_id)
             except KeyNotFoundError as e:
-                _count_stray(stray, "finished_request" if _finished(e) else "unknown_request")
-                return
-            state = RunState.FromString(entry.value or b"")
-            effects = change(state, choices) + self._advance(state, choices)
-            if not effects:
-                # Every change to a run publishes something (an event, an invocation, the
-                # report), so no effects means nothing changed: a sweep that found nothing
-                # to do, or a duplicate result. No write.
-                return
-            for publish in effects:
-                await publish()
+                if missing is not None:
+                    missing("finished_request" if _finished(e) else "unknown_request")
+                return None
+            try:
+                state = RunState.FromString(entry.value or b"")
+            except DecodeError as e:
+                await self._discard_bad_state(request_id, entry.revision, e)
+                return None
+            trace_id_var.set(state.trace_id)  # what a sweep publishes joins the request's trace
+            before = state.SerializeToString(deterministic=True)
+            effects = step(state, event, time.time(), self._rules, self._replicas(state))
+            if state.SerializeToString(deterministic=True) == before:
+                await self._carry_out(effects)  # only counts: a stray, nothing to do
+                return state
             try:
                 if is_complete(state):
-                    # The report is out: the run is over. Deleting it keeps the sweep's
-                    # listing to live runs; its delete marker tells late messages it finished.
+                    # The report goes out first: once the entry is gone, nothing could send it.
+                    # Its delete marker tells late messages that the run finished.
+                    await self._carry_out(effects)
                     await _delete_at(self._runs, request_id, entry.revision)
-                else:
-                    await self._runs.update(
-                        request_id, state.SerializeToString(), last=entry.revision
-                    )
-                return
+                    return None
+                await self._runs.update(request_id, state.SerializeToString(), last=entry.revision)
+                await self._carry_out(effects)
+                return state
             except KeyWrongLastSequenceError:
                 continue  # another replica changed the run; redo on the fresh state
 
-    def _advance(self, state: RunState, choices: Choices) -> list[Publish]:
-        """Skips blocked tasks, dispatches ready ones, reports when all are done."""
-        effects: list[Publish] = []
-        changed = True
-        while changed:
-            changed = False
-            for skipped in blocked_tasks(state):
-                effects += self._finish(state, skipped)
-                changed = True
-            for task in ready_tasks(state):
-                effects += self._dispatch(state, task, choices)
-                changed = True
-        if is_complete(state):
-            effects.append(lambda: self._report(state))
-        return effects
+    async def _carry_out(self, effects: list[Effect]) -> None:
+        for effect in effects:
+            match effect:
+                case Invoke(task, route, invocation, msg_id):
+                    subject = subjects.invoke(task, route)
+                    await bus.publish(self._js, subject, invocation, msg_id=msg_id)
+                case Emit(event, msg_id):
+                    await events.publish_event(self._js, event, msg_id=msg_id)
+                case Report(report):
+                    msg_id = f"{report.request_id}.report"
+                    await bus.publish(self._js, subjects.REPORT, report, msg_id=msg_id)
+                case Count(counter, reason, task_id):
+                    COUNTERS[counter].labels(reason).inc()
+                    if counter == "stray":
+                        log.warning("result for task %d ignored: %s", task_id, reason)
 
-    def _dispatch(
-        self,
-        state: RunState,
-        task: Task,
-        choices: Choices,
-        previous: TaskStarted | None = None,
-    ) -> list[Publish]:
-        """Sends the task to the chosen model's replicas; `previous` is the attempt it retries."""
-        request_id = state.plan.request_id
-        attempt = previous.attempt + 1 if previous else 0
-        try:
-            args = resolve_args(task, state)
-            choice = choices.get((task.id, attempt))
-            if choice is None:
-                candidates = self._rank(
-                    task.task, RequestFacts.of(request_text(state.plan.request))
-                )
-                llm_choice = state.choices.get(task.id)
-                avoid = previous.model if previous else ""
-                choice = choices[(task.id, attempt)] = decide(
-                    task.task, candidates, llm_choice, avoid
-                )
-        except (UnresolvedInput, NoCandidate) as e:
-            reason = "unresolved_input" if isinstance(e, UnresolvedInput) else "no_candidate"
-            TASK_FAILURES.labels(reason).inc()
-            return self._finish(state, _failed(state, task.id, previous, str(e)))
-        deadline = time.time() + self._config.task_deadline_s
-        started = TaskStarted(
-            task_id=task.id,
-            task=task.task,
-            model=choice.model,
-            selection_reason=choice.reason,
-            deadline_unix=deadline,
-            attempt=attempt,
-            route=choice.route,
+    async def _discard_bad_state(
+        self, request_id: str, revision: int | None, error: Exception
+    ) -> None:
+        """One entry that does not decode must not stall the sweep or its request: the request
+        is failed, so its client hears of it, and the entry goes."""
+        BAD_RUN_STATE.inc()
+        log.error("run state of %s does not decode (%s); the request is failed", request_id, error)
+        await events.fail(
+            self._js,
+            request_id,
+            stage=STAGE,
+            code=ErrorCode.ERROR_CODE_INTERNAL,
+            message="the selector's record of this request was unreadable",
         )
-        state.dispatched[task.id].CopyFrom(started)
-        invocation = TaskInvocation(
-            request_id=request_id,
-            task_id=task.id,
-            task=task.task,
-            model=choice.model,
-            args=args,
-            attempt=attempt,
-            selection_reason=choice.reason,
-        )
-        invocation.deadline.FromNanoseconds(int(deadline * 1e9))
-        event = events.new_event(request_id)
-        event.task_started.CopyFrom(started)
-        msg_id = f"{request_id}.{task.id}.{attempt}"
-
-        async def publish() -> None:
-            subject = subjects.invoke(task.task, choice.route)
-            await bus.publish(self._js, subject, invocation, msg_id=f"{msg_id}.invoke")
-            await events.publish_event(self._js, event, msg_id=f"{msg_id}.started")
-
-        return [publish]
-
-    def _rank(self, task: str, facts: RequestFacts) -> list[Candidate]:
-        return rank(task, facts, self._registry.serving(task), self._catalog, self._config.top_k)
-
-    def _finish(self, state: RunState, result: TaskResult) -> list[Publish]:
-        """Records a task's final result and announces it."""
-        started = state.dispatched.get(result.task_id)
-        if started is not None and not result.selection_reason:  # a verdict of the selector's
-            result.selection_reason = started.selection_reason
-        state.results[result.task_id].CopyFrom(result)
-        event = events.new_event(result.request_id)
-        event.task_finished.CopyFrom(result)
-        msg_id = f"{result.request_id}.{result.task_id}.finished"
-        return [lambda: events.publish_event(self._js, event, msg_id=msg_id)]
-
-    async def _report(self, state: RunState) -> None:
-        report = ExecutionReport(
-            request_id=state.plan.request_id,
-            plan=state.plan,
-            execution_seconds=time.time() - state.started_unix,
-            notes=state.notes,
-        )
-        for task in state.plan.tasks:
-            if task.id in state.results:  # none when it stopped after planning
-                report.results.append(state.results[task.id])
-        await bus.publish(self._js, subjects.REPORT, report, msg_id=f"{report.request_id}.report")
+        # A lost race means it was rewritten meanwhile: the next look judges it again.
+        with contextlib.suppress(KeyWrongLastSequenceError):
+            await _delete_at(self._runs, request_id, revision)
 
 
 async def _delete_at(runs: KeyValue, key: str, revision: int | None) -> None:
@@ -361,39 +329,14 @@ def _finished(error: KeyNotFoundError) -> bool:
     return error.op is not None
 
 
-def _count_stray(is_result: bool, reason: str) -> None:
-    if is_result:
-        STRAY_RESULTS.labels(reason).inc()
-        log.warning("result ignored: %s", reason.replace("_", " "))
+def _stray_result(reason: str) -> None:
+    COUNTERS["stray"].labels(reason).inc()
+    log.warning("result ignored: %s", reason.replace("_", " "))
 
 
-def _stray_reason(state: RunState, result: TaskResult) -> str:
-    """Why a result does not belong to the run as it stands; empty when it does."""
-    if result.task_id in state.results:
-        return "duplicate"
-    if result.task_id not in state.dispatched:
-        return "unknown_task"
-    late = result.attempt != state.dispatched[result.task_id].attempt
-    if late and result.status != TaskStatus.TASK_STATUS_SUCCEEDED:
-        return "stale_attempt"  # a retry is out, and its answer decides
-    return ""  # even late, an answer is an answer
-
-
-def _task(state: RunState, task_id: int) -> Task:
-    return next(t for t in state.plan.tasks if t.id == task_id)
-
-
-def _failed(state: RunState, task_id: int, started: TaskStarted | None, error: str) -> TaskResult:
-    """The selector's own verdict on a task; `started` is its last attempt, if it had one."""
-    return TaskResult(
-        request_id=state.plan.request_id,
-        task_id=task_id,
-        task=_task(state, task_id).task,
-        model=started.model if started else "",
-        status=TaskStatus.TASK_STATUS_FAILED,
-        error=error,
-        attempt=started.attempt if started else 0,
-    )
+def _stray_cancel(reason: str) -> None:
+    STRAY_CANCELS.labels(reason).inc()
+    log.info("cancel ignored: %s", reason.replace("_", " "))
 
 
 async def build(rt: Runtime, stack: AsyncExitStack) -> list[bus.Consumer[Any]]:
@@ -418,13 +361,15 @@ async def build(rt: Runtime, stack: AsyncExitStack) -> list[bus.Consumer[Any]]:
     log.info("model catalog: %d models", len(catalog.entries))
     llm = open_llm(settings.llm, stack)
     selector = Selector(rt.js, runs, registry, catalog, config, llm)
+    give_up = events.fail_on_give_up(rt.js, STAGE)
+
     plans = bus.ConsumerSpec(
         stage=STAGE,
         subject=subjects.PLAN,
         durable="selector-plans",
         message_type=TaskPlan,
         handle=selector.handle_plan,
-        give_up=events.fail_on_give_up(rt.js, STAGE),
+        give_up=give_up,
     )
     results = bus.ConsumerSpec(
         stage=STAGE,
@@ -432,9 +377,19 @@ async def build(rt: Runtime, stack: AsyncExitStack) -> list[bus.Consumer[Any]]:
         durable="selector-results",
         message_type=TaskResult,
         handle=selector.handle_result,
-        give_up=events.fail_on_give_up(rt.js, STAGE),
+        give_up=give_up,
+    )
+    cancels = bus.ConsumerSpec(
+        stage=STAGE,
+        subject=f"{subjects.CANCEL_PREFIX}.>",
+        durable="selector-cancels",
+        message_type=CancelRequest,
+        handle=selector.handle_cancel,
+        give_up=give_up,
     )
     sweeper = Periodic(selector.sweep, SWEEP_INTERVAL_S, "task sweep")
+    # A replica of a task type that had none: tasks waiting for it go now, not at the next sweep.
+    registry.on_capacity(sweeper.wake)
     sweeper.start()
     stack.push_async_callback(sweeper.stop)
-    return [bus.Consumer(rt.js, plans), bus.Consumer(rt.js, results)]
+    return [bus.Consumer(rt.js, plans), bus.Consumer(rt.js, results), bus.Consumer(rt.js, cancels)]

@@ -123,7 +123,7 @@ async def test_stop_after_plan_runs_no_task(nats_url: str) -> None:
     assert not response.results and not response.answer
 
 
-async def test_a_task_no_replica_serves_fails_and_its_dependents_are_skipped(
+async def test_a_task_no_replica_comes_for_fails_and_its_dependents_are_skipped(
     nats_url: str, scripted_llm: ScriptedLLM
 ) -> None:
     scripted_llm.replies = [
@@ -131,12 +131,16 @@ async def test_a_task_no_replica_serves_fails_and_its_dependents_are_skipped(
         ' {"task": "text-to-speech", "id": 1, "dep": [0], "args": {"text": "<GENERATED>-0"}}]',
         "Nothing could be done.",
     ]
-    env = {**CANNY_ONLY, "CHORUS_LLM_BASE_URL": scripted_llm.base_url}
+    env = {**CANNY_ONLY, "CHORUS_LLM_BASE_URL": scripted_llm.base_url, "CHORUS_CAPACITY_WAIT": "1"}
     async with running_stack(nats_url, env):
-        _, response = await _ask_over_bus(nats_url, _request("describe a.png and read it aloud"))
+        events, response = await _ask_over_bus(
+            nats_url, _request("describe a.png and read it aloud")
+        )
+    waiting = [e.task_waiting for e in events if e.WhichOneof("event") == "task_waiting"]
+    assert [w.reason for w in waiting] == ["waiting for a replica of image-to-text"]
     first, second = response.results
     assert first.status == TaskStatus.TASK_STATUS_FAILED
-    assert "no live executor serves 'image-to-text'" in first.error
+    assert "no live executor serves 'image-to-text' (waited 1 s" in first.error
     assert second.status == TaskStatus.TASK_STATUS_SKIPPED and "task 0" in second.error
     assert response.answer == "Nothing could be done."
 

@@ -8,7 +8,6 @@ from typing import Any
 
 import grpc
 import nats
-import pytest
 from chorus.v1 import chorus_pb2_grpc
 from chorus.v1.chorus_pb2 import ListModelsRequest
 from chorus.v1.messages_pb2 import (
@@ -37,11 +36,6 @@ def _slow_summary(_messages: list[dict[str, Any]]) -> str:
     return "A summary."
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="needs the selector side of cancellation (branch faults-10): on a cancel it "
-    "dispatches nothing more and reports its unfinished tasks cancelled",
-)
 async def test_after_stop_no_task_of_the_request_runs(
     nats_url: str, scripted_llm: ScriptedLLM
 ) -> None:

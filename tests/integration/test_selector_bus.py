@@ -24,7 +24,7 @@ from nats.js.errors import NoKeysError
 from prometheus_client import REGISTRY
 
 from services.common import bus, subjects
-from services.common.workers import WorkerAnnouncer, open_worker_bucket
+from services.common.workers import WorkerAnnouncer
 from services.selector import service as selector_service
 from tests.echo_replica import EchoReplica
 from tests.integration.stack import running_stack
@@ -75,9 +75,7 @@ async def _ghost(nats_url: str, task: str, model: str, ttl_s: float = 3.0) -> No
     ghost = WorkerInfo(
         worker_id=f"ghost-{model}", capacity=1, models=[ServedModel(task=task, model=model)]
     )
-    await WorkerAnnouncer(
-        await open_worker_bucket(nc.jetstream(), ttl_s, 1), ghost, ttl_s
-    ).announce()
+    await WorkerAnnouncer(nc.jetstream(), ghost, ttl_s).announce()
     await nc.close()
     await asyncio.sleep(0.2)  # let the selector's registry watch see it
 

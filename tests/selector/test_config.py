@@ -9,7 +9,7 @@ from services.selector.config import SelectorConfig
 def test_defaults() -> None:
     config = SelectorConfig.from_settings(Settings.from_env({}))
     assert (config.top_k, config.llm_choice, config.task_retries) == (5, True, 1)
-    assert config.task_deadline_s == 300.0
+    assert (config.task_deadline_s, config.capacity_wait_s) == (300.0, 60.0)
 
 
 @pytest.mark.parametrize(
@@ -20,6 +20,7 @@ def test_defaults() -> None:
         ({"CHORUS_SELECT_LLM": "maybe"}, "CHORUS_SELECT_LLM"),
         ({"CHORUS_TASK_RETRIES": "-1"}, "CHORUS_TASK_RETRIES"),
         ({"CHORUS_TASK_DEADLINE": "0"}, "CHORUS_TASK_DEADLINE"),
+        ({"CHORUS_CAPACITY_WAIT": "soon"}, "CHORUS_CAPACITY_WAIT"),
     ],
 )
 def test_a_bad_value_names_its_variable(env: dict[str, str], named: str) -> None:

@@ -123,3 +123,24 @@ def test_a_repeated_task_id_keeps_the_first() -> None:
     (note,) = drop_duplicate_ids(plan)
     assert "task id 0 appears twice" in note
     assert [t.task for t in plan.tasks] == ["summarization"]
+
+
+def test_cycles_are_found_in_one_pass_over_a_long_plan() -> None:
+    """A chain of 3,000 tasks ending in a loop of three: only the loop is in a cycle (and the
+    search walks the graph once, not once per task, so a long plan does not stall it)."""
+    plan = TaskPlan(request_id="r")
+    plan.tasks.extend(
+        Task(id=i, task="summarization", deps=[i - 1] if i else []) for i in range(3000)
+    )
+    plan.tasks.extend(
+        [
+            Task(id=3000, task="summarization", deps=[2999, 3002]),
+            Task(id=3001, task="summarization", deps=[3000]),
+            Task(id=3002, task="summarization", deps=[3001]),
+            Task(id=3003, task="summarization", deps=[3003]),
+        ]
+    )
+    failed = unrunnable_tasks(plan)
+    assert {(r.task_id, r.error) for r in failed} == {
+        (i, "part of a dependency cycle") for i in (3000, 3001, 3002, 3003)
+    }

@@ -711,6 +711,7 @@ class ProgressEvent(_message.Message):
     TASK_FINISHED_FIELD_NUMBER: _builtins.int
     ANSWER_TOKEN_FIELD_NUMBER: _builtins.int
     DONE_FIELD_NUMBER: _builtins.int
+    TASK_WAITING_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     answer_token: _builtins.str
     @_builtins.property
@@ -723,6 +724,8 @@ class ProgressEvent(_message.Message):
     def task_finished(self) -> Global___TaskResult: ...
     @_builtins.property
     def done(self) -> Global___ChatResponse: ...
+    @_builtins.property
+    def task_waiting(self) -> Global___TaskWaiting: ...
     def __init__(
         self,
         *,
@@ -733,16 +736,61 @@ class ProgressEvent(_message.Message):
         task_finished: Global___TaskResult | None = ...,
         answer_token: _builtins.str = ...,
         done: Global___ChatResponse | None = ...,
+        task_waiting: Global___TaskWaiting | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["answer_token", b"answer_token", "done", b"done", "event", b"event", "plan_ready", b"plan_ready", "task_finished", b"task_finished", "task_started", b"task_started", "time", b"time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["answer_token", b"answer_token", "done", b"done", "event", b"event", "plan_ready", b"plan_ready", "task_finished", b"task_finished", "task_started", b"task_started", "task_waiting", b"task_waiting", "time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer_token", b"answer_token", "done", b"done", "event", b"event", "plan_ready", b"plan_ready", "request_id", b"request_id", "task_finished", b"task_finished", "task_started", b"task_started", "time", b"time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer_token", b"answer_token", "done", b"done", "event", b"event", "plan_ready", b"plan_ready", "request_id", b"request_id", "task_finished", b"task_finished", "task_started", b"task_started", "task_waiting", b"task_waiting", "time", b"time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["plan_ready", "task_started", "task_finished", "answer_token", "done"]  # noqa: Y015
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["plan_ready", "task_started", "task_finished", "answer_token", "done", "task_waiting"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 
 Global___ProgressEvent: _TypeAlias = ProgressEvent  # noqa: Y015
+
+@_typing.final
+class TaskWaiting(_message.Message):
+    """A task is ready but no live replica serves its type: it waits for one (scale from zero, a
+    rollout, a NATS restart) until `until_unix`, then fails.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASK_ID_FIELD_NUMBER: _builtins.int
+    TASK_FIELD_NUMBER: _builtins.int
+    SINCE_UNIX_FIELD_NUMBER: _builtins.int
+    UNTIL_UNIX_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    AVOID_FIELD_NUMBER: _builtins.int
+    task_id: _builtins.int
+    task: _builtins.str
+    since_unix: _builtins.float
+    until_unix: _builtins.float
+    reason: _builtins.str
+    """e.g. "waiting for a replica of text-generation" """
+    attempt: _builtins.int
+    """the attempt it will be when it goes out (a retry may wait too)"""
+    avoid: _builtins.str
+    """the model a waiting retry failed on"""
+    def __init__(
+        self,
+        *,
+        task_id: _builtins.int = ...,
+        task: _builtins.str = ...,
+        since_unix: _builtins.float = ...,
+        until_unix: _builtins.float = ...,
+        reason: _builtins.str = ...,
+        attempt: _builtins.int = ...,
+        avoid: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "avoid", b"avoid", "reason", b"reason", "since_unix", b"since_unix", "task", b"task", "task_id", b"task_id", "until_unix", b"until_unix"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TaskWaiting: _TypeAlias = TaskWaiting  # noqa: Y015
 
 @_typing.final
 class CancelRequest(_message.Message):
@@ -842,6 +890,27 @@ class RunState(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class WaitingEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.int
+        @_builtins.property
+        def value(self) -> Global___TaskWaiting: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.int = ...,
+            value: Global___TaskWaiting | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     PLAN_FIELD_NUMBER: _builtins.int
     RESULTS_FIELD_NUMBER: _builtins.int
     DISPATCHED_FIELD_NUMBER: _builtins.int
@@ -849,6 +918,7 @@ class RunState(_message.Message):
     TRACE_ID_FIELD_NUMBER: _builtins.int
     CHOICES_FIELD_NUMBER: _builtins.int
     NOTES_FIELD_NUMBER: _builtins.int
+    WAITING_FIELD_NUMBER: _builtins.int
     started_unix: _builtins.float
     trace_id: _builtins.str
     """the request's W3C trace, for work done outside its messages (sweeps)"""
@@ -868,6 +938,10 @@ class RunState(_message.Message):
     def notes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """what the selector changed or refused in the plan"""
 
+    @_builtins.property
+    def waiting(self) -> _containers.MessageMap[_builtins.int, Global___TaskWaiting]:
+        """ready tasks waiting for a replica of their type"""
+
     def __init__(
         self,
         *,
@@ -878,10 +952,11 @@ class RunState(_message.Message):
         trace_id: _builtins.str = ...,
         choices: _abc.Mapping[_builtins.int, Global___ModelChoice] | None = ...,
         notes: _abc.Iterable[_builtins.str] | None = ...,
+        waiting: _abc.Mapping[_builtins.int, Global___TaskWaiting] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["plan", b"plan"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["choices", b"choices", "dispatched", b"dispatched", "notes", b"notes", "plan", b"plan", "results", b"results", "started_unix", b"started_unix", "trace_id", b"trace_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["choices", b"choices", "dispatched", b"dispatched", "notes", b"notes", "plan", b"plan", "results", b"results", "started_unix", b"started_unix", "trace_id", b"trace_id", "waiting", b"waiting"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
