@@ -10,7 +10,7 @@ from chorus.v1.messages_pb2 import ChatRequest
 
 from services.common import bus, events, subjects
 from services.common.artifacts import ArtifactStore
-from services.common.llm import LLM, LLMError, open_llm
+from services.common.llm import LLMError, ReportingLLM, open_llm
 from services.common.resources import request_text
 from services.common.runtime import Runtime
 from services.common.workers import WorkerRegistry
@@ -24,7 +24,7 @@ STAGE = "planner"
 
 
 class Planner:
-    def __init__(self, rt: Runtime, llm: LLM | None) -> None:
+    def __init__(self, rt: Runtime, llm: ReportingLLM | None) -> None:
         self._js = rt.js
         self._llm = llm
 
