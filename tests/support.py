@@ -16,7 +16,7 @@ from typing import Any
 from chorus.v1.messages_pb2 import ArtifactRef
 from PIL import Image, ImageDraw
 
-from services.common.artifacts import ArtifactNotFound, kind_for, media_type_for
+from services.common.artifact_refs import ArtifactNotFound, kind_for, media_type_for
 
 
 @dataclass(frozen=True)

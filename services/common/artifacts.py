@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import logging
-import mimetypes
-import re
 import uuid
-from pathlib import PurePosixPath
 
-from chorus.v1.messages_pb2 import ArtifactRef, Kind
+from chorus.v1.messages_pb2 import ArtifactRef
 from nats.js import JetStreamContext
 from nats.js.api import ObjectMeta, ObjectStoreConfig, StorageType
 from nats.js.errors import (
@@ -20,42 +17,18 @@ from nats.js.errors import (
 from nats.js.object_store import ObjectStore
 
 from services.common import subjects
+from services.common.artifact_refs import (
+    ArtifactNotFound,
+    kind_for,
+    media_type_for,
+    safe_file_name,
+)
 from services.common.outage import retrying
 
 log = logging.getLogger(__name__)
 ARTIFACT_TTL_S = 24 * 3600.0  # generated and uploaded files expire a day after they are written
-_KIND_BY_MAJOR = {"image": Kind.KIND_IMAGE, "audio": Kind.KIND_AUDIO, "video": Kind.KIND_VIDEO}
-_SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
 _NAME_HEADER = "Chorus-Name"
 _TYPE_HEADER = "Chorus-Media-Type"
-
-
-class ArtifactNotFound(LookupError):
-    """No artifact with this id (never stored, or expired)."""
-
-
-def media_type_for(name: str) -> str:
-    guessed, _ = mimetypes.guess_type(name)
-    return guessed or "application/octet-stream"
-
-
-def kind_for(media_type: str) -> Kind.ValueType:
-    major = media_type.split("/", 1)[0]
-    if major == "text":
-        return Kind.KIND_TEXT
-    return _KIND_BY_MAJOR.get(major, Kind.KIND_UNSPECIFIED)
-
-
-def kind_for_name(name: str) -> Kind.ValueType:
-    """The kind of a file name, path or URL, by its extension (a URL's query is ignored)."""
-    return kind_for(media_type_for(name.split("?")[0]))
-
-
-def safe_file_name(name: str) -> str:
-    """A base name that cannot escape a directory: `../../etc/passwd` becomes `passwd`."""
-    base = PurePosixPath(name.replace("\\", "/")).name
-    cleaned = _SAFE_NAME.sub("_", base).lstrip(".")
-    return cleaned or "file"
 
 
 class ArtifactStore:

@@ -7,7 +7,6 @@ from collections.abc import Awaitable, Callable
 
 from chorus.v1.messages_pb2 import ChatResponse, PipelineError, ProgressEvent, TaskPlan
 from google.protobuf.message import Message
-from google.protobuf.timestamp_pb2 import Timestamp
 from nats.js import JetStreamContext
 
 from services.common import bus, subjects
@@ -74,9 +73,3 @@ def fail_on_give_up(
         )
 
     return give_up
-
-
-def seconds_since(created_at: Timestamp) -> float:
-    now = Timestamp()
-    now.GetCurrentTime()
-    return max(0.0, (now.ToNanoseconds() - created_at.ToNanoseconds()) / 1e9)

@@ -19,8 +19,8 @@ import numpy as np
 from chorus.v1.messages_pb2 import Kind
 from PIL import Image
 
+from services.common.routes import BUILTIN_PREFIX
 from services.common.tasks import AUDIO, IMAGE, LLM_TASKS, TASK_TYPES, TEXT, VIDEO, Slot
-from services.common.workers import BUILTIN_PREFIX
 from services.executor import imageops, render
 from services.executor.media import Audio, encode_png, encode_wav
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from services.common.workers import BUILTIN_PREFIX
+from services.common.routes import BUILTIN_PREFIX
 from services.executor.handlers import HANDLERS, Handler
 
 log = logging.getLogger(__name__)

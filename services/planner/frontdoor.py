@@ -18,11 +18,13 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy
 from nats.js.errors import NotFoundError
+from opentelemetry import trace
 from prometheus_client import Gauge
 
-from services.common import bus, subjects
-from services.common.artifacts import ArtifactNotFound, ArtifactStore
-from services.common.telemetry import ERRORS, continue_trace, request_id_var
+from services.common import bus, subjects, tracing
+from services.common.artifact_refs import ArtifactNotFound
+from services.common.artifacts import ArtifactStore
+from services.common.telemetry import ERRORS, request_id_var
 
 log = logging.getLogger(__name__)
 MAX_REQUEST_BYTES = 256 * 1024  # larger inputs travel as artifacts
@@ -60,15 +62,26 @@ class FrontDoor:
         await self.validate(request)
         request.request_id = request.request_id or uuid.uuid4().hex
         request_id_var.set(request.request_id)
-        continue_trace(traceparent)
         if not request.HasField("created_at"):
             request.created_at.GetCurrentTime()
+        # The root of the request's trace (or a child of the caller's). Not made current here:
+        # a generator's context would leak into its caller between events.
+        span = tracing.tracer().start_span(
+            "chorus request",
+            context=tracing.extract(traceparent),
+            kind=trace.SpanKind.SERVER,
+            attributes={"chorus.request_id": request.request_id, "chorus.api": api},
+        )
 
         async def publish() -> None:
-            await bus.publish(self._js, subjects.REQUEST, request, msg_id=request.request_id)
+            with trace.use_span(span):
+                await bus.publish(self._js, subjects.REQUEST, request, msg_id=request.request_id)
 
-        async for event in self._follow(request.request_id, api, publish):
-            yield event
+        try:
+            async for event in self._follow(request.request_id, api, publish):
+                yield event
+        finally:
+            span.end()
 
     async def watch(self, request_id: str, *, api: str) -> AsyncGenerator[ProgressEvent, None]:
         """The events of a request already sent, from its first (replayed) to `done`."""

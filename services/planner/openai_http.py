@@ -23,7 +23,8 @@ from typing import Any
 
 from chorus.v1.messages_pb2 import ChatMessage, ChatRequest, ChatResponse, ProgressEvent
 
-from services.common.artifacts import ArtifactNotFound, ArtifactStore
+from services.common.artifact_refs import ArtifactNotFound
+from services.common.artifacts import ArtifactStore
 from services.common.tokens import count_tokens
 from services.planner.frontdoor import FrontDoor, RequestError
 

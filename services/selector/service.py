@@ -40,14 +40,14 @@ from nats.js.errors import (
 from nats.js.kv import KeyValue
 from prometheus_client import Counter, Gauge
 
-from services.common import bus, events, subjects
+from services.common import bus, events, subjects, tracing
 from services.common.llm import LLM, open_llm
 from services.common.periodic import Periodic
 from services.common.resources import request_text
 from services.common.runtime import Runtime
 from services.common.settings import SettingsError
 from services.common.tasks import MAX_PLAN_TASKS
-from services.common.telemetry import request_id_var, trace_id_var
+from services.common.telemetry import request_id_var
 from services.common.workers import WorkerRegistry
 from services.selector.catalog import Catalog, CatalogError, load_catalog
 from services.selector.config import SelectorConfig
@@ -173,7 +173,7 @@ class Selector:
     async def handle_plan(self, plan: TaskPlan) -> None:
         if len(plan.tasks) > MAX_PLAN_TASKS:
             raise PlanTooLarge(f"the plan has {len(plan.tasks)} tasks, more than {MAX_PLAN_TASKS}")
-        state = RunState(started_unix=time.time(), trace_id=trace_id_var.get())
+        state = RunState(started_unix=time.time(), trace_id=tracing.current_traceparent())
         state.plan.CopyFrom(plan)
         if plan.request.stop_after == StopAfter.STOP_AFTER_PLAN or not plan.tasks:
             await self._carry_out([Report(report_of(state, time.time()))])
@@ -258,24 +258,26 @@ class Selector:
             except DecodeError as e:
                 await self._discard_bad_state(request_id, entry.revision, e)
                 return None
-            trace_id_var.set(state.trace_id)  # what a sweep publishes joins the request's trace
-            before = state.SerializeToString(deterministic=True)
-            effects = step(state, event, time.time(), self._rules, self._replicas(state))
-            if state.SerializeToString(deterministic=True) == before:
-                await self._carry_out(effects)  # only counts: a stray, nothing to do
-                return state
-            try:
-                if is_complete(state):
-                    # The report goes out first: once the entry is gone, nothing could send it.
-                    # Its delete marker tells late messages that the run finished.
+            # What a sweep publishes joins the request's trace (`trace_id` holds a traceparent).
+            with tracing.joined(state.trace_id, "selector sweep"):
+                before = state.SerializeToString(deterministic=True)
+                effects = step(state, event, time.time(), self._rules, self._replicas(state))
+                if state.SerializeToString(deterministic=True) == before:
+                    await self._carry_out(effects)  # only counts: a stray, nothing to do
+                    return state
+                try:
+                    if is_complete(state):
+                        # The report goes out first: once the entry is gone, nothing could send
+                        # it. Its delete marker tells late messages that the run finished.
+                        await self._carry_out(effects)
+                        await _delete_at(self._runs, request_id, entry.revision)
+                        return None
+                    revision = entry.revision
+                    await self._runs.update(request_id, state.SerializeToString(), last=revision)
                     await self._carry_out(effects)
-                    await _delete_at(self._runs, request_id, entry.revision)
-                    return None
-                await self._runs.update(request_id, state.SerializeToString(), last=entry.revision)
-                await self._carry_out(effects)
-                return state
-            except KeyWrongLastSequenceError:
-                continue  # another replica changed the run; redo on the fresh state
+                    return state
+                except KeyWrongLastSequenceError:
+                    continue  # another replica changed the run; redo on the fresh state
 
     async def _carry_out(self, effects: list[Effect]) -> None:
         for effect in effects:
