@@ -7,7 +7,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -141,6 +141,18 @@ async def publish(
         headers[MSG_ID] = msg_id
     with tracing.publishing(subject, headers):  # adds `traceparent`
         await retrying("publish", lambda: js.publish(subject, data, headers=headers))
+
+
+async def pipelined(sends: Iterable[Awaitable[None]]) -> None:
+    """Runs publishes together: each is sent in the order given (one connection keeps that
+    order on the server), and their acks are awaited at once instead of one after another.
+    Raises the first failure once all have ended; a redelivery sends again, deduplicated."""
+    tasks = [asyncio.ensure_future(send) for send in sends]
+    if not tasks:
+        return
+    await asyncio.wait(tasks)
+    for task in tasks:
+        task.result()
 
 
 async def open_key_value(js: JetStreamContext, config: KeyValueConfig) -> KeyValue:

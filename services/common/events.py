@@ -28,10 +28,16 @@ async def publish_event(js: JetStreamContext, event: ProgressEvent, *, msg_id: s
 async def finish(js: JetStreamContext, response: ChatResponse) -> None:
     """Publishes the final response, then the `done` event that ends every event stream."""
     request_id = response.request_id
-    await bus.publish(js, subjects.response(request_id), response, msg_id=f"{request_id}.response")
     event = new_event(request_id)
     event.done.CopyFrom(response)
-    await publish_event(js, event, msg_id=f"{request_id}.done")
+    await bus.pipelined(  # sent in this order, acked together
+        [
+            bus.publish(
+                js, subjects.response(request_id), response, msg_id=f"{request_id}.response"
+            ),
+            publish_event(js, event, msg_id=f"{request_id}.done"),
+        ]
+    )
 
 
 async def fail(
