@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import multiprocessing
 import os
 import statistics
 import subprocess
@@ -51,7 +52,7 @@ from chorus.v1.workers_pb2 import ServedModel, WorkerInfo
 
 from services.cli.cluster import SERVICES, LocalCluster, free_port, nats_server_binary
 from services.common.llm import OpenAILLM
-from services.common.settings import LLMSettings
+from services.common.settings import Settings
 from services.executor.execute import execute
 from services.planner.plan import plan
 from services.responder.respond import respond
@@ -362,7 +363,8 @@ def _breakdowns(sides: list[BusSide]) -> dict[str, Any]:
 
 
 async def _in_process_side(llm_url: str, image_side: int, rounds: int) -> dict[str, Any]:
-    llm = OpenAILLM(LLMSettings(llm_url, "x", "bench", 30.0, 0))
+    # As the services build theirs: the same settings (retries included) from the same variable.
+    llm = OpenAILLM(Settings.from_env({"CHORUS_LLM_BASE_URL": llm_url}).llm)
     store = MemoryArtifacts()
     photo = await store.put(square_png(image_side), "photo.png")
     loaded = local_run("canny-control", "builtin:canny")
@@ -462,15 +464,27 @@ def _print(name: str, result: dict[str, Any]) -> None:
         print("  this / before: " + ", ".join(f"{k} {v:.2f}" for k, v in ratios.items()))
 
 
-@contextlib.contextmanager
-def _scripted_llm() -> Iterator[str]:
+def _serve_llm(urls: multiprocessing.Queue[str]) -> None:
     llm = ScriptedLLM(
         replies=[lambda m: CHAIN if "Task planning" in m[0]["content"] else "The edges are ready."]
     ).start()
+    urls.put(llm.base_url)
+    threading.Event().wait()  # until terminated
+
+
+@contextlib.contextmanager
+def _scripted_llm() -> Iterator[str]:
+    """The scripted LLM in a process of its own: the in-process side's stages must not share
+    an interpreter (and its lock) with the server they call, as the bus side's do not."""
+    context = multiprocessing.get_context("fork")
+    urls: multiprocessing.Queue[str] = context.Queue()
+    server = context.Process(target=_serve_llm, args=(urls,), daemon=True)
+    server.start()
     try:
-        yield llm.base_url
+        yield urls.get(timeout=30)
     finally:
-        llm.stop()
+        server.terminate()
+        server.join(10)
 
 
 def main() -> int:

@@ -29,7 +29,7 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from opentelemetry.trace import Span, SpanKind, Tracer
 from prometheus_client import Counter
 
-from services.common.settings import SettingsError
+from services.common.settings import SettingsError, int_setting
 
 log = logging.getLogger(__name__)
 SPANS_DROPPED = Counter(
@@ -46,27 +46,23 @@ def use_provider(provider: TracerProvider) -> None:
 
 
 def configure_tracing(service: str, environ: Mapping[str, str]) -> TracerProvider:
-    """The provider the `OTEL_*` variables ask for; the caller shuts it down on exit."""
+    """The provider the `OTEL_*` variables ask for; the caller shuts it down on exit.
+
+    `environ` decides whether and where to; the SDK's exporters read their own variables
+    (`OTEL_EXPORTER_OTLP_HEADERS`, timeouts) from the process environment."""
     exporters = _exporters(environ)
     if not exporters:
         provider = TracerProvider(sampler=ALWAYS_OFF)
     else:
         name = environ.get("OTEL_SERVICE_NAME") or f"chorus-{service}"
-        queue = _positive_int(environ, "OTEL_BSP_MAX_QUEUE_SIZE", 2048)
+        queue = int_setting(environ, "OTEL_BSP_MAX_QUEUE_SIZE", 2048)
+        if queue < 1:
+            raise SettingsError("OTEL_BSP_MAX_QUEUE_SIZE must be at least 1")
         provider = TracerProvider(resource=Resource.create({SERVICE_NAME: name}))
         for exporter in exporters:
             provider.add_span_processor(DroppingProcessor(exporter, queue))
     use_provider(provider)
     return provider
-
-
-def _positive_int(environ: Mapping[str, str], name: str, default: int) -> int:
-    raw = environ.get(name, "")
-    if not raw:
-        return default
-    if not raw.isdigit() or int(raw) < 1:
-        raise SettingsError(f"{name} is not a positive whole number: {raw!r}")
-    return int(raw)
 
 
 def _exporters(environ: Mapping[str, str]) -> list[SpanExporter]:
