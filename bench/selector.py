@@ -48,14 +48,9 @@ from chorus.v1.workers_pb2 import ServedModel, WorkerInfo
 
 from services.cli.cluster import start_nats_server
 from services.common import bus, subjects
+from services.common.routes import LLM_ROUTE, REMOTE_ROUTE
 from services.common.tasks import LLM_TASKS
-from services.common.workers import (
-    LLM_ROUTE,
-    REMOTE_ROUTE,
-    WorkerAnnouncer,
-    WorkerRegistry,
-    open_worker_bucket,
-)
+from services.common.workers import WorkerAnnouncer, WorkerRegistry, open_worker_bucket
 from services.selector.catalog import Catalog, import_hugginggpt, load_catalog
 from services.selector.rank import Candidate, RequestFacts, rank
 from services.selector.select import choose_models, decide, open_tasks

@@ -16,7 +16,7 @@ from typing import Any
 from chorus.v1.messages_pb2 import ArtifactRef
 from PIL import Image, ImageDraw
 
-from services.common.artifacts import ArtifactNotFound, kind_for, media_type_for
+from services.common.artifact_refs import ArtifactNotFound, kind_for, media_type_for
 
 
 @dataclass(frozen=True)
@@ -111,7 +111,10 @@ class ScriptedLLM:
                 self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
                 self.wfile.flush()
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        class Server(ThreadingHTTPServer):
+            request_queue_size = 128  # benchmarks call it from dozens of requests at once
+
+        self._server = Server(("127.0.0.1", 0), Handler)
         self.port = self._server.server_port
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self

@@ -21,7 +21,7 @@ from chorus.v1.messages_pb2 import (
     TaskResult,
 )
 
-from services.common.artifacts import media_type_for, safe_file_name
+from services.common.artifact_refs import media_type_for, safe_file_name
 from services.common.events import code_name
 from services.common.tasks import status_name
 

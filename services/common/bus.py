@@ -7,7 +7,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -30,15 +30,9 @@ from nats.js.api import (
 from nats.js.errors import BadRequestError, NotFoundError
 from nats.js.kv import KeyValue
 
-from services.common import subjects
+from services.common import subjects, tracing
 from services.common.outage import OUTAGE, retrying, unavailable
-from services.common.telemetry import (
-    MESSAGES,
-    STAGE_SECONDS,
-    continue_trace,
-    outgoing_traceparent,
-    request_id_var,
-)
+from services.common.telemetry import MESSAGES, STAGE_SECONDS, request_id_var
 
 log = logging.getLogger(__name__)
 
@@ -143,10 +137,23 @@ async def publish(
             f"the {type(message).__name__} for {subject} would be {len(data)} bytes, over the "
             f"{MAX_PAYLOAD_BYTES}-byte message limit; send long inputs as files"
         )
-    headers = {REQUEST_ID: request_id_var.get(), TRACEPARENT: outgoing_traceparent()}
+    headers = {REQUEST_ID: request_id_var.get()}
     if msg_id:
         headers[MSG_ID] = msg_id
-    await retrying("publish", lambda: js.publish(subject, data, headers=headers))
+    with tracing.publishing(subject, headers):  # adds `traceparent`
+        await retrying("publish", lambda: js.publish(subject, data, headers=headers))
+
+
+async def pipelined(sends: Iterable[Awaitable[None]]) -> None:
+    """Runs publishes together: each is sent in the order given (one connection keeps that
+    order on the server), and their acks are awaited at once instead of one after another.
+    Raises the first failure once all have ended; a redelivery sends again, deduplicated."""
+    tasks = [asyncio.ensure_future(send) for send in sends]
+    if not tasks:
+        return
+    await asyncio.wait(tasks)
+    for task in tasks:
+        task.result()
 
 
 async def open_key_value(js: JetStreamContext, config: KeyValueConfig) -> KeyValue:
@@ -279,21 +286,27 @@ class Consumer(Generic[M]):
     async def _process(self, msg: Msg) -> None:
         spec = self._spec
         started = time.perf_counter()
-        try:
+        traceparent = (msg.headers or {}).get(TRACEPARENT)
+        with tracing.handling(spec.stage, msg.subject, traceparent):
             try:
-                message = spec.message_type.FromString(msg.data)
-            except DecodeError as e:
-                await self._dead_letter(msg, f"undecodable {spec.message_type.__name__}: {e}")
-                return
-            request_id = str(getattr(message, "request_id", ""))
-            if not subjects.valid_request_id(request_id):
-                await self._dead_letter(msg, f"invalid request_id {request_id[:80]!r}")
-                return
-            request_id_var.set(request_id)
-            continue_trace((msg.headers or {}).get(TRACEPARENT))
-            await self._handle(msg, message)
-        finally:
-            STAGE_SECONDS.labels(spec.stage).observe(time.perf_counter() - started)
+                await self._decode_and_handle(msg)
+            finally:
+                STAGE_SECONDS.labels(spec.stage).observe(time.perf_counter() - started)
+
+    async def _decode_and_handle(self, msg: Msg) -> None:
+        spec = self._spec
+        try:
+            message = spec.message_type.FromString(msg.data)
+        except DecodeError as e:
+            await self._dead_letter(msg, f"undecodable {spec.message_type.__name__}: {e}")
+            return
+        request_id = str(getattr(message, "request_id", ""))
+        if not subjects.valid_request_id(request_id):
+            await self._dead_letter(msg, f"invalid request_id {request_id[:80]!r}")
+            return
+        request_id_var.set(request_id)
+        tracing.annotate(request_id=request_id)
+        await self._handle(msg, message)
 
     async def _handle(self, msg: Msg, message: M) -> None:
         spec = self._spec

@@ -7,7 +7,6 @@ from collections.abc import Awaitable, Callable
 
 from chorus.v1.messages_pb2 import ChatResponse, ErrorCode, PipelineError, ProgressEvent, TaskPlan
 from google.protobuf.message import Message
-from google.protobuf.timestamp_pb2 import Timestamp
 from nats.js import JetStreamContext
 
 from services.common import bus, subjects
@@ -29,10 +28,16 @@ async def publish_event(js: JetStreamContext, event: ProgressEvent, *, msg_id: s
 async def finish(js: JetStreamContext, response: ChatResponse) -> None:
     """Publishes the final response, then the `done` event that ends every event stream."""
     request_id = response.request_id
-    await bus.publish(js, subjects.response(request_id), response, msg_id=f"{request_id}.response")
     event = new_event(request_id)
     event.done.CopyFrom(response)
-    await publish_event(js, event, msg_id=f"{request_id}.done")
+    await bus.pipelined(  # sent in this order, acked together
+        [
+            bus.publish(
+                js, subjects.response(request_id), response, msg_id=f"{request_id}.response"
+            ),
+            publish_event(js, event, msg_id=f"{request_id}.done"),
+        ]
+    )
 
 
 async def fail(
@@ -82,9 +87,3 @@ def fail_on_give_up(
         )
 
     return give_up
-
-
-def seconds_since(created_at: Timestamp) -> float:
-    now = Timestamp()
-    now.GetCurrentTime()
-    return max(0.0, (now.ToNanoseconds() - created_at.ToNanoseconds()) / 1e9)

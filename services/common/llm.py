@@ -14,6 +14,7 @@ from openai import AsyncOpenAI, omit
 from openai.types.chat import ChatCompletion, ChatCompletionMessage, ChatCompletionMessageParam
 from prometheus_client import Counter, Histogram
 
+from services.common import tracing
 from services.common.settings import LLMSettings
 
 log = logging.getLogger(__name__)
@@ -206,7 +207,9 @@ def _accounted(operation: str) -> Iterator[None]:
     started = time.perf_counter()
     outcome = "error"
     try:
-        yield
+        # A stream yields while it runs: its span must not become its caller's current one.
+        with tracing.span(f"llm {operation}", current=operation != "stream"):
+            yield
         outcome = "ok"
     finally:
         LLM_CALLS.labels(operation, outcome).inc()

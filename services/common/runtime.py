@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
@@ -19,6 +20,7 @@ from services.common.outage import OUTAGE
 from services.common.periodic import Periodic
 from services.common.settings import Settings, SettingsError
 from services.common.telemetry import HealthServer, configure_logging
+from services.common.tracing import configure_tracing
 
 log = logging.getLogger(__name__)
 DRAIN_GRACE_S = 10.0
@@ -94,6 +96,7 @@ def main(name: str, build: Build) -> None:
     """
     try:
         settings = Settings.from_env()
+        tracer_provider = configure_tracing(name, os.environ)
     except SettingsError as e:
         raise SystemExit(f"chorus {name}: {e}") from e
     configure_logging(name, settings.log_level)
@@ -109,3 +112,5 @@ def main(name: str, build: Build) -> None:
         asyncio.run(run())
     except SettingsError as e:
         raise SystemExit(f"chorus {name}: {e}") from e
+    finally:
+        tracer_provider.shutdown()  # sends the spans still queued, bounded by the export timeout

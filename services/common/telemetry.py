@@ -5,8 +5,6 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
-import re
-import secrets
 import sys
 import threading
 import time
@@ -16,10 +14,9 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import Counter, Histogram, make_wsgi_app
 
+from services.common.tracing import trace_id
+
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
-# The W3C trace id of the work at hand; it rides in each NATS message's `traceparent` header.
-trace_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("trace_id", default="")
-_TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
 
 MESSAGES = Counter(
     "chorus_messages_total",
@@ -30,18 +27,6 @@ STAGE_SECONDS = Histogram("chorus_stage_seconds", "Time a stage spent on one mes
 ERRORS = Counter(
     "chorus_errors_total", "Requests that failed, by stage and error code.", ["stage", "code"]
 )
-
-
-def continue_trace(traceparent: str | None) -> None:
-    """Adopts an incoming `traceparent`, or starts a new trace when it is missing or malformed."""
-    match = _TRACEPARENT.match(traceparent or "")
-    trace_id_var.set(match.group(1) if match else secrets.token_hex(16))
-
-
-def outgoing_traceparent() -> str:
-    """The `traceparent` for a message sent now: this trace, a new span."""
-    trace_id = trace_id_var.get() or secrets.token_hex(16)
-    return f"00-{trace_id}-{secrets.token_hex(8)}-01"
 
 
 class _JSONFormatter(logging.Formatter):
@@ -60,8 +45,8 @@ class _JSONFormatter(logging.Formatter):
         }
         if request_id := request_id_var.get():
             entry["request_id"] = request_id
-        if trace_id := trace_id_var.get():
-            entry["trace_id"] = trace_id
+        if current_trace := trace_id():
+            entry["trace_id"] = current_trace
         entry.update(getattr(record, "fields", {}))
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)

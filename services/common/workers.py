@@ -26,16 +26,6 @@ BAD_WORKER_ENTRIES = Counter(
     "Worker registry entries that did not decode (skipped).",
 )
 
-# Routes that are not one model's files. A replica that serves `(task, LLM_ROUTE)` runs the
-# task on the LLM itself (HuggingGPT does this for the text tasks in `tasks.LLM_TASKS`); one that
-# serves `(task, REMOTE_ROUTE)` runs any Hub model remotely through `huggingface_hub`'s
-# InferenceClient. Invocations travel on `subjects.invoke(task, route)`; for the remote route
-# `TaskInvocation.model` names the Hub model to run.
-LLM_ROUTE = "llm"
-REMOTE_ROUTE = "hf-inference"
-# Model ids of operations built into the executor (`builtin:canny`): no weights to load.
-BUILTIN_PREFIX = "builtin:"
-
 
 async def open_worker_bucket(js: JetStreamContext, ttl_s: float, replicas: int) -> KeyValue:
     # Entries are dropped by the bucket after a few TTLs; readers also ignore stale heartbeats.

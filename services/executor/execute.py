@@ -26,7 +26,7 @@ from chorus.v1.messages_pb2 import (
     TaskStatus,
 )
 
-from services.common.artifacts import ArtifactNotFound, kind_for_name
+from services.common.artifact_refs import ArtifactNotFound, kind_for_name
 from services.common.llm import LLMError
 from services.common.tasks import AUDIO, IMAGE, KIND_NAMES, TEXT, Slot, task_type
 from services.executor.backends import RemoteInferenceError

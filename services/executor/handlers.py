@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 
 from services.common.prompts import load_prompt
+from services.common.routes import BUILTIN_PREFIX
 from services.common.tasks import AUDIO, IMAGE, TEXT, VIDEO
-from services.common.workers import BUILTIN_PREFIX
 from services.executor import imageops
 from services.executor import local_calls as run
 from services.executor import postprocess as post

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from services.common.workers import BUILTIN_PREFIX
+from services.common.routes import BUILTIN_PREFIX
 from services.executor.handler import Handler, Loader
 from services.executor.handlers import HANDLERS
 from services.executor.local_calls import Diffusion

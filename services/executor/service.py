@@ -21,18 +21,14 @@ from typing import Any
 from chorus.v1.messages_pb2 import TaskInvocation, TaskResult, TaskStatus
 from chorus.v1.workers_pb2 import ServedModel, WorkerInfo
 
-from services.common import bus, subjects
+from services.common import bus, subjects, tracing
 from services.common.artifacts import ArtifactStore
 from services.common.llm import open_llm
+from services.common.routes import BUILTIN_PREFIX, LLM_ROUTE, REMOTE_ROUTE
 from services.common.runtime import Runtime
 from services.common.settings import SettingsError
 from services.common.tasks import LLM_TASKS, status_name
-from services.common.workers import (
-    BUILTIN_PREFIX,
-    LLM_ROUTE,
-    REMOTE_ROUTE,
-    WorkerAnnouncer,
-)
+from services.common.workers import WorkerAnnouncer
 from services.executor import metrics
 from services.executor.backends import (
     LLMBackend,
@@ -118,14 +114,21 @@ class Executor:
         async with self.slots:
             self._announcer.info.in_flight += 1
             try:
-                return await execute(
-                    invocation,
-                    lambda inputs: lane.run(invocation.model, inputs),
-                    self._store,
-                    self._announcer.info.worker_id,
-                    self._fetch,
-                    self._max_seconds,
-                )
+                with tracing.span(
+                    f"task {invocation.task}",
+                    attributes={
+                        "chorus.task_id": invocation.task_id,
+                        "chorus.model": invocation.model,
+                    },
+                ):
+                    return await execute(
+                        invocation,
+                        lambda inputs: lane.run(invocation.model, inputs),
+                        self._store,
+                        self._announcer.info.worker_id,
+                        self._fetch,
+                        self._max_seconds,
+                    )
             finally:
                 self._announcer.info.in_flight -= 1
 

@@ -21,11 +21,13 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy
 from nats.js.errors import NotFoundError
+from opentelemetry import trace
 from prometheus_client import Counter, Gauge
 
-from services.common import bus, events, subjects
-from services.common.artifacts import ArtifactNotFound, ArtifactStore
-from services.common.telemetry import ERRORS, continue_trace, request_id_var
+from services.common import bus, events, subjects, tracing
+from services.common.artifact_refs import ArtifactNotFound
+from services.common.artifacts import ArtifactStore
+from services.common.telemetry import ERRORS, request_id_var
 from services.gateway.errors import RequestError
 
 log = logging.getLogger(__name__)
@@ -58,19 +60,29 @@ class FrontDoor:
         await self.validate(request)
         request.request_id = request.request_id or uuid.uuid4().hex
         request_id_var.set(request.request_id)
-        continue_trace(traceparent)
         if not request.HasField("created_at"):
             request.created_at.GetCurrentTime()
         now = time.monotonic()
         self._open = {k: t for k, t in self._open.items() if now - t < REQUEST_TIMEOUT_S}
         self._open[request.request_id] = now
-        return self._run(request, api)
+        # The root of the request's trace (or a child of the caller's). Not made current here:
+        # a generator's context would leak into its caller between events.
+        span = tracing.tracer().start_span(
+            "chorus request",
+            context=tracing.extract(traceparent),
+            kind=trace.SpanKind.SERVER,
+            attributes={"chorus.request_id": request.request_id, "chorus.api": api},
+        )
+        return self._run(request, api, span)
 
-    async def _run(self, request: ChatRequest, api: str) -> AsyncGenerator[ProgressEvent, None]:
+    async def _run(
+        self, request: ChatRequest, api: str, span: trace.Span
+    ) -> AsyncGenerator[ProgressEvent, None]:
         request_id = request.request_id
 
         async def publish() -> None:
-            await bus.publish(self._js, subjects.REQUEST, request, msg_id=request_id)
+            with trace.use_span(span):
+                await bus.publish(self._js, subjects.REQUEST, request, msg_id=request_id)
 
         finished = False
         try:
@@ -81,6 +93,7 @@ class FrontDoor:
             if not finished and request_id in self._open:  # the caller left, or timed out
                 self._cancel_soon(request_id, api)
             self._open.pop(request_id, None)
+            span.end()
 
     async def watch(self, request_id: str, *, api: str) -> AsyncGenerator[ProgressEvent, None]:
         """The events of a request already sent, from its first (replayed) to `done`."""

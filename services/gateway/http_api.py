@@ -27,7 +27,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from services.common.artifacts import ArtifactNotFound
+from services.common.artifact_refs import ArtifactNotFound
 from services.gateway import openai_response as shape
 from services.gateway.config import GatewayConfig
 from services.gateway.errors import PipelineFailed, RequestError, status_of

@@ -17,7 +17,7 @@ from typing import Any
 
 from chorus.v1.messages_pb2 import ArtifactRef, GeneratedRef, Kind, Task, TaskArgument
 
-from services.common.artifacts import kind_for_name
+from services.common.artifact_refs import kind_for_name
 from services.common.lenient_json import (
     CutBeforeAnyItem,
     JSONRepairError,

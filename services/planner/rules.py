@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from chorus.v1.messages_pb2 import ArtifactRef, GeneratedRef, Kind, Task, TaskArgument
 
-from services.common.artifacts import kind_for_name, media_type_for
+from services.common.artifact_refs import kind_for_name, media_type_for
 from services.common.tasks import AUDIO, IMAGE, TEXT, task_type
 
 

@@ -53,8 +53,14 @@ class Planner:
         log.info("planned %d tasks", len(task_plan.tasks))
         event = events.new_event(request.request_id)
         event.plan_ready.CopyFrom(task_plan)
-        await events.publish_event(self._js, event, msg_id=f"{request.request_id}.plan_ready")
-        await bus.publish(self._js, subjects.PLAN, task_plan, msg_id=f"{request.request_id}.plan")
+        await bus.pipelined(
+            [
+                events.publish_event(self._js, event, msg_id=f"{request.request_id}.plan_ready"),
+                bus.publish(
+                    self._js, subjects.PLAN, task_plan, msg_id=f"{request.request_id}.plan"
+                ),
+            ]
+        )
 
 
 async def build(rt: Runtime, stack: AsyncExitStack) -> list[bus.Consumer[Any]]:

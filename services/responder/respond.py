@@ -14,9 +14,9 @@ from chorus.v1.messages_pb2 import (
     Timings,
 )
 
-from services.common.events import seconds_since
 from services.common.llm import LLM, LLMError, LLMStreamCut
 from services.common.settings import DEFAULT_CONTEXT_TOKENS
+from services.common.timestamps import seconds_since
 from services.responder.prompt import response_prompt
 from services.responder.template import templated_answer
 

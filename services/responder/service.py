@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 from contextlib import AsyncExitStack
@@ -27,16 +28,22 @@ class Responder:
 
     async def handle(self, report: ExecutionReport) -> None:
         counter = itertools.count()
+        sent: list[asyncio.Task[None]] = []
 
         async def on_token(piece: str) -> None:
             event = events.new_event(report.request_id)
             event.answer_token = piece
             # Numbered ids: a redelivered report re-streams without duplicating tokens.
-            await events.publish_event(
-                self._js, event, msg_id=f"{report.request_id}.token.{next(counter)}"
-            )
+            msg_id = f"{report.request_id}.token.{next(counter)}"
+            # Sent in order, acks awaited together at the end: the stream never waits on them.
+            sent.append(asyncio.ensure_future(events.publish_event(self._js, event, msg_id=msg_id)))
 
-        response = await respond(report, self._llm, on_token, context_tokens=self._context_tokens)
+        try:
+            response = await respond(
+                report, self._llm, on_token, context_tokens=self._context_tokens
+            )
+        finally:
+            await bus.pipelined(sent)
         await events.finish(self._js, response)
 
 

@@ -17,8 +17,8 @@ from enum import IntEnum
 
 from chorus.v1.workers_pb2 import WorkerInfo
 
+from services.common.routes import BUILTIN_PREFIX, LLM_ROUTE, REMOTE_ROUTE
 from services.common.tasks import LLM_TASKS
-from services.common.workers import BUILTIN_PREFIX, LLM_ROUTE, REMOTE_ROUTE
 from services.selector.catalog import Catalog, CatalogEntry
 
 DEFAULT_TOP_K = 5  # HuggingGPT's num_candidate_models

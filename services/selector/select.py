@@ -21,7 +21,7 @@ from prometheus_client import Counter
 from services.common.lenient_json import JSONRepairError, load_lenient
 from services.common.llm import LLM, ChatTurn, LLMError
 from services.common.prompts import load_prompt
-from services.common.workers import BUILTIN_PREFIX
+from services.common.routes import BUILTIN_PREFIX
 from services.selector.rank import Candidate, Where
 
 log = logging.getLogger(__name__)

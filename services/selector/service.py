@@ -15,7 +15,7 @@ import collections
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from functools import cached_property
@@ -41,14 +41,14 @@ from nats.js.errors import (
 from nats.js.kv import KeyValue
 from prometheus_client import Counter, Gauge
 
-from services.common import bus, events, subjects
+from services.common import bus, events, subjects, tracing
 from services.common.llm import LLM, open_llm
 from services.common.periodic import Periodic
 from services.common.resources import request_text
 from services.common.runtime import Runtime
 from services.common.settings import SettingsError
 from services.common.tasks import MAX_PLAN_TASKS
-from services.common.telemetry import request_id_var, trace_id_var
+from services.common.telemetry import request_id_var
 from services.common.workers import WorkerRegistry
 from services.selector.catalog import Catalog, CatalogError, load_catalog
 from services.selector.config import SelectorConfig
@@ -76,6 +76,7 @@ STAGE = "selector"
 RUN_TTL_S = 24 * 3600.0
 SWEEP_INTERVAL_S = 5.0
 OVERDUE_GRACE_S = 5.0  # an executor that finishes right at the deadline still gets its say
+WRITTEN_RUNS_KEPT = 10_000  # runs whose last written state a replica keeps (a few KiB each)
 COUNTERS = {
     "failure": Counter(
         "chorus_selector_task_failures_total",
@@ -163,6 +164,10 @@ class Selector:
         self._catalog = catalog
         self._config = config
         self._llm = llm if config.llm_choice else None
+        # The last state this replica wrote of each run, with its revision: the next step
+        # writes on top of it with compare-and-set and reads only when another replica moved
+        # the run on (the write is refused) or the run is not here (another replica's run).
+        self._written: collections.OrderedDict[str, tuple[int, bytes]] = collections.OrderedDict()
 
     @property
     def _rules(self) -> RunRules:  # a property: tests shorten OVERDUE_GRACE_S
@@ -174,7 +179,7 @@ class Selector:
     async def handle_plan(self, plan: TaskPlan) -> None:
         if len(plan.tasks) > MAX_PLAN_TASKS:
             raise PlanTooLarge(f"the plan has {len(plan.tasks)} tasks, more than {MAX_PLAN_TASKS}")
-        state = RunState(started_unix=time.time(), trace_id=trace_id_var.get())
+        state = RunState(started_unix=time.time(), trace_id=tracing.current_traceparent())
         state.plan.CopyFrom(plan)
         if plan.request.stop_after == StopAfter.STOP_AFTER_PLAN or not plan.tasks:
             await self._carry_out([Report(report_of(state, time.time()))])
@@ -189,7 +194,10 @@ class Selector:
                 return
             await self._choose_models(state)
             try:
-                await self._runs.create(plan.request_id, state.SerializeToString())
+                value = state.SerializeToString()
+                self._remember(
+                    plan.request_id, await self._runs.create(plan.request_id, value), value
+                )
             except KeyWrongLastSequenceError:
                 log.info("another selector replica started this run; continuing it")
         # Also on a redelivery: a selector that stopped between creating the run and
@@ -248,51 +256,73 @@ class Selector:
         state as it now stands, if it still runs.
         """
         while True:
-            try:
-                entry = await self._runs.get(request_id)
-            except KeyNotFoundError as e:
-                if missing is not None:
-                    missing("finished_request" if _finished(e) else "unknown_request")
-                return None
-            try:
-                state = RunState.FromString(entry.value or b"")
-            except DecodeError as e:
-                await self._discard_bad_state(request_id, entry.revision, e)
-                return None
-            trace_id_var.set(state.trace_id)  # what a sweep publishes joins the request's trace
-            before = state.SerializeToString(deterministic=True)
-            effects = step(state, event, time.time(), self._rules, self._replicas(state))
-            if state.SerializeToString(deterministic=True) == before:
-                await self._carry_out(effects)  # only counts: a stray, nothing to do
-                return state
-            try:
-                if is_complete(state):
-                    # The report goes out first: once the entry is gone, nothing could send it.
-                    # Its delete marker tells late messages that the run finished.
-                    await self._carry_out(effects)
-                    await _delete_at(self._runs, request_id, entry.revision)
+            known = self._written.pop(request_id, None)
+            kept = known is not None
+            if known is None:
+                try:
+                    entry = await self._runs.get(request_id)
+                except KeyNotFoundError as e:
+                    if missing is not None:
+                        missing("finished_request" if _finished(e) else "unknown_request")
                     return None
-                await self._runs.update(request_id, state.SerializeToString(), last=entry.revision)
-                await self._carry_out(effects)
-                return state
-            except KeyWrongLastSequenceError:
-                continue  # another replica changed the run; redo on the fresh state
+                known = (entry.revision or 0, entry.value or b"")
+            revision, value = known
+            try:
+                state = RunState.FromString(value)
+            except DecodeError as e:
+                await self._discard_bad_state(request_id, revision, e)
+                return None
+            # What a sweep publishes joins the request's trace (`trace_id` holds a traceparent).
+            with tracing.joined(state.trace_id, "selector sweep"):
+                before = state.SerializeToString(deterministic=True)
+                effects = step(state, event, time.time(), self._rules, self._replicas(state))
+                unchanged = state.SerializeToString(deterministic=True) == before
+                if kept and (unchanged or is_complete(state)):
+                    # Only a write would show that the kept state is stale; with none to come
+                    # (a stray, or a report that goes out before the delete) read it afresh.
+                    continue
+                if unchanged:
+                    await self._carry_out(effects)  # only counts: a stray, nothing to do
+                    return state
+                try:
+                    if is_complete(state):
+                        # The report goes out first: once the entry is gone, nothing could send
+                        # it. Its delete marker tells late messages that the run finished.
+                        await self._carry_out(effects)
+                        await _delete_at(self._runs, request_id, revision)
+                        return None
+                    value = state.SerializeToString()
+                    written = await self._runs.update(request_id, value, last=revision)
+                    self._remember(request_id, written, value)
+                    await self._carry_out(effects)
+                    return state
+                except KeyWrongLastSequenceError:
+                    continue  # another replica changed the run; redo on the fresh state
+
+    def _remember(self, request_id: str, revision: int, value: bytes) -> None:
+        self._written[request_id] = (revision, value)
+        while len(self._written) > WRITTEN_RUNS_KEPT:
+            self._written.popitem(last=False)  # the oldest: its next step reads it again
 
     async def _carry_out(self, effects: list[Effect]) -> None:
+        """Sends every message of `effects` at once, in their order, and waits for the acks
+        together: the events that follow an invocation or a report do not hold it up."""
+        sends: list[Awaitable[None]] = []
         for effect in effects:
             match effect:
                 case Invoke(task, route, invocation, msg_id):
                     subject = subjects.invoke(task, route)
-                    await bus.publish(self._js, subject, invocation, msg_id=msg_id)
+                    sends.append(bus.publish(self._js, subject, invocation, msg_id=msg_id))
                 case Emit(event, msg_id):
-                    await events.publish_event(self._js, event, msg_id=msg_id)
+                    sends.append(events.publish_event(self._js, event, msg_id=msg_id))
                 case Report(report):
                     msg_id = f"{report.request_id}.report"
-                    await bus.publish(self._js, subjects.REPORT, report, msg_id=msg_id)
+                    sends.append(bus.publish(self._js, subjects.REPORT, report, msg_id=msg_id))
                 case Count(counter, reason, task_id):
                     COUNTERS[counter].labels(reason).inc()
                     if counter == "stray":
                         log.warning("result for task %d ignored: %s", task_id, reason)
+        await bus.pipelined(sends)
 
     async def _discard_bad_state(
         self, request_id: str, revision: int | None, error: Exception

@@ -29,8 +29,8 @@ from prometheus_client import REGISTRY
 
 from services.common import bus, subjects
 from services.common.artifacts import ArtifactStore
+from services.common.routes import LLM_ROUTE, REMOTE_ROUTE
 from services.common.tasks import LLM_TASKS
-from services.common.workers import LLM_ROUTE, REMOTE_ROUTE
 from services.executor.media import Audio, decode_wav, encode_wav
 from tests.integration.stack import running_stack
 from tests.support import ScriptedLLM

@@ -178,3 +178,41 @@ async def test_a_work_stream_deleted_under_running_services_is_recreated(nats_ur
         response = await _run_plan(nats_url, _plan("r", _text_task(0, "summarization")))
         await echo.stop()
     assert response.results[0].status == TaskStatus.TASK_STATUS_SUCCEEDED
+
+
+async def test_a_step_writes_the_run_without_reading_it(
+    nats_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The selector keeps the state it last wrote: past the plan's look for an earlier run,
+    a step is one compare-and-set write and no read; only the last step, whose report goes
+    out before its delete, reads the run afresh first."""
+    reads: list[str] = []
+    get: Callable[..., Awaitable[Any]] = KeyValue.get
+
+    async def counted_get(self: KeyValue, key: str, *args: Any, **kwargs: Any) -> Any:
+        if self._name == subjects.RUN_STATE_BUCKET:
+            reads.append(key)
+        return await get(self, key, *args, **kwargs)
+
+    monkeypatch.setattr(KeyValue, "get", counted_get)
+    chain = [_text_task(i, "summarization", deps=(i - 1,) if i else ()) for i in range(3)]
+    async with running_stack(nats_url, services=("selector", "responder")):
+        echo = await EchoReplica(nats_url, [("summarization", "m")]).start()
+        response = await _run_plan(nats_url, _plan("r", *chain))
+        await echo.stop()
+    assert [r.status for r in response.results] == [TaskStatus.TASK_STATUS_SUCCEEDED] * 3
+    assert reads == [response.request_id] * 2  # the plan's look and the last step's
+
+
+async def test_two_selectors_share_runs_through_compare_and_set(nats_url: str) -> None:
+    """Each keeps what it wrote; a write on top of a state the other moved on is refused and
+    read again, so every request still finishes once and well."""
+    chain = [_text_task(i, "summarization", deps=(i - 1,) if i else ()) for i in range(3)]
+    async with running_stack(nats_url, services=("selector", "selector", "responder")):
+        echo = await EchoReplica(nats_url, [("summarization", "m")]).start()
+        responses = await asyncio.gather(
+            *(_run_plan(nats_url, _plan(f"r{i}", *chain)) for i in range(12))
+        )
+        await echo.stop()
+    for response in responses:
+        assert [r.status for r in response.results] == [TaskStatus.TASK_STATUS_SUCCEEDED] * 3

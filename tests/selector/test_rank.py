@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from chorus.v1.workers_pb2 import ServedModel, WorkerInfo
 
-from services.common.workers import LLM_ROUTE, REMOTE_ROUTE
+from services.common.routes import LLM_ROUTE, REMOTE_ROUTE
 from services.selector.catalog import Catalog, CatalogEntry
 from services.selector.rank import RequestFacts, Where, guess_language, rank
 
