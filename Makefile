@@ -50,6 +50,7 @@ bench: setup
 	$(PY) -m bench.pipeline
 	$(PY) -m bench.taskbench_rules
 	$(PY) -m bench.planner_robustness
+	$(PY) -m bench.planner_latency
 	$(PY) -m bench.planner_prompt_tokens
 	$(PY) -m bench.selector
 	$(PY) -m bench.responder

@@ -18,6 +18,13 @@ Corpus:
   TaskBench reply (deterministic: one seeded RNG per reply and corruption). Only the replies
   the parser accepts clean are the table's base, so that each figure measures that one
   corruption; the corruptions of the rejected clean replies are still parsed, for crashes.
+  Besides the defects of HuggingGPT's era, those of today's LLMs: a reasoning model's
+  `<think>` block (inline, with only its closing tag, or never closed), JSON5 habits (comments,
+  bare keys, single-quoted keys, typographic quotes, Python's True/False/None), prose with
+  brackets after the JSON, ids as strings, `arguments`/`parameters` for `args`, and replies cut
+  off: by the token limit (the server says `finish_reason: "length"`) inside the last task, where
+  the right answer is the tasks before it, or inside the first, where it is a rejection; and
+  cut inside a string of the last task by a server that does not say so.
 
 Outcomes: `exact` (parsed, no normalization), `normalized` (parsed, with a named liberty),
 `rejected` (`PlanError` with a reason), `crashed` (any other exception: must be 0). For a
@@ -26,7 +33,8 @@ expected one: the same task types, argument slots, generated links, file and tex
 dependencies, compared up to task numbering (the expected graph is the clean parse, or for
 `two-refs-one-arg` HuggingGPT's own unfold). `links_equal` is the same without the dependency
 lists. The outcome-only corruptions (no right answer but rejection, or none that can be
-compared): `self-ref`, `missing-ref`, `cycle`, `extra-dep`.
+compared): `self-ref`, `missing-ref`, `cycle`, `extra-dep`, `think-unclosed`,
+`cut-off-in-first-task`.
 
 Latency is `parse_plan` alone (no LLM), per reply, by `time.perf_counter`.
 """
@@ -134,6 +142,7 @@ class Clean:
     plan: Plan | None = None
     tools: tuple[str, ...] = ()  # the TaskBench names, by task position
     dropped_args: int = 0
+    request: str = ""  # the user's request, where known
 
 
 def file_kind(value: str) -> str | None:
@@ -246,6 +255,7 @@ def load_corpus(data: Path) -> tuple[list[Clean], list[Clean]]:
                 plan=plan,
                 tools=tools,
                 dropped_args=dropped,
+                request=str(record.get("user_request", "")),
             )
         )
     demos: list[Clean] = []
@@ -265,6 +275,7 @@ class Variant:
     kind: str
     reply: str
     expected: Plan | None  # the plan a correct reading gives; None: outcome only
+    cut_off: bool = False  # the server said the reply stopped at its token limit
 
 
 def dump(value: Any, quote: str = '"', trailing: bool = False) -> str:
@@ -663,6 +674,159 @@ def _bare_string(clean: Clean, rng: random.Random) -> Variant | None:
     return Variant("args-bare-string", json.dumps(plan), clean.plan)
 
 
+# --- the defects of today's LLMs: reasoning models, JSON5 habits, the token limit -----------
+
+
+def styled(
+    value: Any,
+    key: Callable[[str], str] = json.dumps,
+    text: Callable[[str], str] = json.dumps,
+    word: Callable[[Any], str] = json.dumps,
+) -> str:
+    """JSON with object keys written by `key`, strings by `text`, numbers and words by `word`."""
+    if isinstance(value, str):
+        return text(value)
+    if isinstance(value, bool | int | float) or value is None:
+        return word(value)
+    if isinstance(value, dict):
+        items = [f"{key(k)}: {styled(v, key, text, word)}" for k, v in value.items()]
+        return "{" + ", ".join(items) + "}"
+    return "[" + ", ".join(styled(v, key, text, word) for v in value) + "]"
+
+
+def _reasoning(clean: Clean, rng: random.Random) -> str:
+    """What a reasoning model thinks before it answers: brackets, braces and JSON drafts."""
+    assert clean.plan is not None
+    draft = json.dumps(clean.plan[0])
+    return rng.choice(
+        [
+            "The user wants [several steps]. Let me map each to a tool {type, args}.",
+            f"Okay, so I need a list of tasks. Maybe: [{draft[: len(draft) // 2]}... no, wait.",
+            f"Draft:\n```json\n[{draft}]\n```\nHmm, check the deps [-1] and ids {{0, 1}} first.",
+        ]
+    )
+
+
+def _think_inline(clean: Clean, rng: random.Random) -> Variant | None:
+    reply = f"<think>\n{_reasoning(clean, rng)}\n</think>\n\n{clean.reply}"
+    return Variant("think-inline", reply, clean.plan)
+
+
+def _think_unopened(clean: Clean, rng: random.Random) -> Variant | None:
+    """The chat template opened the block in the prompt: the reply only closes it."""
+    return Variant(
+        "think-unopened", f"{_reasoning(clean, rng)}\n</think>\n\n{clean.reply}", clean.plan
+    )
+
+
+def _think_unclosed(clean: Clean, rng: random.Random) -> Variant | None:
+    """Reasoning that never reached an answer: the right outcome is a rejection."""
+    reply = (
+        f"<think>\n{_reasoning(clean, rng)}\nSo the plan is {clean.reply[: len(clean.reply) // 2]}"
+    )
+    return Variant("think-unclosed", reply, None)
+
+
+def _comments(clean: Clean, rng: random.Random) -> Variant | None:
+    assert clean.plan is not None
+    steps = [f"/* step [{i}] */ {json.dumps(t)}" for i, t in enumerate(clean.plan)]
+    reply = "[\n  // the tasks, in {order}\n  " + ",\n  ".join(steps) + "  // done [end]\n]"
+    return Variant("json5-comments", reply, clean.plan)
+
+
+def _bare_keys(clean: Clean, rng: random.Random) -> Variant | None:
+    return Variant("json5-bare-keys", styled(clean.plan, key=str), clean.plan)
+
+
+def _typographic(clean: Clean, rng: random.Random) -> Variant | None:
+    def curly(s: str) -> str:
+        return f"\u201c{json.dumps(s)[1:-1]}\u201d"
+
+    return Variant("typographic-quotes", styled(clean.plan, curly, curly), clean.plan)
+
+
+def _single_quoted_keys(clean: Clean, rng: random.Random) -> Variant | None:
+    return Variant("single-quoted-keys", styled(clean.plan, key="'{}'".format), clean.plan)
+
+
+def _python_none(clean: Clean, rng: random.Random) -> Variant | None:
+    """`"dep": None` for a task that needs none, and Python's True where JSON says true."""
+    assert clean.plan is not None
+    plan = _copy(clean.plan)
+    for task in plan:
+        if not _deps(task):
+            task["dep"] = None
+    reply = styled([{**t, "done": False} for t in plan], word=repr)
+    return Variant("python-literals", reply, clean.plan)
+
+
+def _prose_brackets(clean: Clean, rng: random.Random) -> Variant | None:
+    after = rng.choice(
+        [
+            "\n\nNote: task [1] uses the output of task [0].",
+            "\n\nThe steps are {first the inputs, then the results} [as you asked].",
+            '\n\n(Each task\'s "args" come from [your request]; "dep" lists what it needs.)',
+        ]
+    )
+    return Variant("prose-after-brackets", clean.reply + after, clean.plan)
+
+
+def _ids_as_strings(clean: Clean, rng: random.Random) -> Variant | None:
+    plan = _copy_plan(clean)
+    for task in plan:
+        task["id"] = str(task["id"])
+        task["dep"] = [str(d) for d in task["dep"]]
+    return Variant("ids-as-strings", json.dumps(plan), clean.plan)
+
+
+def _args_named(key: str) -> Corruption:
+    def corrupt(clean: Clean, rng: random.Random) -> Variant | None:
+        plan = [{(key if k == "args" else k): v for k, v in t.items()} for t in _copy_plan(clean)]
+        return Variant(f"args-named-{key}", json.dumps(plan), clean.plan)
+
+    return corrupt
+
+
+def _last_task_span(clean: Clean) -> tuple[int, int]:
+    """Where the last task's object starts and ends (past its `}`) in the clean reply."""
+    assert clean.plan is not None
+    last = json.dumps(clean.plan[-1])
+    start = clean.reply.rindex(last)
+    return start, start + len(last)
+
+
+def _cut_after_a_task(clean: Clean, rng: random.Random) -> Variant | None:
+    """Stopped by the token limit inside the last task: the tasks before it are complete."""
+    if not clean.plan or len(clean.plan) < 2:
+        return None
+    start, end = _last_task_span(clean)
+    reply = clean.reply[: rng.randrange(start + 1, end - 1)]
+    return Variant("cut-off-after-a-task", reply, clean.plan[:-1], cut_off=True)
+
+
+def _cut_in_first_task(clean: Clean, rng: random.Random) -> Variant | None:
+    """Stopped by the token limit before one task was complete: ask again, never run it."""
+    if not clean.plan:
+        return None
+    reply = clean.reply[: rng.randrange(2, len(json.dumps(clean.plan[0])))]
+    return Variant("cut-off-in-first-task", reply, None, cut_off=True)
+
+
+def _cut_unreported(clean: Clean, rng: random.Random) -> Variant | None:
+    """Cut inside a string of the last task, by a server that does not say so."""
+    if not clean.plan or len(clean.plan) < 2:
+        return None
+    start, end = _last_task_span(clean)
+    last = clean.reply[start:end]
+    inside = [
+        m.start() + 1 + k for m in re.finditer(r'"[^"]+"', last) for k in range(len(m.group()) - 2)
+    ]
+    if not inside:
+        return None
+    reply = clean.reply[: start + rng.choice(inside) + 1]
+    return Variant("cut-unreported", reply, clean.plan[:-1])
+
+
 def _copy_plan(clean: Clean) -> Plan:
     assert clean.plan is not None
     return _copy(clean.plan)
@@ -700,8 +864,30 @@ CORRUPTIONS: dict[str, Corruption] = {
     "cycle": _cycle,
     "wrong-kind-slot": _wrong_kind,
     "args-bare-string": _bare_string,
+    "think-inline": _think_inline,
+    "think-unopened": _think_unopened,
+    "think-unclosed": _think_unclosed,
+    "json5-comments": _comments,
+    "json5-bare-keys": _bare_keys,
+    "typographic-quotes": _typographic,
+    "single-quoted-keys": _single_quoted_keys,
+    "python-literals": _python_none,
+    "prose-after-brackets": _prose_brackets,
+    "ids-as-strings": _ids_as_strings,
+    "args-named-arguments": _args_named("arguments"),
+    "args-named-parameters": _args_named("parameters"),
+    "cut-off-after-a-task": _cut_after_a_task,
+    "cut-off-in-first-task": _cut_in_first_task,
+    "cut-unreported": _cut_unreported,
 }
-OUTCOME_ONLY = ("self-ref", "missing-ref", "cycle", "extra-dep")
+OUTCOME_ONLY = (
+    "self-ref",
+    "missing-ref",
+    "cycle",
+    "extra-dep",
+    "think-unclosed",
+    "cut-off-in-first-task",
+)
 
 
 def variants(clean: Clean, kinds: Iterable[str] = CORRUPTIONS) -> list[Variant]:
@@ -727,10 +913,10 @@ class Result:
     reason: str = ""  # the PlanError, or the crash
 
 
-def attempt(reply: str, resources: dict[str, ArtifactRef]) -> Result:
+def attempt(reply: str, resources: dict[str, ArtifactRef], cut_off: bool = False) -> Result:
     start = time.perf_counter()
     try:
-        parsed = parse_plan(reply, resources)
+        parsed = parse_plan(reply, resources, cut_off=cut_off)
     except PlanError as e:
         return Result("rejected", time.perf_counter() - start, reason=str(e))
     except Exception as e:  # anything else is a crash: reported, never raised
@@ -859,10 +1045,15 @@ def hostile_replies() -> dict[str, str]:
         }
         for i in range(500)
     ]
+    thoughts = "Let me see: [a] then {b}. " * 40_000  # 1 MB of reasoning, brackets and all
+    plan = json.dumps(chain[:2])
     return {
         "1 MB reply": one_mb,
         "500-task plan": json.dumps(chain),
         "10,000-deep nesting": "[" * 10_000 + "]" * 10_000,
+        "1 MB <think> that never closes": f"<think>{thoughts}{plan}",
+        "only reasoning, no answer": f"<think>{thoughts[:4000]}</think>",
+        "1 MB of reasoning, then a plan": f"<think>{thoughts}</think>\n{plan}",  # read, not rejected
     }
 
 
@@ -955,7 +1146,7 @@ def evaluate(taskbench: list[Clean], demos: list[Clean]) -> Run:
         # expected plan (as JSON) -> (signature, signature without dependencies)
         expected = {clean.reply: (signature(result.tasks), signature(result.tasks, False))}
         for variant in variants(clean):
-            got = attempt(variant.reply, clean.resources)
+            got = attempt(variant.reply, clean.resources, variant.cut_off)
             run.corrupted_seconds.append(got.seconds)
             _crash(run, clean.source, variant.kind, variant.reply, got)
             if accepted:

@@ -18,7 +18,19 @@ from PIL import Image, ImageDraw
 
 from services.common.artifacts import ArtifactNotFound, kind_for, media_type_for
 
-Reply = str | Callable[[list[dict[str, Any]]], str]
+
+@dataclass(frozen=True)
+class Answer:
+    """A scripted reply with what a server says about it beside the text."""
+
+    content: str | None
+    finish_reason: str = "stop"  # "length": stopped at the token limit
+    reasoning: str | None = None
+    reasoning_field: str = "reasoning_content"  # DeepSeek and vLLM; Ollama says "reasoning"
+    completion_tokens: int = 1
+
+
+Reply = str | Answer | Callable[[list[dict[str, Any]]], str]
 
 
 @dataclass
@@ -61,7 +73,7 @@ class ScriptedLLM:
                 time.sleep(llm.delay_s)
                 reply = llm._next(body["messages"])
                 if body.get("stream"):
-                    self._stream(reply, body["model"])
+                    self._stream(reply.content or "", body["model"])
                 else:
                     self._send_json(_completion(reply, body["model"]))
 
@@ -104,9 +116,11 @@ class ScriptedLLM:
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self
 
-    def _next(self, messages: list[dict[str, Any]]) -> str:
+    def _next(self, messages: list[dict[str, Any]]) -> Answer:
         reply = self.replies.pop(0) if len(self.replies) > 1 else self.replies[0]
-        return reply(messages) if callable(reply) else reply
+        if isinstance(reply, Answer):
+            return reply
+        return Answer(reply(messages) if callable(reply) else reply)
 
     def stop(self) -> None:
         if self._server:
@@ -114,20 +128,21 @@ class ScriptedLLM:
             self._server.server_close()
 
 
-def _completion(reply: str, model: str) -> dict[str, Any]:
+def _completion(reply: Answer, model: str) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": reply.content}
+    if reply.reasoning is not None:
+        message[reply.reasoning_field] = reply.reasoning
     return {
         "id": "c",
         "object": "chat.completion",
         "created": 0,
         "model": model,
-        "choices": [
-            {
-                "index": 0,
-                "finish_reason": "stop",
-                "message": {"role": "assistant", "content": reply},
-            }
-        ],
-        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+        "choices": [{"index": 0, "finish_reason": reply.finish_reason, "message": message}],
+        "usage": {
+            "prompt_tokens": 1,
+            "completion_tokens": reply.completion_tokens,
+            "total_tokens": 1 + reply.completion_tokens,
+        },
     }
 
 

@@ -11,7 +11,7 @@ from typing import Protocol, cast
 
 import openai
 from openai import AsyncOpenAI, omit
-from openai.types.chat import ChatCompletion, ChatCompletionMessageParam
+from openai.types.chat import ChatCompletion, ChatCompletionMessage, ChatCompletionMessageParam
 from prometheus_client import Counter, Histogram
 
 from services.common.settings import LLMSettings
@@ -38,6 +38,22 @@ class ChatTurn:
     content: str
 
 
+@dataclass(frozen=True)
+class Completion:
+    """A whole reply with what the server said about it, for a stage that must know whether
+    the reply is finished (a plan cut off by the token limit must never run)."""
+
+    text: str  # the answer; "" when the server sent only reasoning
+    finish_reason: str | None  # "stop", "length", ...; None where the server does not say
+    reasoning: str | None = None  # a reasoning model's thinking, where the server separates it
+    completion_tokens: int | None = None  # as the server counted them
+
+    @property
+    def cut_off(self) -> bool:
+        """The server stopped at the token limit: the reply is unfinished."""
+        return self.finish_reason == "length"
+
+
 class LLM(Protocol):
     name: str
 
@@ -47,6 +63,20 @@ class LLM(Protocol):
 
     def stream(self, messages: Sequence[ChatTurn]) -> AsyncIterator[str]:
         """The reply as it is generated, a piece at a time."""
+        ...
+
+
+class ReportingLLM(LLM, Protocol):
+    """An LLM that also reports how each reply ended, as the planner needs."""
+
+    async def completion(
+        self,
+        messages: Sequence[ChatTurn],
+        *,
+        json_mode: bool = False,
+        max_tokens: int | None = None,
+    ) -> Completion:
+        """The whole reply, why it stopped and its reasoning; `max_tokens` None: the server's."""
         ...
 
 
@@ -65,27 +95,54 @@ class OpenAILLM:
 
     async def complete(self, messages: Sequence[ChatTurn], *, json_mode: bool = False) -> str:
         with _accounted("complete"):
-            use_json = json_mode and self._json_mode
-            try:
-                reply = await self._create(messages, use_json)
-            except openai.BadRequestError as e:
-                if not use_json:
-                    raise LLMError(f"LLM {self.name} refused the request: {e}") from e
-                # Many OpenAI-compatible servers lack JSON mode; the parsers cope without it.
-                log.warning("LLM %s refused JSON mode; asking in plain text from now on", self.name)
-                self._json_mode = False
-                try:
-                    reply = await self._create(messages, False)
-                except openai.BadRequestError as again:
-                    raise LLMError(f"LLM {self.name} refused the request: {again}") from again
-            if reply.usage:
-                LLM_TOKENS.labels("prompt").inc(reply.usage.prompt_tokens)
-                LLM_TOKENS.labels("completion").inc(reply.usage.completion_tokens)
+            reply = await self._reply(messages, json_mode, None)
             if not reply.choices or reply.choices[0].message.content is None:
                 raise LLMError(f"LLM {self.name} returned no content")
             return reply.choices[0].message.content
 
-    async def _create(self, messages: Sequence[ChatTurn], json_mode: bool) -> ChatCompletion:
+    async def completion(
+        self,
+        messages: Sequence[ChatTurn],
+        *,
+        json_mode: bool = False,
+        max_tokens: int | None = None,
+    ) -> Completion:
+        with _accounted("complete"):
+            reply = await self._reply(messages, json_mode, max_tokens)
+            if not reply.choices:
+                raise LLMError(f"LLM {self.name} returned no choices")
+            choice = reply.choices[0]
+            return Completion(
+                text=choice.message.content or "",
+                finish_reason=choice.finish_reason,
+                reasoning=_reasoning(choice.message),
+                completion_tokens=reply.usage.completion_tokens if reply.usage else None,
+            )
+
+    async def _reply(
+        self, messages: Sequence[ChatTurn], json_mode: bool, max_tokens: int | None
+    ) -> ChatCompletion:
+        use_json = json_mode and self._json_mode
+        try:
+            reply = await self._create(messages, use_json, max_tokens)
+        except openai.BadRequestError as e:
+            if not use_json:
+                raise LLMError(f"LLM {self.name} refused the request: {e}") from e
+            # Many OpenAI-compatible servers lack JSON mode; the parsers cope without it.
+            log.warning("LLM %s refused JSON mode; asking in plain text from now on", self.name)
+            self._json_mode = False
+            try:
+                reply = await self._create(messages, False, max_tokens)
+            except openai.BadRequestError as again:
+                raise LLMError(f"LLM {self.name} refused the request: {again}") from again
+        if reply.usage:
+            LLM_TOKENS.labels("prompt").inc(reply.usage.prompt_tokens)
+            LLM_TOKENS.labels("completion").inc(reply.usage.completion_tokens)
+        return reply
+
+    async def _create(
+        self, messages: Sequence[ChatTurn], json_mode: bool, max_tokens: int | None
+    ) -> ChatCompletion:
         """One completion; a refused request stays `BadRequestError`, other failures `LLMError`."""
         try:
             return await self._client.chat.completions.create(
@@ -93,6 +150,7 @@ class OpenAILLM:
                 messages=_wire(messages),
                 temperature=0,
                 response_format={"type": "json_object"} if json_mode else omit,
+                max_tokens=omit if max_tokens is None else max_tokens,
             )
         except openai.BadRequestError:
             raise
@@ -130,6 +188,17 @@ def _wire(messages: Sequence[ChatTurn]) -> list[ChatCompletionMessageParam]:
     return [
         cast(ChatCompletionMessageParam, {"role": m.role, "content": m.content}) for m in messages
     ]
+
+
+def _reasoning(message: ChatCompletionMessage) -> str | None:
+    """The reasoning a server sent beside the answer: `reasoning_content` (DeepSeek, vLLM) or
+    `reasoning` (Ollama, newer vLLM). Neither is in the OpenAI schema, so both are extras."""
+    extra = message.model_extra or {}
+    for field in ("reasoning_content", "reasoning"):
+        value = extra.get(field)
+        if isinstance(value, str) and value:
+            return value
+    return None
 
 
 @contextmanager

@@ -1,9 +1,11 @@
 """Turns an LLM's planning reply (HuggingGPT's JSON task list) into a valid task graph.
 
 Real replies are read as leniently as is safe, and every liberty taken is named: a task type
-spelt another way, ids that count from 1, `<GENERATED-0>` for `<GENERATED>-0`, two generated
-inputs in one argument, a dependency on a task that is not there. What cannot be made into a
-valid graph is rejected with the precise reason (`PlanError`), for the repair round.
+spelt another way, ids that count from 1 or written as strings, `arguments` for `args`,
+`<GENERATED-0>` for `<GENERATED>-0`, two generated inputs in one argument, a dependency on a
+task that is not there. What cannot be made into a valid graph is rejected with the precise
+reason (`PlanError`), for the repair round; a reply that stops before its first task is
+complete (`UnfinishedPlan`) is worth asking again with more room.
 """
 
 from __future__ import annotations
@@ -16,7 +18,12 @@ from typing import Any
 from chorus.v1.messages_pb2 import ArtifactRef, GeneratedRef, Kind, Task, TaskArgument
 
 from services.common.artifacts import kind_for_name
-from services.common.lenient_json import JSONRepairError, load_lenient
+from services.common.lenient_json import (
+    CutBeforeAnyItem,
+    JSONRepairError,
+    ReasoningOnly,
+    load_lenient,
+)
 from services.common.resources import find_resource
 from services.common.tasks import KIND_NAMES, TASK_TYPES, TEXT, Slot, TaskType
 
@@ -27,6 +34,8 @@ _GENERATED = re.compile(
     re.I,
 )
 _CANONICAL_REF = re.compile(r"<GENERATED>-(\d+)")
+_ID_TEXT = re.compile(r"(?:(?:task|id|t|#)[\s_#-]*)?(-?\d+)", re.I)
+_ARGS_KEYS = ("args", "arguments", "parameters", "params", "inputs")
 _FILE = re.compile(r"\.([A-Za-z0-9]{2,4})$")
 _SYNONYMS = {
     "image-captioning": "image-to-text",
@@ -79,6 +88,11 @@ class PlanError(ValueError):
     """The reply cannot be made into a valid plan; the message says exactly why."""
 
 
+class UnfinishedPlan(PlanError):
+    """The reply stops before its first task is complete (cut off by the token limit, or
+    reasoning that never reached an answer): asking again with more room may help."""
+
+
 @dataclass(frozen=True)
 class ParsedPlan:
     tasks: list[Task]
@@ -96,9 +110,17 @@ class _Draft:
     args: list[tuple[str, str]]  # (slot name as written, value as written)
 
 
-def parse_plan(reply: str, resources: dict[str, ArtifactRef]) -> ParsedPlan:
+def parse_plan(
+    reply: str, resources: dict[str, ArtifactRef], *, cut_off: bool = False
+) -> ParsedPlan:
+    """`cut_off`: the server stopped the reply at its token limit. Only the tasks that were
+    complete before the cut are read; an unfinished task is never completed by guesswork."""
     try:
-        loaded = load_lenient(reply)
+        loaded = load_lenient(reply, cut_off=cut_off)
+    except CutBeforeAnyItem as e:
+        raise UnfinishedPlan("the reply was cut off before its first task was complete") from e
+    except ReasoningOnly as e:
+        raise UnfinishedPlan(str(e)) from e
     except JSONRepairError as e:
         raise PlanError(str(e)) from e
     notes = list(loaded.repairs)
@@ -133,10 +155,10 @@ def _draft(position: int, item: Any, notes: list[str]) -> _Draft:
     if not isinstance(item, dict):
         raise PlanError(f"{where} is not an object")
     task_type = _task_type(_clean(str(item.get("task", ""))), where, notes)
-    raw_id = _optional_int(item.get("id"), f"{where}: id")
+    raw_id = _optional_int(item.get("id"), f"{where}: id", notes)
     deps = [
         d
-        for d in (_optional_int(v, f"{where}: dep") for v in _as_list(item.get("dep")))
+        for d in (_optional_int(v, f"{where}: dep", notes) for v in _deps_list(item.get("dep")))
         if d is not None and d >= 0
     ]
     return _Draft(position, raw_id, task_type, deps, _arguments(item, task_type, where, notes))
@@ -156,9 +178,11 @@ def _task_type(name: str, where: str, notes: list[str]) -> TaskType:
     return TASK_TYPES[found]
 
 
-def _optional_int(value: Any, what: str) -> int | None:
+def _optional_int(value: Any, what: str, notes: list[str]) -> int | None:
     if value is None or value == "":
         return None
+    if isinstance(value, str):
+        value = _id_in_text(value, what, notes)
     try:
         number = int(str(value).strip())
     except ValueError as e:
@@ -166,6 +190,24 @@ def _optional_int(value: Any, what: str) -> int | None:
     if abs(number) > 10_000:
         raise PlanError(f"{what} is out of range: {number}")
     return number
+
+
+def _id_in_text(text: str, what: str, notes: list[str]) -> str:
+    """The number in an id or dependency written as a string: "1", "task-1", "#1"."""
+    match = _ID_TEXT.fullmatch(text.strip())
+    if match is None:
+        raise PlanError(f"{what} is not a number: {text!r}")
+    note = "read task ids or dependencies written as strings"
+    if note not in notes:
+        notes.append(note)
+    return match.group(1)
+
+
+def _deps_list(value: Any) -> list[Any]:
+    """A task's dependencies; one string may list several ("0, 1")."""
+    if isinstance(value, str) and _ID_TEXT.fullmatch(value.strip()) is None:
+        return [v for v in re.split(r"[,;\s]+", value.strip()) if v]
+    return _as_list(value)
 
 
 def _as_list(value: Any) -> list[Any]:
@@ -178,7 +220,10 @@ def _arguments(
     item: dict[str, Any], task_type: TaskType, where: str, notes: list[str]
 ) -> list[tuple[str, str]]:
     """The (slot, value) pairs, from an `args` object, a bare string, or a list in slot order."""
-    raw = item.get("args", item.get("arguments", {}))
+    key = next((k for k in _ARGS_KEYS if k in item), "args")
+    if key != "args":
+        notes.append(f"{where}: read its {key!r} as 'args'")
+    raw = item.get(key, {})
     if isinstance(raw, dict):
         return [(_clean(str(k)), _text(v)) for k, v in raw.items()]
     values = [_text(v) for v in _as_list(raw)]

@@ -9,13 +9,14 @@ from __future__ import annotations
 import logging
 import time
 
-from chorus.v1.messages_pb2 import ChatRequest, PlanSource, TaskPlan
+from chorus.v1.messages_pb2 import ArtifactRef, ChatRequest, PlanSource, TaskPlan
 from prometheus_client import Counter
 
-from services.common.llm import LLM, ChatTurn
+from services.common.lenient_json import answer_text
+from services.common.llm import ChatTurn, Completion, ReportingLLM
 from services.common.prompts import load_prompt
 from services.common.resources import request_text, resources_of
-from services.planner.parse import ParsedPlan, PlanError, parse_plan
+from services.planner.parse import ParsedPlan, PlanError, UnfinishedPlan, parse_plan
 from services.planner.prompt import planning_prompt
 from services.planner.rules import plan_by_rules
 
@@ -28,10 +29,19 @@ PLANS = Counter(
     "rules (no LLM).",
     ["outcome"],
 )
+REPLIES = Counter(
+    "chorus_planner_replies_total",
+    "LLM planning replies by how they were read: read, read_cut_off (the tasks completed before "
+    "the token limit), cut_off or unfinished (no complete task: asked again with more room), "
+    "invalid.",
+    ["outcome"],
+)
 _ECHO_CHARS = 4000  # how much of an invalid reply goes back to the LLM in the repair round
+MIN_ROOM_TOKENS = 4096  # the repair round's token limit after a reply that was cut off
+MAX_PLAN_TOKENS = 16_384
 
 
-async def plan(request: ChatRequest, llm: LLM | None) -> TaskPlan:
+async def plan(request: ChatRequest, llm: ReportingLLM | None) -> TaskPlan:
     """Plans with the LLM when there is one, else with the rules planner.
 
     An LLM that cannot be reached raises `LLMError`: the caller must learn of it.
@@ -54,29 +64,71 @@ async def plan(request: ChatRequest, llm: LLM | None) -> TaskPlan:
     return result
 
 
-async def _plan_with_llm(request: ChatRequest, llm: LLM) -> tuple[ParsedPlan, str, list[str]]:
+async def _plan_with_llm(
+    request: ChatRequest, llm: ReportingLLM
+) -> tuple[ParsedPlan, str, list[str]]:
     """The parsed plan, how it came about, and what the response should say about it."""
     resources = resources_of(request)
     prompt = planning_prompt(request)
-    reply = await llm.complete(prompt, json_mode=True)
+    reply = await llm.completion(prompt, json_mode=True)
     try:
-        parsed = parse_plan(reply, resources)
+        parsed = _read(reply, resources)
         outcome = "normalized" if parsed.normalizations else "exact"
-        return parsed, outcome, _normalization_notes(parsed)
+        return parsed, outcome, _cut_off_notes(reply, parsed) + _normalization_notes(parsed)
     except PlanError as e:
-        first = str(e)
+        first = e
+    # A reply that ended before its first task gets room to finish; others the server's.
+    room = _more_room(reply) if isinstance(first, UnfinishedPlan) else None
     log.warning("the LLM's plan is invalid, asking it to repair: %s", first)
-    instruction = load_prompt("services.planner", "repair_plan.txt").replace("{reason}", first)
-    repair = [*prompt, ChatTurn("assistant", reply[:_ECHO_CHARS]), ChatTurn("user", instruction)]
-    second_reply = await llm.complete(repair, json_mode=True)
+    instruction = load_prompt("services.planner", "repair_plan.txt").replace("{reason}", str(first))
+    echo = ChatTurn("assistant", answer_text(reply.text)[:_ECHO_CHARS])
+    repair = [*prompt, echo, ChatTurn("user", instruction)]
+    second_reply = await llm.completion(repair, json_mode=True, max_tokens=room)
+    asked = f"asked again{f' with room for {room} tokens' if room else ''}"
     try:
-        parsed = parse_plan(second_reply, resources)
-        notes = [f"the LLM's first plan was invalid ({first}); it repaired it"]
+        parsed = _read(second_reply, resources)
+        notes = [f"the LLM's first plan was invalid ({first}); {asked}; it repaired it"]
+        notes += _cut_off_notes(second_reply, parsed)
         return parsed, "repaired", notes + _normalization_notes(parsed)
     except PlanError as second:
         log.warning("the repaired plan is invalid too; answering directly: %s", second)
-        note = f"the LLM's plan could not be used ({second}); answering directly, without models"
+        note = (
+            f"the LLM's plan could not be used ({first}; {asked}: {second}); "
+            "answering directly, without models"
+        )
         return ParsedPlan([], []), "rejected", [note]
+
+
+def _read(reply: Completion, resources: dict[str, ArtifactRef]) -> ParsedPlan:
+    """The plan in a reply, counted by how the reply was read."""
+    try:
+        if not reply.text.strip() and reply.reasoning:
+            raise UnfinishedPlan(
+                f"the reply is only reasoning ({len(reply.reasoning)} characters), with no answer"
+            )
+        parsed = parse_plan(reply.text, resources, cut_off=reply.cut_off)
+    except UnfinishedPlan:
+        REPLIES.labels("cut_off" if reply.cut_off else "unfinished").inc()
+        raise
+    except PlanError:
+        REPLIES.labels("invalid").inc()
+        raise
+    REPLIES.labels("read_cut_off" if reply.cut_off else "read").inc()
+    return parsed
+
+
+def _more_room(reply: Completion) -> int:
+    used = reply.completion_tokens or 0
+    return min(MAX_PLAN_TOKENS, max(2 * used, MIN_ROOM_TOKENS))
+
+
+def _cut_off_notes(reply: Completion, parsed: ParsedPlan) -> list[str]:
+    if not reply.cut_off:
+        return []
+    return [
+        f"the LLM's reply was cut off by its token limit: planned only the {len(parsed.tasks)} "
+        "tasks it completed"
+    ]
 
 
 def _normalization_notes(parsed: ParsedPlan) -> list[str]:

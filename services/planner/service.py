@@ -10,7 +10,7 @@ from typing import Any
 from chorus.v1.messages_pb2 import ChatRequest, ErrorCode
 
 from services.common import bus, events, subjects
-from services.common.llm import LLM, LLMError, open_llm
+from services.common.llm import LLMError, ReportingLLM, open_llm
 from services.common.resources import request_text
 from services.common.runtime import Runtime
 from services.common.settings import bool_setting
@@ -22,7 +22,7 @@ STAGE = "planner"
 
 
 class Planner:
-    def __init__(self, rt: Runtime, llm: LLM | None) -> None:
+    def __init__(self, rt: Runtime, llm: ReportingLLM | None) -> None:
         self._js = rt.js
         self._llm = llm
 

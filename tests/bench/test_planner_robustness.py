@@ -66,6 +66,8 @@ REJECTED = {
     "self-ref": "its own output",
     "missing-ref": "not in the plan",
     "cycle": "cycle",
+    "think-unclosed": "only reasoning",
+    "cut-off-in-first-task": "cut off before its first task",
 }
 
 
@@ -84,7 +86,7 @@ def _variant(name: str, kind: str) -> tuple[Clean, Result, Result, Plan | None, 
     return (
         clean,
         attempt(clean.reply, FILES),
-        attempt(variant.reply, FILES),
+        attempt(variant.reply, FILES, variant.cut_off),
         variant.expected,
         variant.reply,
     )
@@ -198,9 +200,11 @@ def test_corruptions_are_deterministic() -> None:
 
 @pytest.mark.timeout(10)  # a hang fails the test; speed itself is measured by the benchmark
 @pytest.mark.parametrize("name", list(hostile_replies()))
-def test_hostile_replies_are_rejected(name: str) -> None:
+def test_hostile_replies_get_a_clear_outcome(name: str) -> None:
     got = attempt(hostile_replies()[name], {})
-    assert got.outcome == "rejected", got.reason
+    # Reasoning is dropped unread, however long: the plan after it is read.
+    wanted = "normalized" if name.endswith("then a plan") else "rejected"
+    assert got.outcome == wanted, got.reason
 
 
 @pytest.mark.parametrize("name", list(edge_probes()))

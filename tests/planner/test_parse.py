@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from chorus.v1.messages_pb2 import ArtifactRef, Kind, Task
 
-from services.planner.parse import PlanError, parse_plan
+from services.planner.parse import PlanError, UnfinishedPlan, parse_plan
 
 PHOTO = ArtifactRef(id="a1-photo.jpg", name="photo.jpg", kind=Kind.KIND_IMAGE)
 FILES = {"photo.jpg": PHOTO}
@@ -83,6 +83,25 @@ def test_a_well_formed_plan_is_read_exactly() -> None:
             ],
             ["itself", "task 9", "reordered", "unnamed arguments"],
         ),
+        (  # ids and deps as strings, "parameters" and "arguments" for "args"
+            '[{"task": "image-to-text", "id": "1", "dep": "-1", "parameters": {"image": "photo.jpg"}},'
+            ' {"task": "text-to-speech", "id": "task-2", "dep": "1", "arguments": {"text": "<GENERATED>-1"}}]',
+            [
+                (0, "image-to-text", [], {"image": "photo.jpg"}),
+                (1, "text-to-speech", [0], {"text": "<0>"}),
+            ],
+            ["ids or dependencies written as strings", "'parameters' as 'args'", "'arguments'"],
+        ),
+        (  # a reasoning model's thinking, JSON5 comments and bare keys, prose with brackets after
+            "<think>First [caption], then {speak}.</think>\n[{task: 'image-to-text', id: 0, "
+            "args: {image: 'photo.jpg'}}, // then speak it\n {task: 'text-to-speech', id: 1, "
+            "dep: [0], args: {text: '<GENERATED>-0'}}]\nTask [1] reads {the caption}.",
+            [
+                (0, "image-to-text", [], {"image": "photo.jpg"}),
+                (1, "text-to-speech", [0], {"text": "<0>"}),
+            ],
+            ["reasoning", "comments", "bare keys", "text around it"],
+        ),
         (  # an audio file given as "image" to a speech task moves to the audio slot
             '[{"task": "automatic-speech-recognition", "args": {"image": "talk.wav"}}]',
             [(0, "automatic-speech-recognition", [], {"audio": "talk.wav"})],
@@ -126,6 +145,9 @@ def test_real_defects_are_normalized_and_named(
             "which makes text",
         ),
         ('[{"task": "summarization", "id": 99999999999, "args": {"text": "x"}}]', "out of range"),
+        ('[{"task": "summarization", "id": "first", "args": {"text": "x"}}]', "id is not a number"),
+        ("<think>I should [caption] the {image}", "only reasoning"),
+        ('[{"task": "summarization", "args": {"text": "a long te', "before its first task"),
     ],
 )
 def test_what_cannot_be_normalized_is_rejected_with_a_reason(reply: str, reason: str) -> None:
@@ -160,3 +182,15 @@ def test_the_original_demos_all_parse(tmp_path: Path) -> None:
     ]
     for demo in demos:
         assert parse_plan(demo, {}).tasks
+
+
+def test_a_reply_cut_off_by_the_token_limit_never_runs_an_unfinished_task() -> None:
+    reply = (
+        '[{"task": "image-to-text", "id": 0, "args": {"image": "photo.jpg"}}, '
+        '{"task": "text-to-speech", "id": 1, "args": {"text": "<GENERATED>-0", "voice": "x"'
+    )
+    parsed = parse_plan(reply, FILES, cut_off=True)
+    assert _shape(parsed.tasks) == [(0, "image-to-text", [], {"image": "photo.jpg"})]
+    assert any("cut off (1)" in n for n in parsed.normalizations)
+    with pytest.raises(UnfinishedPlan, match="before its first task"):
+        parse_plan(reply[: reply.index("}")], FILES, cut_off=True)

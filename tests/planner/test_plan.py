@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 
 from chorus.v1.messages_pb2 import ChatMessage, ChatRequest, PlanSource
+from prometheus_client import REGISTRY
 
 from services.common.llm import OpenAILLM
 from services.common.settings import LLMSettings
-from services.planner.plan import plan
-from tests.support import ScriptedLLM
+from services.planner.plan import MIN_ROOM_TOKENS, plan
+from tests.support import Answer, ScriptedLLM
 
 CYCLE = json.dumps(
     [
@@ -63,3 +64,71 @@ async def test_normalizations_are_reported(scripted_llm: ScriptedLLM) -> None:
     result = await plan(_request("summarize x"), _llm(scripted_llm))
     (note,) = result.notes
     assert note.startswith("the plan was normalized:") and "code fence" in note
+
+
+TWO = json.dumps(
+    {
+        "tasks": [
+            {"task": "summarization", "id": 0, "dep": [-1], "args": {"text": "x"}},
+            {"task": "translation", "id": 1, "dep": [0], "args": {"text": "<GENERATED>-0"}},
+        ]
+    }
+)
+
+
+async def test_a_reasoning_models_thinking_is_set_aside(scripted_llm: ScriptedLLM) -> None:
+    scripted_llm.replies = [
+        Answer(GOOD, reasoning="The user wants [a summary] of {x}."),
+        Answer("<think>\nSo: [summarize] then {done}\n</think>\n\n" + GOOD),
+    ]
+    separate = await plan(_request("summarize x"), _llm(scripted_llm))
+    inline = await plan(_request("summarize x"), _llm(scripted_llm))
+    assert [t.task for t in separate.tasks] == [t.task for t in inline.tasks] == ["summarization"]
+    assert list(separate.notes) == []  # the server kept the reasoning apart: nothing to repair
+    (note,) = inline.notes
+    assert "removed the reasoning" in note
+
+
+async def test_a_plan_cut_off_after_a_task_keeps_only_its_complete_tasks(
+    scripted_llm: ScriptedLLM,
+) -> None:
+    cut = TWO[: TWO.index("<GENERATED>") + 5]  # "...{"text": "<GENE"
+    scripted_llm.replies = [Answer(cut, finish_reason="length")]
+    result = await plan(_request("summarize x, then translate it"), _llm(scripted_llm))
+    assert [t.task for t in result.tasks] == ["summarization"]  # never a task saying "<GENE"
+    assert any("cut off by its token limit" in n and "1 tasks" in n for n in result.notes)
+    assert len(scripted_llm.requests) == 1
+
+
+async def test_a_plan_cut_off_before_any_task_is_asked_again_with_more_room(
+    scripted_llm: ScriptedLLM,
+) -> None:
+    scripted_llm.replies = [
+        Answer(
+            '{"tasks": [{"task": "summarization", "args": {"te', "length", completion_tokens=3000
+        ),
+        GOOD,
+    ]
+    result = await plan(_request("summarize x"), _llm(scripted_llm))
+    assert [t.task for t in result.tasks] == ["summarization"]
+    first, second = scripted_llm.requests
+    assert "max_tokens" not in first and second["max_tokens"] == 6000
+    assert any("cut off" in n and "room for 6000 tokens" in n for n in result.notes)
+
+
+async def test_a_reply_that_is_only_reasoning_is_asked_again(scripted_llm: ScriptedLLM) -> None:
+    scripted_llm.replies = [
+        Answer(None, "length", reasoning="Let me think about [this]", reasoning_field="reasoning"),
+        Answer("<think>" + "[{" * 200_000),  # a <think> that never closes, 400 kB of it
+    ]
+    before = _count("unfinished") + _count("cut_off")
+    result = await plan(_request("summarize x"), _llm(scripted_llm))
+    assert list(result.tasks) == []
+    (note,) = result.notes
+    assert "only reasoning" in note and "never closes" in note and "answering directly" in note
+    assert scripted_llm.requests[1]["max_tokens"] == MIN_ROOM_TOKENS
+    assert _count("unfinished") + _count("cut_off") == before + 2
+
+
+def _count(outcome: str) -> float:
+    return REGISTRY.get_sample_value("chorus_planner_replies_total", {"outcome": outcome}) or 0.0

@@ -1,0 +1,47 @@
+"""The LLM client's report of how a reply ended, through the real `openai` client."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.common.llm import ChatTurn, LLMError, OpenAILLM
+from services.common.settings import LLMSettings
+from tests.support import Answer, ScriptedLLM
+
+ASK = [ChatTurn("user", "plan this")]
+
+
+def _llm(server: ScriptedLLM) -> OpenAILLM:
+    return OpenAILLM(LLMSettings(server.base_url, "k", "scripted", 10.0, 0))
+
+
+async def test_a_completion_says_why_it_stopped_and_what_was_reasoned(
+    scripted_llm: ScriptedLLM,
+) -> None:
+    scripted_llm.replies = [
+        Answer("[1, 2", "length", reasoning="first [x]", completion_tokens=7),
+        Answer("[]", reasoning="ollama thinks", reasoning_field="reasoning"),
+        Answer(None, "length", reasoning="ran out while thinking"),
+        Answer("[]"),
+    ]
+    llm = _llm(scripted_llm)
+    cut = await llm.completion(ASK, max_tokens=50)
+    assert (cut.text, cut.finish_reason, cut.cut_off) == ("[1, 2", "length", True)
+    assert (cut.reasoning, cut.completion_tokens) == ("first [x]", 7)
+    assert scripted_llm.requests[0]["max_tokens"] == 50
+    assert (await llm.completion(ASK)).reasoning == "ollama thinks"
+    thinking = await llm.completion(ASK)
+    assert (thinking.text, thinking.reasoning) == ("", "ran out while thinking")
+    plain = await llm.completion(ASK)
+    assert (plain.finish_reason, plain.reasoning, plain.cut_off) == ("stop", None, False)
+    assert "max_tokens" not in scripted_llm.requests[1]
+
+
+async def test_complete_still_gives_the_text_and_refuses_an_empty_reply(
+    scripted_llm: ScriptedLLM,
+) -> None:
+    scripted_llm.replies = [Answer("hello", reasoning="hmm"), Answer(None, reasoning="hmm")]
+    llm = _llm(scripted_llm)
+    assert await llm.complete(ASK) == "hello"
+    with pytest.raises(LLMError, match="no content"):
+        await llm.complete(ASK)
