@@ -87,7 +87,8 @@ async def _upload(door: Door, who: str, media_type: str = "image/png") -> Artifa
     async def chunks() -> AsyncIterator[ArtifactChunk]:
         yield ArtifactChunk(name="square.png", media_type=media_type, data=square_png())
 
-    return await door.stub.UploadArtifact(chunks(), metadata=door.as_(who))
+    ref: ArtifactRef = await door.stub.UploadArtifact(chunks(), metadata=door.as_(who))
+    return ref
 
 
 def _hello(request_id: str = "") -> ChatRequest:
@@ -174,7 +175,7 @@ async def _finish(call: object) -> None:
         async for _ in call:  # type: ignore[attr-defined]
             pass
     else:
-        await call  # type: ignore[misc]
+        await call
 
 
 async def test_another_key_cannot_download_or_refer_to_a_file(reset: Door) -> None:
