@@ -8,6 +8,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import httpx
@@ -170,9 +171,9 @@ async def test_another_key_cannot_watch_cancel_or_reuse_a_request(reset: Door) -
     assert watched[-1].done.answer == response.answer
 
 
-async def _finish(call: object) -> None:
+async def _finish(call: Any) -> None:
     if hasattr(call, "__aiter__"):
-        async for _ in call:  # type: ignore[attr-defined]
+        async for _ in call:
             pass
     else:
         await call
