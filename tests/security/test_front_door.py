@@ -226,3 +226,13 @@ async def test_requests_over_the_per_key_limit_get_resource_exhausted_with_a_ret
         assert other.status_code == 200  # another key is not held back
     finally:
         await slow
+
+
+async def test_a_50_kb_one_word_request_is_answered_and_others_are_served_meanwhile(
+    reset: Door,
+) -> None:
+    word = ChatRequest(messages=[ChatMessage(role="user", content="a" * 50_000 + ".png")])
+    long = asyncio.ensure_future(reset.stub.Chat(word, metadata=reset.as_("bob")))
+    models = await reset.http.get("/v1/models", headers=reset.http_as("alice"))
+    assert models.status_code == 200
+    assert (await long).answer == "Done."
