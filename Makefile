@@ -56,6 +56,7 @@ bench: setup
 	$(PY) -m bench.responder
 	$(PY) -m bench.executor
 	$(PY) -m bench.gateway
+	$(PY) -m bench.security
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

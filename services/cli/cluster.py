@@ -107,6 +107,7 @@ class LocalCluster:
             **self.env,
             "CHORUS_NATS_URL": str(self.nats_url),
             "CHORUS_METRICS_PORT": str(port),
+            "CHORUS_METRICS_HOST": "127.0.0.1",  # one machine: nothing outside needs it
             "CHORUS_GRPC_ADDR": self.grpc_addr,
         }
         if name == "planner":

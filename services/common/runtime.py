@@ -48,9 +48,9 @@ async def serve(name: str, settings: Settings, build: Build, stop: asyncio.Event
         def ready() -> bool:
             return nc.is_connected and all(c.running for c in consumers)
 
-        health = HealthServer(settings.metrics_port, ready)
-        health.start()
-        stack.callback(health.stop)
+        health = HealthServer(settings.metrics_host, settings.metrics_port, ready)
+        await health.start()
+        stack.push_async_callback(health.stop)
         log.info("%s serving", name, extra={"fields": {"metrics_port": health.port}})
         stopped = asyncio.create_task(stop.wait())
         await asyncio.wait([stopped, *tasks], return_when=asyncio.FIRST_COMPLETED)

@@ -40,6 +40,7 @@ class Settings:
     grpc_addr: str
     openai_addr: str  # host:port of the OpenAI-compatible HTTP endpoint; empty: not served
     metrics_port: int
+    metrics_host: str  # the address /metrics and the probes listen on (127.0.0.1 under chorus up)
     llm: LLMSettings
     planner: str  # "auto" (LLM when configured) | "rules"
     max_upload_bytes: int
@@ -66,6 +67,8 @@ class Settings:
             grpc_addr=env.get("CHORUS_GRPC_ADDR", "127.0.0.1:50051"),
             openai_addr=_host_port(env, "CHORUS_OPENAI_ADDR"),
             metrics_port=int_setting(env, "CHORUS_METRICS_PORT", 0),
+            # Every address by default: in a pod, Prometheus and the kubelet come from outside.
+            metrics_host=env.get("CHORUS_METRICS_HOST", "0.0.0.0").strip() or "0.0.0.0",
             llm=LLMSettings(
                 base_url=base_url,
                 api_key=env.get("CHORUS_LLM_API_KEY") or env.get("OPENAI_API_KEY") or None,

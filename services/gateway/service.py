@@ -12,6 +12,7 @@ from typing import Any
 
 from services.common import bus
 from services.common.artifacts import ArtifactStore
+from services.common.http_server import HttpServer
 from services.common.runtime import Runtime
 from services.common.workers import WorkerRegistry
 from services.gateway.config import GatewayConfig
@@ -19,7 +20,6 @@ from services.gateway.frontdoor import FrontDoor, Limits
 from services.gateway.grpc_api import start_grpc
 from services.gateway.http_api import HttpApi
 from services.gateway.owners import RequestOwners
-from services.gateway.server import HttpServer
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +47,10 @@ async def start(rt: Runtime, stack: AsyncExitStack) -> None:
     server = await start_grpc(rt, front, registry, config)
     stack.push_async_callback(server.stop, 5.0)
     if rt.settings.openai_addr:
-        http = HttpServer(HttpApi(front, config).app(), rt.settings.openai_addr)
+        app = HttpApi(front, config).app()
+        http = HttpServer(app, rt.settings.openai_addr, "CHORUS_OPENAI_ADDR")
         await http.start()
+        log.info("HTTP (OpenAI-compatible API and web UI) on http://%s/", rt.settings.openai_addr)
         stack.push_async_callback(http.stop)
 
 
