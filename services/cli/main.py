@@ -178,6 +178,13 @@ def _up(args: argparse.Namespace) -> int:
     )
     print(f"Chorus is up. gRPC: {grpc_addr}  NATS: {cluster.nats_url}{openai}", flush=True)
     print(f"metrics (/metrics, /healthz, /readyz): {ports}", flush=True)
+    if cluster.integrator_credentials is not None:
+        print(
+            "the bus is locked (a NATS user per role); an integrator's credentials "
+            f"(may publish chorus.request, read events and responses): "
+            f"{cluster.integrator_credentials}",
+            flush=True,
+        )
     print("Ctrl-C stops everything.", flush=True)
     code = 0
     while not stopping:

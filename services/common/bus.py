@@ -30,6 +30,7 @@ from nats.js.errors import BadRequestError
 from nats.js.kv import KeyValue
 
 from services.common import subjects
+from services.common.settings import NatsAuth
 from services.common.telemetry import (
     MESSAGES,
     STAGE_SECONDS,
@@ -66,8 +67,10 @@ class PayloadTooLarge(PermanentError):
     code = ErrorCode.ERROR_CODE_PAYLOAD_TOO_LARGE
 
 
-async def connect(url: str, name: str) -> NATS:
-    """Connects with unlimited reconnects, so a NATS restart is a pause, not a crash."""
+async def connect(url: str, name: str, auth: NatsAuth | None = None) -> NATS:
+    """Connects with unlimited reconnects, so a NATS restart is a pause, not a crash; `auth`
+    is the service's role on a locked bus."""
+    auth = auth or NatsAuth()
 
     async def on_error(e: Exception) -> None:
         log.warning("nats error: %s", e)
@@ -87,6 +90,9 @@ async def connect(url: str, name: str) -> NATS:
         error_cb=on_error,
         disconnected_cb=on_disconnect,
         reconnected_cb=on_reconnect,
+        user=auth.user,
+        password=auth.password,
+        user_credentials=auth.creds,
     )
 
 

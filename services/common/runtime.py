@@ -38,7 +38,7 @@ Build = Callable[[Runtime, AsyncExitStack], Awaitable[list[bus.Consumer[Any]]]]
 async def serve(name: str, settings: Settings, build: Build, stop: asyncio.Event) -> None:
     """Runs one service until `stop` is set; every resource is released through one exit stack."""
     async with AsyncExitStack() as stack:
-        nc = await bus.connect(settings.nats_url, name=f"chorus-{name}")
+        nc = await bus.connect(settings.nats_url, f"chorus-{name}", settings.nats_auth)
         stack.push_async_callback(_drain, nc)
         js = nc.jetstream()
         await bus.ensure_streams(js, settings.stream_replicas)

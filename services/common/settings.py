@@ -35,6 +35,15 @@ class LLMSettings:
 
 
 @dataclass(frozen=True)
+class NatsAuth:
+    """How a service proves its role to NATS: a user and password, or a `.creds` file."""
+
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)
+    creds: str | None = None  # path of a NATS credentials (JWT + seed) file
+
+
+@dataclass(frozen=True)
 class Settings:
     nats_url: str
     grpc_addr: str
@@ -48,6 +57,7 @@ class Settings:
     worker_ttl_s: float
     log_level: str
     stream_replicas: int  # JetStream replicas of every stream and bucket (3 on a NATS cluster)
+    nats_auth: NatsAuth = field(default_factory=NatsAuth)
     # The variables these were read from, for a stage's own settings (e.g. the executor's).
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
 
@@ -83,8 +93,20 @@ class Settings:
             worker_ttl_s=float_setting(env, "CHORUS_WORKER_TTL", 10.0),
             log_level=_log_level(env),
             stream_replicas=_replicas(env),
+            nats_auth=_nats_auth(env),
             env=dict(env),
         )
+
+
+def _nats_auth(env: Mapping[str, str]) -> NatsAuth:
+    creds = env.get("CHORUS_NATS_CREDS", "").strip() or None
+    if creds is not None and not os.access(creds, os.R_OK):
+        raise SettingsError(f"CHORUS_NATS_CREDS: cannot read the credentials file {creds}")
+    user = env.get("CHORUS_NATS_USER", "").strip() or None
+    password = env.get("CHORUS_NATS_PASSWORD") or None
+    if (user is None) != (password is None):
+        raise SettingsError("CHORUS_NATS_USER and CHORUS_NATS_PASSWORD go together")
+    return NatsAuth(user=user, password=password, creds=creds)
 
 
 def _host_port(env: Mapping[str, str], name: str) -> str:
