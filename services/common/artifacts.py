@@ -21,6 +21,7 @@ from nats.js.errors import (
 from nats.js.object_store import ObjectStore
 
 from services.common import subjects
+from services.common.settings import DEFAULT_ARTIFACT_MAX_BYTES
 
 log = logging.getLogger(__name__)
 ARTIFACT_TTL_S = 24 * 3600.0  # generated and uploaded files expire a day after they are written
@@ -79,8 +80,12 @@ class ArtifactStore:
         self._store = store
 
     @classmethod
-    async def open(cls, js: JetStreamContext, replicas: int = 1) -> ArtifactStore:
-        config = ObjectStoreConfig(ttl=ARTIFACT_TTL_S, storage=StorageType.FILE, replicas=replicas)
+    async def open(
+        cls, js: JetStreamContext, replicas: int = 1, max_bytes: int = DEFAULT_ARTIFACT_MAX_BYTES
+    ) -> ArtifactStore:
+        config = ObjectStoreConfig(
+            ttl=ARTIFACT_TTL_S, storage=StorageType.FILE, replicas=replicas, max_bytes=max_bytes
+        )
         try:
             return cls(await js.create_object_store(subjects.ARTIFACT_BUCKET, config=config))
         except BadRequestError as e:

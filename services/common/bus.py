@@ -21,6 +21,7 @@ from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
     DeliverPolicy,
+    DiscardPolicy,
     KeyValueConfig,
     RetentionPolicy,
     StorageType,
@@ -30,7 +31,7 @@ from nats.js.errors import BadRequestError
 from nats.js.kv import KeyValue
 
 from services.common import subjects
-from services.common.settings import NatsAuth
+from services.common.settings import DEFAULT_STREAM_MAX_BYTES, NatsAuth
 from services.common.telemetry import (
     MESSAGES,
     STAGE_SECONDS,
@@ -50,6 +51,10 @@ TRACEPARENT = "traceparent"
 EVENT_RETENTION_S = 3600.0
 
 
+# Bounds on what the bus may hold (settings CHORUS_STREAM_MAX_BYTES): a flood of requests or
+# events cannot fill the servers' disks. The work stream refuses new messages when full (work
+# is never dropped); the others drop their oldest.
+KV_MAX_BYTES = 64 * 1024**2  # each key-value bucket: small entries with a TTL
 MAX_PAYLOAD_BYTES = 1_000_000  # NATS's default max_payload is 1 MiB; headers need the rest
 
 
@@ -96,8 +101,11 @@ async def connect(url: str, name: str, auth: NatsAuth | None = None) -> NATS:
     )
 
 
-async def ensure_streams(js: JetStreamContext, replicas: int = 1) -> None:
-    """Creates (or updates) the streams; safe to call from every service at start."""
+async def ensure_streams(
+    js: JetStreamContext, replicas: int = 1, max_bytes: int = DEFAULT_STREAM_MAX_BYTES
+) -> None:
+    """Creates (or updates) the streams, each bounded to `max_bytes`; safe to call from every
+    service at start."""
     configs = [
         StreamConfig(
             name=subjects.WORK_STREAM,
@@ -107,6 +115,8 @@ async def ensure_streams(js: JetStreamContext, replicas: int = 1) -> None:
             num_replicas=replicas,
             duplicate_window=120.0,
             max_msg_size=1024 * 1024,
+            max_bytes=max_bytes,
+            discard=DiscardPolicy.NEW,
         ),
         StreamConfig(
             name=subjects.EVENTS_STREAM,
@@ -116,6 +126,7 @@ async def ensure_streams(js: JetStreamContext, replicas: int = 1) -> None:
             num_replicas=replicas,
             max_age=EVENT_RETENTION_S,  # replayable for a while: late subscribers miss nothing
             duplicate_window=120.0,
+            max_bytes=max_bytes,
         ),
         StreamConfig(
             name=subjects.DEADLETTER_STREAM,
@@ -124,6 +135,7 @@ async def ensure_streams(js: JetStreamContext, replicas: int = 1) -> None:
             storage=StorageType.FILE,
             num_replicas=replicas,
             max_age=7 * 24 * 3600.0,
+            max_bytes=max_bytes,
         ),
     ]
     for config in configs:
@@ -150,7 +162,10 @@ async def publish(
 
 
 async def open_key_value(js: JetStreamContext, config: KeyValueConfig) -> KeyValue:
-    """Creates the bucket, or binds to it as it is when it exists with other settings."""
+    """Creates the bucket (bounded to `KV_MAX_BYTES` unless the config says otherwise), or
+    binds to it as it is when it exists with other settings."""
+    if config.max_bytes is None or config.max_bytes <= 0:
+        config.max_bytes = KV_MAX_BYTES
     try:
         return await js.create_key_value(config=config)
     except BadRequestError as e:

@@ -41,7 +41,7 @@ async def serve(name: str, settings: Settings, build: Build, stop: asyncio.Event
         nc = await bus.connect(settings.nats_url, f"chorus-{name}", settings.nats_auth)
         stack.push_async_callback(_drain, nc)
         js = nc.jetstream()
-        await bus.ensure_streams(js, settings.stream_replicas)
+        await bus.ensure_streams(js, settings.stream_replicas, settings.stream_max_bytes)
         consumers = await build(Runtime(name, settings, nc, js), stack)
         tasks = [asyncio.create_task(c.run()) for c in consumers]
 

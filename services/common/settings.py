@@ -11,6 +11,8 @@ from urllib.parse import urlparse
 N = TypeVar("N", int, float)
 
 
+DEFAULT_STREAM_MAX_BYTES = 1024**3  # each stream's bound (CHORUS_STREAM_MAX_BYTES)
+DEFAULT_ARTIFACT_MAX_BYTES = 16 * 1024**3  # the artifact bucket's (CHORUS_ARTIFACT_MAX_BYTES)
 DEFAULT_CONTEXT_TOKENS = 8192  # the LLM's context window, when CHORUS_LLM_CONTEXT_TOKENS is unset
 
 
@@ -58,6 +60,8 @@ class Settings:
     log_level: str
     stream_replicas: int  # JetStream replicas of every stream and bucket (3 on a NATS cluster)
     nats_auth: NatsAuth = field(default_factory=NatsAuth)
+    stream_max_bytes: int = DEFAULT_STREAM_MAX_BYTES
+    artifact_max_bytes: int = DEFAULT_ARTIFACT_MAX_BYTES
     # The variables these were read from, for a stage's own settings (e.g. the executor's).
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
 
@@ -94,6 +98,10 @@ class Settings:
             log_level=_log_level(env),
             stream_replicas=_replicas(env),
             nats_auth=_nats_auth(env),
+            stream_max_bytes=int_setting(env, "CHORUS_STREAM_MAX_BYTES", DEFAULT_STREAM_MAX_BYTES),
+            artifact_max_bytes=int_setting(
+                env, "CHORUS_ARTIFACT_MAX_BYTES", DEFAULT_ARTIFACT_MAX_BYTES
+            ),
             env=dict(env),
         )
 

@@ -35,7 +35,9 @@ async def start(rt: Runtime, stack: AsyncExitStack) -> None:
             "no API keys (CHORUS_API_KEYS unset): every caller is anonymous; serving %s",
             "any address (CHORUS_INSECURE=1)" if config.insecure else "loopback only",
         )
-    store = await ArtifactStore.open(rt.js, rt.settings.stream_replicas)
+    store = await ArtifactStore.open(
+        rt.js, rt.settings.stream_replicas, rt.settings.artifact_max_bytes
+    )
     owners = await RequestOwners.open(rt.js, rt.settings.stream_replicas)
     registry = await WorkerRegistry.watch(
         rt.js, rt.settings.worker_ttl_s, rt.settings.stream_replicas

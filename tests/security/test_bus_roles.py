@@ -84,3 +84,31 @@ async def test_a_wrong_password_is_refused(locked_nats: tuple[str, dict[str, str
         await nats.connect(
             url, user="executor", password="guess", allow_reconnect=False, connect_timeout=2
         )
+
+
+async def test_every_stream_and_bucket_is_bounded_and_full_work_is_refused_not_dropped(
+    nats_url: str,
+) -> None:
+    from services.common.artifacts import ArtifactStore
+    from services.common.workers import open_worker_bucket
+    from services.gateway.owners import RequestOwners
+
+    nc = await nats.connect(nats_url)
+    js = nc.jetstream()
+    try:
+        await bus.ensure_streams(js, max_bytes=64 * 1024)
+        await ArtifactStore.open(js)
+        await RequestOwners.open(js)
+        await open_worker_bucket(js, 10.0, 1)
+        streams = await js.streams_info()
+        assert len(streams) == 6
+        assert all((s.config.max_bytes or -1) > 0 for s in streams), [
+            s.config.name for s in streams if not s.config.max_bytes
+        ]
+        with pytest.raises(nats.js.errors.APIError):
+            for n in range(100):  # 100 KB into a 64 KB work stream
+                await js.publish(subjects.PLAN, b"x" * 1000, headers={"Nats-Msg-Id": str(n)})
+        first = await js.get_msg(subjects.WORK_STREAM, 1)
+        assert first.data == b"x" * 1000  # the oldest work is still there
+    finally:
+        await nc.close()
