@@ -84,7 +84,7 @@ class FrontDoor:
         `owner` as its owner; the events that come back, the last one `done`, start with
         publishing it when first read."""
         await self.validate(request, owner)
-        self._admit(owner)
+        self.admit(owner)
         request.request_id = request.request_id or uuid.uuid4().hex
         request_id_var.set(request.request_id)
         await self._claim(request.request_id, owner)
@@ -94,7 +94,8 @@ class FrontDoor:
         self._open[request.request_id] = (time.monotonic(), owner)
         return self._run(request, api)
 
-    def _admit(self, owner: str) -> None:
+    def admit(self, owner: str) -> None:
+        """`RESOURCE_EXHAUSTED` when `owner`, or the gateway, runs as many requests as allowed."""
         now = time.monotonic()
         self._open = {k: v for k, v in self._open.items() if now - v[0] < REQUEST_TIMEOUT_S}
         running = [o for _, o in self._open.values()]

@@ -80,6 +80,7 @@ class HttpApi:
 
     async def chat(self, request: Request) -> Response:
         call = read_body(await self._json(request))
+        self._front.admit(owner_var.get())  # before its inline files are stored
         chat = ChatRequest(messages=[await self._message(m) for m in call.messages])
         events = await self._front.start(
             chat,

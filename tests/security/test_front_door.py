@@ -12,6 +12,7 @@ from typing import Any
 
 import grpc
 import httpx
+import nats
 import pytest
 import pytest_asyncio
 from chorus.v1 import chorus_pb2_grpc
@@ -22,9 +23,11 @@ from chorus.v1.chorus_pb2 import (
     WatchChatRequest,
 )
 from chorus.v1.messages_pb2 import ArtifactRef, CancelRequest, ChatMessage, ChatRequest
+from nats.js.api import ObjectMeta
 from prometheus_client import REGISTRY
 
 from services.cli.cluster import free_port
+from services.common import subjects
 from services.gateway.keys import add_key
 from tests.integration.stack import CANNY_ONLY, running_stack
 from tests.support import ScriptedLLM, square_png
@@ -236,3 +239,27 @@ async def test_a_50_kb_one_word_request_is_answered_and_others_are_served_meanwh
     models = await reset.http.get("/v1/models", headers=reset.http_as("alice"))
     assert models.status_code == 200
     assert (await long).answer == "Done."
+
+
+async def test_a_stored_media_type_with_a_line_break_never_reaches_a_header(
+    reset: Door, module_nats: str
+) -> None:
+    """Written straight into the bucket (past every upload check), then fetched over HTTP."""
+    nc = await nats.connect(module_nats)
+    try:
+        bucket = await nc.jetstream().object_store(subjects.ARTIFACT_BUCKET)
+        headers = {
+            "Chorus-Name": "x.png",
+            "Chorus-Media-Type": "text/html\r\nSet-Cookie: session=stolen",
+            "Chorus-Owner": "alice",
+        }
+        artifact_id = "0" * 32 + "-x.png"
+        await bucket.put(
+            artifact_id, b"<b>hi</b>", meta=ObjectMeta(name=artifact_id, headers=headers)
+        )
+    finally:
+        await nc.close()
+    page = await reset.http.get(f"/v1/files/{artifact_id}/content", headers=reset.http_as("alice"))
+    assert page.status_code == 200
+    assert page.headers["content-type"] == "application/octet-stream"
+    assert "set-cookie" not in page.headers
