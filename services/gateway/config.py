@@ -4,11 +4,44 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from services.common.settings import SettingsError, bool_setting, int_setting, require_url
 from services.gateway.keys import ApiKeys
+
+
+@dataclass(frozen=True)
+class GrpcTls:
+    """PEM bytes of the server's certificate chain and key, and of the CA whose clients it
+    admits (mutual TLS); read at start, so a missing file stops start-up naming it."""
+
+    cert_chain: bytes
+    private_key: bytes = field(repr=False)
+    client_ca: bytes | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> GrpcTls | None:
+        cert, key = env.get("CHORUS_GRPC_TLS_CERT", ""), env.get("CHORUS_GRPC_TLS_KEY", "")
+        client_ca = env.get("CHORUS_GRPC_TLS_CLIENT_CA", "")
+        if not cert and not key:
+            if client_ca:
+                raise SettingsError("CHORUS_GRPC_TLS_CLIENT_CA needs CHORUS_GRPC_TLS_CERT and _KEY")
+            return None
+        if not cert or not key:
+            raise SettingsError("CHORUS_GRPC_TLS_CERT and CHORUS_GRPC_TLS_KEY go together")
+        return cls(
+            cert_chain=_read("CHORUS_GRPC_TLS_CERT", cert),
+            private_key=_read("CHORUS_GRPC_TLS_KEY", key),
+            client_ca=_read("CHORUS_GRPC_TLS_CLIENT_CA", client_ca) if client_ca else None,
+        )
+
+
+def _read(name: str, path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as e:
+        raise SettingsError(f"{name}: cannot read {path}: {e}") from e
 
 
 @dataclass(frozen=True)
@@ -23,6 +56,7 @@ class GatewayConfig:
     reflection: bool  # gRPC server reflection (grpcurl); off hides the API's shape
     max_requests: int  # requests running at once through this gateway
     max_requests_per_key: int  # of those, by one key
+    tls: GrpcTls | None = None  # gRPC over TLS (mutual when a client CA is given)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> GatewayConfig:
@@ -48,6 +82,7 @@ class GatewayConfig:
             reflection=bool_setting(env, "CHORUS_GRPC_REFLECTION", True),
             max_requests=_at_least_one(env, "CHORUS_MAX_REQUESTS", 64),
             max_requests_per_key=_at_least_one(env, "CHORUS_MAX_REQUESTS_PER_KEY", 8),
+            tls=GrpcTls.from_env(env),
         )
 
     def check_exposure(self, addrs: Mapping[str, str]) -> None:

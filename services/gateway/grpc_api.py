@@ -204,7 +204,16 @@ async def start_grpc(
         reflection.enable_server_reflection(
             [service_name, health.SERVICE_NAME, reflection.SERVICE_NAME], server
         )
-    if server.add_insecure_port(rt.settings.grpc_addr) == 0:
+    if config.tls is None:
+        port = server.add_insecure_port(rt.settings.grpc_addr)
+    else:
+        credentials = grpc.ssl_server_credentials(
+            [(config.tls.private_key, config.tls.cert_chain)],
+            root_certificates=config.tls.client_ca,
+            require_client_auth=config.tls.client_ca is not None,
+        )
+        port = server.add_secure_port(rt.settings.grpc_addr, credentials)
+    if port == 0:
         raise OSError(f"cannot listen on CHORUS_GRPC_ADDR={rt.settings.grpc_addr}")
     await server.start()
     for name in ("", service_name):
