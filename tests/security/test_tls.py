@@ -21,7 +21,17 @@ NAME_OVERRIDE = (("grpc.ssl_target_name_override", "localhost"),)
 
 def _self_signed(directory: Path) -> tuple[Path, Path]:
     cert, key = directory / "cert.pem", directory / "key.pem"
-    request = "req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=localhost".split()
+    request = [
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=localhost",
+    ]
     names = ["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"]
     subprocess.run(
         ["openssl", *request, "-keyout", str(key), "-out", str(cert), *names],
