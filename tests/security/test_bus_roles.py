@@ -55,6 +55,7 @@ async def test_a_forged_result_plan_or_worker_entry_from_the_integrator_is_refus
     with pytest.raises(nats.errors.Error):
         await integrator.jetstream().publish(subjects.RESULT, result, timeout=1)
     await _refused(integrator, subjects.PLAN)
+    await _refused(integrator, subjects.event("victim"))  # a forged `done` event
     await _refused(integrator, f"$KV.{subjects.WORKER_BUCKET}.fake-worker")
     await _refused(as_role["executor"], subjects.PLAN)  # nor does one stage speak for another
     with pytest.raises(NotFoundError):
