@@ -115,10 +115,10 @@ class FrontDoor:
         )
 
     async def _claim(self, request_id: str, owner: str) -> None:
-        # A request sent straight to the bus has events but no owner entry: its id is taken too.
-        if request_id in self._open or not await self._owners.claim(request_id, owner):
-            raise RequestError(f"request_id: {request_id!r} is in use", _ALREADY_EXISTS)
-        if await self._last_event(request_id) is not None:
+        # A request sent straight to the bus has events but no owner entry: its id is taken
+        # too, and is checked first, or claiming it would hand its events to the claimant.
+        taken = request_id in self._open or await self._last_event(request_id) is not None
+        if taken or not await self._owners.claim(request_id, owner):
             raise RequestError(f"request_id: {request_id!r} is in use", _ALREADY_EXISTS)
 
     async def check_owner(self, request_id: str, owner: str) -> None:

@@ -263,3 +263,26 @@ async def test_a_stored_media_type_with_a_line_break_never_reaches_a_header(
     assert page.status_code == 200
     assert page.headers["content-type"] == "application/octet-stream"
     assert "set-cookie" not in page.headers
+
+
+async def test_the_id_of_a_request_sent_on_the_bus_cannot_be_claimed_to_read_it(
+    reset: Door, module_nats: str
+) -> None:
+    nc = await nats.connect(module_nats)
+    try:
+        sent = _hello("integrator-1")
+        await nc.jetstream().publish(subjects.REQUEST, sent.SerializeToString())
+        events = await nc.jetstream().subscribe(subjects.event("integrator-1"))
+        await events.next_msg(timeout=30)  # it has been planned
+    finally:
+        await nc.close()
+    with pytest.raises(grpc.aio.AioRpcError) as taken:
+        await reset.stub.Chat(_hello("integrator-1"), metadata=reset.as_("bob"))
+    assert taken.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    with pytest.raises(grpc.aio.AioRpcError) as hidden:
+        await _finish(
+            reset.stub.WatchChat(
+                WatchChatRequest(request_id="integrator-1"), metadata=reset.as_("bob")
+            )
+        )
+    assert hidden.value.code() == grpc.StatusCode.NOT_FOUND
