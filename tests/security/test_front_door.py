@@ -26,6 +26,7 @@ from chorus.v1.messages_pb2 import ArtifactRef, CancelRequest, ChatMessage, Chat
 from nats.js.api import ObjectMeta
 from prometheus_client import REGISTRY
 
+from services.cli.client import ChorusClient
 from services.cli.cluster import free_port
 from services.common import subjects
 from services.gateway.keys import add_key
@@ -37,6 +38,7 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 @dataclass
 class Door:
+    grpc_addr: str
     channel: grpc.aio.Channel
     stub: chorus_pb2_grpc.ChorusStub
     http: httpx.AsyncClient
@@ -71,7 +73,8 @@ async def door(
         grpc.aio.insecure_channel(settings.grpc_addr) as channel,
         httpx.AsyncClient(base_url=f"http://{http_addr}", timeout=30) as http,
     ):
-        yield Door(channel, chorus_pb2_grpc.ChorusStub(channel), http, tokens, module_llm)
+        stub = chorus_pb2_grpc.ChorusStub(channel)
+        yield Door(settings.grpc_addr, channel, stub, http, tokens, module_llm)
 
 
 @pytest.fixture
@@ -286,3 +289,17 @@ async def test_the_id_of_a_request_sent_on_the_bus_cannot_be_claimed_to_read_it(
             )
         )
     assert hidden.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_the_cli_client_sends_its_key(reset: Door) -> None:
+    def ask(api_key: str | None) -> str:
+        client = ChorusClient(reset.grpc_addr, api_key)
+        try:
+            return [e for e in client.stream_chat(_hello())][-1].done.answer
+        finally:
+            client.close()
+
+    assert await asyncio.to_thread(ask, reset.tokens["alice"]) == "Done."
+    with pytest.raises(grpc.RpcError) as refused:
+        await asyncio.to_thread(ask, None)
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
