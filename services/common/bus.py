@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -98,7 +99,19 @@ async def connect(url: str, name: str, auth: NatsAuth | None = None) -> NATS:
         user=auth.user,
         password=auth.password,
         user_credentials=auth.creds,
+        tls=_tls_context(auth),
     )
+
+
+def _tls_context(auth: NatsAuth) -> ssl.SSLContext | None:
+    """A context trusting `tls_ca` (and showing a client certificate); None: the defaults (a
+    `tls://` URL then trusts the system's CAs)."""
+    if auth.tls_ca is None and auth.tls_cert is None:
+        return None
+    context = ssl.create_default_context(cafile=auth.tls_ca)
+    if auth.tls_cert is not None:
+        context.load_cert_chain(auth.tls_cert, auth.tls_key)
+    return context
 
 
 async def ensure_streams(

@@ -38,11 +38,15 @@ class LLMSettings:
 
 @dataclass(frozen=True)
 class NatsAuth:
-    """How a service proves its role to NATS: a user and password, or a `.creds` file."""
+    """How a service proves its role to NATS (a user and password, or a `.creds` file) and,
+    for a `tls://` server, which CA it trusts and which client certificate it shows."""
 
     user: str | None = None
     password: str | None = field(default=None, repr=False)
     creds: str | None = None  # path of a NATS credentials (JWT + seed) file
+    tls_ca: str | None = None  # PEM file of the CA that signed the server's certificate
+    tls_cert: str | None = None  # PEM files of a client certificate (NATS with verify)
+    tls_key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -107,14 +111,19 @@ class Settings:
 
 
 def _nats_auth(env: Mapping[str, str]) -> NatsAuth:
-    creds = env.get("CHORUS_NATS_CREDS", "").strip() or None
-    if creds is not None and not os.access(creds, os.R_OK):
-        raise SettingsError(f"CHORUS_NATS_CREDS: cannot read the credentials file {creds}")
+    files = {}
+    for name in ("CREDS", "TLS_CA", "TLS_CERT", "TLS_KEY"):
+        path = env.get(f"CHORUS_NATS_{name}", "").strip() or None
+        if path is not None and not os.access(path, os.R_OK):
+            raise SettingsError(f"CHORUS_NATS_{name}: cannot read the file {path}")
+        files[name.lower()] = path
+    if (files["tls_cert"] is None) != (files["tls_key"] is None):
+        raise SettingsError("CHORUS_NATS_TLS_CERT and CHORUS_NATS_TLS_KEY go together")
     user = env.get("CHORUS_NATS_USER", "").strip() or None
     password = env.get("CHORUS_NATS_PASSWORD") or None
     if (user is None) != (password is None):
         raise SettingsError("CHORUS_NATS_USER and CHORUS_NATS_PASSWORD go together")
-    return NatsAuth(user=user, password=password, creds=creds)
+    return NatsAuth(user=user, password=password, **files)
 
 
 def _host_port(env: Mapping[str, str], name: str) -> str:

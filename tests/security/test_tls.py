@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
+import ssl
 import subprocess
 from pathlib import Path
 
 import grpc
+import nats
 import pytest
 from chorus.v1 import chorus_pb2_grpc
 from chorus.v1.chorus_pb2 import ListModelsRequest
 
-from services.common.settings import SettingsError
+from services.cli.cluster import free_port, nats_server_binary
+from services.common import bus
+from services.common.settings import Settings, SettingsError
 from services.gateway.config import GatewayConfig
 from tests.integration.stack import running_stack
 
@@ -77,3 +82,30 @@ def test_a_missing_certificate_stops_start_up_naming_it(tmp_path: Path) -> None:
             {"CHORUS_GRPC_TLS_CERT": str(missing), "CHORUS_GRPC_TLS_KEY": str(missing)}
         )
     assert str(missing) in str(refused.value)
+
+
+async def test_services_reach_a_tls_nats_trusting_the_ca_they_are_given(tmp_path: Path) -> None:
+    cert, key = _self_signed(tmp_path)
+    port = free_port()
+    proc = subprocess.Popen(
+        [nats_server_binary(), "-a", "127.0.0.1", "-p", str(port), "--tls"]
+        + ["--tlscert", str(cert), "--tlskey", str(key)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        url = f"tls://127.0.0.1:{port}"
+        auth = Settings.from_env({"CHORUS_NATS_URL": url, "CHORUS_NATS_TLS_CA": str(cert)})
+        for _ in range(100):  # until the server listens
+            try:
+                nc = await bus.connect(url, "tls-test", auth.nats_auth)
+                break
+            except (OSError, nats.errors.NoServersError):
+                await asyncio.sleep(0.1)
+        assert nc.is_connected
+        await nc.close()
+        with pytest.raises((ssl.SSLError, nats.errors.Error, OSError)):  # no trust, no talk
+            await nats.connect(url, allow_reconnect=False, connect_timeout=2)
+    finally:
+        proc.terminate()
+        proc.wait(10)
