@@ -6,6 +6,7 @@ import asyncio
 import shutil
 import ssl
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -84,28 +85,34 @@ def test_a_missing_certificate_stops_start_up_naming_it(tmp_path: Path) -> None:
     assert str(missing) in str(refused.value)
 
 
-async def test_services_reach_a_tls_nats_trusting_the_ca_they_are_given(tmp_path: Path) -> None:
+@pytest.fixture
+def tls_nats(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A NATS server speaking TLS only, with a self-signed certificate: its URL and the cert."""
     cert, key = _self_signed(tmp_path)
     port = free_port()
+    tls = ["--tls", "--tlscert", str(cert), "--tlskey", str(key)]
     proc = subprocess.Popen(
-        [nats_server_binary(), "-a", "127.0.0.1", "-p", str(port), "--tls"]
-        + ["--tlscert", str(cert), "--tlskey", str(key)],
+        [nats_server_binary(), "-a", "127.0.0.1", "-p", str(port), *tls],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    try:
-        url = f"tls://127.0.0.1:{port}"
-        auth = Settings.from_env({"CHORUS_NATS_URL": url, "CHORUS_NATS_TLS_CA": str(cert)})
-        for _ in range(100):  # until the server listens
-            try:
-                nc = await bus.connect(url, "tls-test", auth.nats_auth)
-                break
-            except (OSError, nats.errors.NoServersError):
-                await asyncio.sleep(0.1)
-        assert nc.is_connected
-        await nc.close()
-        with pytest.raises((ssl.SSLError, nats.errors.Error, OSError)):  # no trust, no talk
-            await nats.connect(url, allow_reconnect=False, connect_timeout=2)
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    yield f"tls://127.0.0.1:{port}", cert
+    proc.terminate()
+    proc.wait(10)
+
+
+async def test_services_reach_a_tls_nats_trusting_the_ca_they_are_given(
+    tls_nats: tuple[str, Path],
+) -> None:
+    url, cert = tls_nats
+    auth = Settings.from_env({"CHORUS_NATS_URL": url, "CHORUS_NATS_TLS_CA": str(cert)})
+    for _ in range(100):  # until the server listens
+        try:
+            nc = await bus.connect(url, "tls-test", auth.nats_auth)
+            break
+        except (OSError, nats.errors.NoServersError):
+            await asyncio.sleep(0.1)
+    assert nc.is_connected
+    await nc.close()
+    with pytest.raises((ssl.SSLError, nats.errors.Error, OSError)):  # no trust, no talk
+        await nats.connect(url, allow_reconnect=False, connect_timeout=2)
