@@ -5,6 +5,8 @@
   goes first, and the figure is the median per-call time of each, side by side.
 - The API-key check alone (`Gate.owner`, hash and constant-time compare over 100 keys).
 - The rules planner on one long word (the request that froze the front door), by length.
+- The gateway's peak memory (VmHWM) over three concurrent 60 MiB gRPC uploads, in its own
+  process: uploads are spooled to disk, not held whole.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import functools
 import json
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 import timeit
@@ -24,7 +28,7 @@ from pathlib import Path
 import grpc
 import httpx
 from chorus.v1 import chorus_pb2_grpc
-from chorus.v1.chorus_pb2 import ListModelsRequest
+from chorus.v1.chorus_pb2 import ArtifactChunk, ListModelsRequest
 
 from services.cli.cluster import free_port, start_nats_server
 from services.common.runtime import serve
@@ -37,6 +41,7 @@ from services.planner.rules import plan_by_rules
 ROUNDS = int(os.environ.get("BENCH_SECURITY_ROUNDS", "10"))
 CALLS = int(os.environ.get("BENCH_SECURITY_CALLS", "50"))
 RESULTS = Path("bench/results/security.json")
+UPLOAD_MIB = 60
 
 
 @asynccontextmanager
@@ -118,10 +123,53 @@ def _rules_planner_s() -> dict[str, float]:
     return figures
 
 
+def _peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc")
+
+
+async def _upload(stub: chorus_pb2_grpc.ChorusStub, n: int) -> None:
+    async def chunks() -> AsyncIterator[ArtifactChunk]:
+        yield ArtifactChunk(name=f"big-{n}.bin", media_type="application/octet-stream")
+        block = os.urandom(1024 * 1024)
+        for _ in range(UPLOAD_MIB):
+            yield ArtifactChunk(data=block)
+
+    await stub.UploadArtifact(chunks())
+
+
+async def _three_uploads(addr: str, pid: int) -> dict[str, float]:
+    async with grpc.aio.insecure_channel(addr) as channel:
+        await channel.channel_ready()
+        idle = _peak_rss_mib(pid)
+        stub = chorus_pb2_grpc.ChorusStub(channel)
+        await asyncio.gather(*(_upload(stub, n) for n in range(3)))
+    return {"gateway_peak_rss_mib_idle": idle, "gateway_peak_rss_mib_3_uploads": _peak_rss_mib(pid)}
+
+
+def _upload_memory(tmp: Path) -> dict[str, float]:
+    proc, nats_url = start_nats_server(tmp / "nats-uploads")
+    addr = f"127.0.0.1:{free_port()}"
+    env = {**os.environ, "CHORUS_NATS_URL": nats_url, "CHORUS_GRPC_ADDR": addr}
+    gateway = subprocess.Popen(
+        [sys.executable, "-m", "services.gateway"], env=env, stderr=subprocess.DEVNULL
+    )
+    try:
+        return asyncio.run(_three_uploads(addr, gateway.pid))
+    finally:
+        gateway.terminate()
+        gateway.wait(30)
+        proc.terminate()
+        proc.wait(10)
+
+
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         figures = asyncio.run(_door_overhead(Path(tmp)))
         figures["key_check_median_us"] = _key_check_us(Path(tmp) / "keys")
+        figures |= _upload_memory(Path(tmp))
     figures |= _rules_planner_s()
     for kind in ("grpc", "http"):
         figures[f"{kind}_keys_overhead_ratio"] = (
