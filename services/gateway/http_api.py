@@ -27,7 +27,6 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from services.common.artifacts import MEDIA_TYPE
 from services.gateway import openai_response as shape
 from services.gateway.auth import Gate, HttpGate, owner_var
 from services.gateway.config import GatewayConfig
@@ -39,7 +38,6 @@ from services.gateway.openai_request import ChatCompletion, Message, read_body
 log = logging.getLogger(__name__)
 KEEP_ALIVE_S = 10.0  # an SSE comment when the pipeline is quiet, so no proxy times the stream out
 _TOO_LARGE = ErrorCode.ERROR_CODE_PAYLOAD_TOO_LARGE
-_OCTETS = "application/octet-stream"
 
 
 class HttpApi:
@@ -141,9 +139,9 @@ class HttpApi:
             "Content-Security-Policy": "sandbox",
             "Cache-Control": "private, max-age=3600",
         }
-        # Checked when stored and when read back: only a plain `type/subtype` reaches a header.
-        media_type = ref.media_type if MEDIA_TYPE.fullmatch(ref.media_type) else _OCTETS
-        return Response(data, media_type=media_type, headers=headers)
+        # The store hands back only a safe name and a plain `type/subtype` (checked when stored
+        # and again when read), so both can go into headers as they are.
+        return Response(data, media_type=ref.media_type, headers=headers)
 
     async def cancel(self, request: Request) -> Response:
         request_id = request.path_params["request_id"]
