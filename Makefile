@@ -58,6 +58,7 @@ bench: setup
 	$(PY) -m bench.annotators
 	$(PY) -m bench.language
 	$(PY) -m bench.gateway
+	$(PY) -m bench.security
 
 # The executor's backends on cuda:0 in float16 against the CPU (needs a CUDA device; no NATS,
 # no download): bench/results/gpu.json.

@@ -205,7 +205,9 @@ class MemoryArtifacts:
             raise ArtifactNotFound(f"artifact {artifact_id!r} does not exist or expired")
         return self.items[artifact_id]
 
-    async def put(self, data: bytes, name: str, media_type: str | None = None) -> ArtifactRef:
+    async def put(
+        self, data: bytes, name: str, media_type: str | None = None, *, request_id: str = ""
+    ) -> ArtifactRef:
         media_type = media_type or media_type_for(name)
         ref = ArtifactRef(
             id=uuid.uuid4().hex,

@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from services.common import subjects
+from services.common.roles import ROLES
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -579,6 +580,55 @@ def test_nats_values_run_a_clustered_jetstream_on_disk() -> None:
     assert jetstream["fileStore"]["enabled"] is True
     assert jetstream["fileStore"]["pvc"]["enabled"] is True
     assert re.fullmatch(r"\d+(Mi|Gi|Ti)", jetstream["fileStore"]["pvc"]["size"])
+
+
+def test_nats_users_have_the_permissions_of_their_roles() -> None:
+    (values,) = load_docs(DEPLOY / "nats" / "values.yaml")
+    users = values["config"]["merge"]["authorization"]["users"]
+    assert {u["user"] for u in users} == set(ROLES)
+    passwords = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in values["container"]["env"]}
+    for user in users:
+        role = ROLES[user["user"]]
+        assert user["permissions"]["publish"]["allow"] == list(role.publish), role.name
+        assert user["permissions"]["subscribe"]["allow"] == list(role.subscribe), role.name
+        variable = re.fullmatch(r"<< \$(\w+) >>", user["password"])
+        assert variable, f"{role.name}: the password is not a variable of the container"
+        ref = passwords[variable.group(1)]
+        assert ref == {"name": "chorus-nats-users", "key": role.name}
+    assert "chorus.result" not in ROLES["integrator"].publish
+
+
+@pytest.mark.parametrize("name", names_of(deployments))
+def test_each_service_connects_as_its_own_role(name: str) -> None:
+    env = {v["name"]: v for v in main_container(deployments()[name]).get("env", [])}
+    role = service_of(deployments()[name])
+    assert env["CHORUS_NATS_USER"]["value"] == role
+    ref = env["CHORUS_NATS_PASSWORD"]["valueFrom"]["secretKeyRef"]
+    assert ref == {"name": "chorus-nats-users", "key": role}
+
+
+def test_the_gateway_reads_its_api_keys_from_a_secret() -> None:
+    gateway = deployments()["gateway"]
+    env = {v["name"]: v.get("value") for v in main_container(gateway).get("env", [])}
+    mounts = {m["mountPath"]: m["name"] for m in main_container(gateway)["volumeMounts"]}
+    volumes = {v["name"]: v for v in gateway["spec"]["template"]["spec"]["volumes"]}
+    keys_dir = str(Path(env["CHORUS_API_KEYS"]).parent)
+    assert volumes[mounts[keys_dir]]["secret"]["secretName"] == "chorus-api-keys"
+
+
+def test_network_policies_deny_by_default_and_open_the_gateway_and_nats_to_chorus() -> None:
+    policies = applied("NetworkPolicy")
+    deny = policies["default-deny-ingress"]["spec"]
+    assert deny["podSelector"] == {} and "ingress" not in deny
+    gateway_ports = {
+        p["port"] for r in policies["gateway-api"]["spec"]["ingress"] for p in r["ports"]
+    }
+    assert gateway_ports == {GRPC_PORT, HTTP_PORT}
+    (clients, *_) = policies["nats-clients"]["spec"]["ingress"]
+    assert clients["ports"] == [{"port": 4222}]
+    assert clients["from"] == [
+        {"podSelector": {"matchLabels": {"app.kubernetes.io/part-of": "chorus"}}}
+    ]
 
 
 # --------------------------------------------------------------------------- Prometheus

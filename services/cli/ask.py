@@ -35,6 +35,7 @@ def ask(
     as_json: bool,
     stop_after: str | None,
     quiet: bool = False,
+    api_key: str | None = None,
 ) -> int:
     """`chorus ask`: a live view, the answer as it streams, the saved files.
 
@@ -57,7 +58,7 @@ def ask(
                 print(f"saved {path}")
         return _report_error(response, quiet=as_json)
 
-    return _with_client("ask", text, files, addr, run)
+    return _with_client("ask", text, files, ChorusClient(addr, api_key), run)
 
 
 def _lines(stdin: TextIO) -> Iterator[str]:
@@ -83,13 +84,13 @@ def _history() -> History:
     return FileHistory(str(path))
 
 
-def chat(addr: str, out: Path, stdin: TextIO, stdout: TextIO) -> int:
+def chat(addr: str, out: Path, stdin: TextIO, stdout: TextIO, api_key: str | None = None) -> int:
     """`chorus chat`: one conversation, a request per line; `/file PATH` attaches, `/quit` ends.
 
     The conversation (each turn's text and files, the answers' generated files included)
     goes with every request, so "the image from before" can be found.
     """
-    client = ChorusClient(addr)
+    client = ChorusClient(addr, api_key)
     history: list[ChatMessage] = []
     attached: list[ArtifactRef] = []
     try:
@@ -133,7 +134,7 @@ def chat(addr: str, out: Path, stdin: TextIO, stdout: TextIO) -> int:
         client.close()
 
 
-def plan(text: str, files: list[Path], *, addr: str) -> int:
+def plan(text: str, files: list[Path], *, addr: str, api_key: str | None = None) -> int:
     """`chorus plan`: the plan alone, as JSON in HuggingGPT's shape; notes on stderr."""
 
     def run(client: ChorusClient, request: ChatRequest) -> int:
@@ -144,22 +145,22 @@ def plan(text: str, files: list[Path], *, addr: str) -> int:
             print(f"note: {note}", file=sys.stderr)
         return _report_error(response, quiet=False)
 
-    return _with_client("plan", text, files, addr, run)
+    return _with_client("plan", text, files, ChorusClient(addr, api_key), run)
 
 
 def _with_client(
     command: str,
     text: str,
     files: list[Path],
-    addr: str,
+    client: ChorusClient,
     run: Callable[[ChorusClient, ChatRequest], int],
 ) -> int:
     """Uploads the files, builds the request, runs `run`; gRPC failures become one clear line."""
     for path in files:
         if not path.is_file():
             print(f"chorus {command}: no such file: {path}", file=sys.stderr)
+            client.close()
             return 2
-    client = ChorusClient(addr)
     try:
         message = ChatMessage(role="user", content=text)
         message.artifacts.extend(client.upload(p) for p in files)
@@ -168,7 +169,7 @@ def _with_client(
         print(f"chorus {command}: {e}", file=sys.stderr)
         return 2
     except grpc.RpcError as e:
-        print(f"chorus {command}: {_rpc_message(e, addr)}", file=sys.stderr)
+        print(f"chorus {command}: {_rpc_message(e, client.addr)}", file=sys.stderr)
         return 2
     finally:
         client.close()

@@ -29,10 +29,12 @@ CHUNK_BYTES = 256 * 1024
 
 
 class ChorusClient:
-    def __init__(self, addr: str) -> None:
+    def __init__(self, addr: str, api_key: str | None = None) -> None:
         self.addr = addr
         self._channel = grpc.insecure_channel(addr)
         self._stub = chorus_pb2_grpc.ChorusStub(self._channel)
+        # Sent with every call; a gateway without keys ignores it.
+        self._metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
 
     def close(self) -> None:
         self._channel.close()
@@ -50,14 +52,16 @@ class ChorusClient:
                 if first:  # an empty file still needs its name
                     yield ArtifactChunk(name=path.name, media_type=media_type_for(path.name))
 
-        return self._stub.UploadArtifact(chunks())  # type: ignore[no-any-return]
+        return self._stub.UploadArtifact(chunks(), metadata=self._metadata)  # type: ignore[no-any-return]
 
     def stream_chat(self, request: ChatRequest) -> Iterator[ProgressEvent]:
-        return self._stub.StreamChat(request)  # type: ignore[no-any-return]
+        return self._stub.StreamChat(request, metadata=self._metadata)  # type: ignore[no-any-return]
 
     def download(self, artifact_id: str, out_dir: Path) -> Path:
         out_dir.mkdir(parents=True, exist_ok=True)
-        chunks = self._stub.DownloadArtifact(DownloadArtifactRequest(id=artifact_id))
+        chunks = self._stub.DownloadArtifact(
+            DownloadArtifactRequest(id=artifact_id), metadata=self._metadata
+        )
         first = next(chunks)
         name = safe_file_name(first.name or artifact_id)
         if not Path(name).suffix and first.media_type:  # a file type the OS can open it by

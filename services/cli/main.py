@@ -68,6 +68,7 @@ def _parser() -> argparse.ArgumentParser:
     shown.add_argument("--quiet", "-q", action="store_true", help="print the answer alone")
     ask.add_argument("--stop-after", choices=["plan", "execute"])
     ask.add_argument("--grpc", default=os.environ.get("CHORUS_GRPC_ADDR", DEFAULT_GRPC))
+    _api_key_option(ask)
     ask.add_argument(
         "--out",
         type=Path,
@@ -78,6 +79,7 @@ def _parser() -> argparse.ArgumentParser:
 
     chat = commands.add_parser("chat", help="an interactive conversation with a running Chorus")
     chat.add_argument("--grpc", default=os.environ.get("CHORUS_GRPC_ADDR", DEFAULT_GRPC))
+    _api_key_option(chat)
     chat.add_argument(
         "--out",
         type=Path,
@@ -90,6 +92,7 @@ def _parser() -> argparse.ArgumentParser:
     plan.add_argument("text")
     plan.add_argument("--file", action="append", default=[], type=Path, help="attach a file")
     plan.add_argument("--grpc", default=os.environ.get("CHORUS_GRPC_ADDR", DEFAULT_GRPC))
+    _api_key_option(plan)
     plan.set_defaults(run=_plan)
 
     catalog = commands.add_parser("catalog", help="the model catalog the selector ranks with")
@@ -104,7 +107,44 @@ def _parser() -> argparse.ArgumentParser:
     listing = catalog_commands.add_parser("list", help="the catalog, most downloaded first")
     listing.add_argument("--task")
     listing.set_defaults(run=lambda a: catalog_cli.list_models(a.task))
+
+    keys = commands.add_parser("keys", help="API keys of the gateway (CHORUS_API_KEYS)")
+    keys_commands = keys.add_subparsers(required=True, metavar="ACTION")
+    add = keys_commands.add_parser("add", help="make a key: its token is printed, once")
+    add.add_argument("name", help="who the key is for; it owns the requests made with it")
+    add.add_argument(
+        "--file",
+        type=Path,
+        default=os.environ.get("CHORUS_API_KEYS") or None,
+        help="the keys file (default: $CHORUS_API_KEYS)",
+    )
+    add.set_defaults(run=_keys_add)
     return parser
+
+
+def _api_key_option(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--api-key",
+        default=os.environ.get("CHORUS_API_KEY") or None,
+        help="the gateway's API key (default: $CHORUS_API_KEY)",
+    )
+
+
+def _keys_add(args: argparse.Namespace) -> int:
+    from services.common.settings import SettingsError
+    from services.gateway.keys import add_key
+
+    if args.file is None:
+        print("chorus keys add: set CHORUS_API_KEYS or give --file", file=sys.stderr)
+        return 2
+    try:
+        token = add_key(Path(args.file), args.name)
+    except (SettingsError, OSError) as e:
+        print(f"chorus keys add: {e}", file=sys.stderr)
+        return 2
+    print(token)  # alone on stdout, for `export CHORUS_API_KEY=$(chorus keys add me)`
+    print(f"added key {args.name!r} to {args.file}; the token is shown only now", file=sys.stderr)
+    return 0
 
 
 def _up(args: argparse.Namespace) -> int:
@@ -138,6 +178,13 @@ def _up(args: argparse.Namespace) -> int:
     )
     print(f"Chorus is up. gRPC: {grpc_addr}  NATS: {cluster.nats_url}{openai}", flush=True)
     print(f"metrics (/metrics, /healthz, /readyz): {ports}", flush=True)
+    if cluster.integrator_credentials is not None:
+        print(
+            "the bus is locked (a NATS user per role); an integrator's credentials "
+            f"(may publish chorus.request, read events and responses): "
+            f"{cluster.integrator_credentials}",
+            flush=True,
+        )
     print("Ctrl-C stops everything.", flush=True)
     code = 0
     while not stopping:
@@ -175,6 +222,7 @@ def _ask(args: argparse.Namespace) -> int:
         as_json=args.json,
         stop_after=args.stop_after,
         quiet=args.quiet,
+        api_key=args.api_key,
     )
 
 
@@ -185,13 +233,13 @@ def _chat(args: argparse.Namespace) -> int:
         print(
             "Chorus chat: one request per line; /file PATH attaches a file; /quit or Ctrl-D ends."
         )
-    return chat(args.grpc, args.out, sys.stdin, sys.stdout)
+    return chat(args.grpc, args.out, sys.stdin, sys.stdout, args.api_key)
 
 
 def _plan(args: argparse.Namespace) -> int:
     from services.cli.ask import plan
 
-    return plan(args.text, args.file, addr=args.grpc)
+    return plan(args.text, args.file, addr=args.grpc, api_key=args.api_key)
 
 
 if __name__ == "__main__":

@@ -13,10 +13,23 @@ from chorus.v1.messages_pb2 import Kind
 
 _KIND_BY_MAJOR = {"image": Kind.KIND_IMAGE, "audio": Kind.KIND_AUDIO, "video": Kind.KIND_VIDEO}
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
+# `type/subtype`, ASCII, no parameters: a media type that can be echoed in a header as it is.
+MEDIA_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9.+_-]{0,63}/[A-Za-z0-9][A-Za-z0-9.+_-]{0,63}")
 
 
 class ArtifactNotFound(LookupError):
     """No artifact with this id (never stored, or expired)."""
+
+
+class BadMediaType(ValueError):
+    """A media type that is not `type/subtype` (CR/LF, parameters, non-ASCII)."""
+
+
+def checked_media_type(media_type: str) -> str:
+    """`media_type` if it is a plain `type/subtype`, else `BadMediaType`."""
+    if not MEDIA_TYPE.fullmatch(media_type):
+        raise BadMediaType(f"not a type/subtype media type: {media_type[:80]!r}")
+    return media_type.lower()
 
 
 def media_type_for(name: str) -> str:

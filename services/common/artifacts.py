@@ -7,9 +7,11 @@ import functools
 import hashlib
 import json
 import logging
+import secrets
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import Any
+from typing import IO, Any
 
 from chorus.v1.messages_pb2 import ArtifactRef
 from nats.js import JetStreamContext
@@ -18,17 +20,23 @@ from nats.js.errors import BadRequestError, NotFoundError
 
 from services.common import subjects
 from services.common.artifact_refs import (
+    MEDIA_TYPE,
     ArtifactNotFound,
+    checked_media_type,
     kind_for,
     media_type_for,
     safe_file_name,
 )
 from services.common.outage import retrying
+from services.common.settings import DEFAULT_ARTIFACT_MAX_BYTES
 
 log = logging.getLogger(__name__)
 ARTIFACT_TTL_S = 24 * 3600.0  # generated and uploaded files expire a day after they are written
 _NAME_HEADER = "Chorus-Name"
 _TYPE_HEADER = "Chorus-Media-Type"
+_OWNER_HEADER = "Chorus-Owner"
+_REQUEST_HEADER = "Chorus-Request-Id"
+_OCTETS = "application/octet-stream"
 _CHUNK_BYTES = 128 * 1024  # nats-py's chunk size
 
 
@@ -44,8 +52,12 @@ class ArtifactStore:
         self._stream = f"OBJ_{bucket}"
 
     @classmethod
-    async def open(cls, js: JetStreamContext, replicas: int = 1) -> ArtifactStore:
-        config = ObjectStoreConfig(ttl=ARTIFACT_TTL_S, storage=StorageType.FILE, replicas=replicas)
+    async def open(
+        cls, js: JetStreamContext, replicas: int = 1, max_bytes: int = DEFAULT_ARTIFACT_MAX_BYTES
+    ) -> ArtifactStore:
+        config = ObjectStoreConfig(
+            ttl=ARTIFACT_TTL_S, storage=StorageType.FILE, replicas=replicas, max_bytes=max_bytes
+        )
         bucket = subjects.ARTIFACT_BUCKET
         try:
             await retrying(
@@ -56,42 +68,63 @@ class ArtifactStore:
             await retrying("open artifact bucket", lambda: js.object_store(bucket))
         return cls(js, bucket)
 
-    async def put(self, data: bytes, name: str, media_type: str | None = None) -> ArtifactRef:
+    async def put(
+        self,
+        data: bytes | IO[bytes],
+        name: str,
+        media_type: str | None = None,
+        *,
+        owner: str = "",
+        request_id: str = "",
+    ) -> ArtifactRef:
+        """Stores `data` (bytes, or a seekable file read in chunks) under a new unguessable id.
+
+        `owner` is the API key that uploaded it; a generated file names the `request_id` it
+        was made for instead, and belongs to that request's owner. A media type that is not
+        a plain `type/subtype` raises `BadMediaType`: it would be echoed in a header.
+        """
         name = safe_file_name(name)
-        media_type = media_type or media_type_for(name)
-        artifact_id = f"{uuid.uuid4().hex[:16]}-{name}"
+        media_type = checked_media_type(media_type) if media_type else media_type_for(name)
+        artifact_id = f"{secrets.token_hex(16)}-{name}"  # 128 random bits
+        headers = {_NAME_HEADER: name, _TYPE_HEADER: media_type}
+        if owner:
+            headers[_OWNER_HEADER] = owner
+        if request_id:
+            headers[_REQUEST_HEADER] = request_id
         # Retried through a NATS outage: a second put under the same id only writes it again.
-        await retrying("store artifact", lambda: self._write(artifact_id, data, name, media_type))
+        size = await retrying(
+            "store artifact", lambda: self._write(artifact_id, data, headers)
+        )
         return ArtifactRef(
-            id=artifact_id,
-            name=name,
-            media_type=media_type,
-            kind=kind_for(media_type),
-            size=len(data),
+            id=artifact_id, name=name, media_type=media_type, kind=kind_for(media_type), size=size
         )
 
-    async def _write(self, artifact_id: str, data: bytes, name: str, media_type: str) -> None:
+    async def _write(
+        self, artifact_id: str, data: bytes | IO[bytes], headers: dict[str, str]
+    ) -> int:
         nuid = uuid.uuid4().hex
         chunk_subject = f"$O.{self._bucket}.C.{nuid}"
-        chunks = [data[i : i + _CHUNK_BYTES] for i in range(0, len(data), _CHUNK_BYTES)]
-        for chunk in chunks:
+        digest, size, chunks = hashlib.sha256(), 0, 0
+        for chunk in _chunks(data):
             await self._js.publish(chunk_subject, chunk)
-        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).decode()
+            digest.update(chunk)
+            size, chunks = size + len(chunk), chunks + 1
         info = {
             "name": artifact_id,
             "bucket": self._bucket,
             "nuid": nuid,
-            "size": len(data),
-            "chunks": len(chunks),
-            "digest": f"SHA-256={digest}",
+            "size": size,
+            "chunks": chunks,
+            "digest": f"SHA-256={base64.urlsafe_b64encode(digest.digest()).decode()}",
             "mtime": datetime.now(UTC).isoformat(),
-            "headers": {_NAME_HEADER: name, _TYPE_HEADER: media_type},
+            "headers": headers,
             "options": {"max_chunk_size": _CHUNK_BYTES},
         }
         rollup = {"Nats-Rollup": "sub"}  # the newest metadata replaces any earlier one
         await self._js.publish(
             self._meta_subject(artifact_id), json.dumps(info).encode(), headers=rollup
         )
+        return size
 
     def _meta_subject(self, artifact_id: str) -> str:
         encoded = base64.urlsafe_b64encode(artifact_id.encode()).decode()
@@ -109,6 +142,11 @@ class ArtifactStore:
         if not isinstance(meta, dict) or meta.get("deleted") or not meta.get("nuid"):
             raise ArtifactNotFound(f"artifact {artifact_id!r} does not exist or expired")
         return meta
+
+    async def made_by(self, artifact_id: str) -> tuple[str, str]:
+        """The owner that uploaded the artifact and the request it was made for ("" if none)."""
+        headers = (await self._meta(artifact_id)).get("headers") or {}
+        return headers.get(_OWNER_HEADER, ""), headers.get(_REQUEST_HEADER, "")
 
     async def info(self, artifact_id: str) -> ArtifactRef:
         """What is stored under this id, without fetching the bytes."""
@@ -138,8 +176,23 @@ class ArtifactStore:
 
 
 def _ref(artifact_id: str, headers: dict[str, str], size: int) -> ArtifactRef:
-    name = headers.get(_NAME_HEADER, artifact_id)
-    media_type = headers.get(_TYPE_HEADER, media_type_for(name))
+    # Checked again on the way out: an object written straight to the bucket is read too.
+    name = safe_file_name(headers.get(_NAME_HEADER, artifact_id))
+    media_type = headers.get(_TYPE_HEADER) or media_type_for(name)
+    if not MEDIA_TYPE.fullmatch(media_type):
+        media_type = _OCTETS
     return ArtifactRef(
         id=artifact_id, name=name, media_type=media_type, kind=kind_for(media_type), size=size
     )
+
+
+def _chunks(data: bytes | IO[bytes]) -> Iterator[bytes]:
+    """The object store's chunks of `data`; a file is read from its start, one chunk at a time,
+    so a retried write sends it whole again."""
+    if isinstance(data, bytes | bytearray | memoryview):
+        view = bytes(data)
+        yield from (view[i : i + _CHUNK_BYTES] for i in range(0, len(view), _CHUNK_BYTES))
+        return
+    data.seek(0)
+    while chunk := data.read(_CHUNK_BYTES):
+        yield chunk

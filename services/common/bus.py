@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
     DeliverPolicy,
+    DiscardPolicy,
     KeyValueConfig,
     RetentionPolicy,
     StorageType,
@@ -32,6 +34,7 @@ from nats.js.kv import KeyValue
 
 from services.common import subjects, tracing
 from services.common.outage import OUTAGE, retrying, unavailable
+from services.common.settings import DEFAULT_STREAM_MAX_BYTES, NatsAuth
 from services.common.telemetry import MESSAGES, STAGE_SECONDS, request_id_var
 
 log = logging.getLogger(__name__)
@@ -46,6 +49,10 @@ EVENT_RETENTION_S = 3600.0
 IDLE_CHECK_FETCHES = 5  # empty one-second fetches between checks that the consumer exists
 
 
+# Bounds on what the bus may hold (settings CHORUS_STREAM_MAX_BYTES): a flood of requests or
+# events cannot fill the servers' disks. The work stream refuses new messages when full (work
+# is never dropped); the others drop their oldest.
+KV_MAX_BYTES = 64 * 1024**2  # each key-value bucket: small entries with a TTL
 MAX_PAYLOAD_BYTES = 1_000_000  # NATS's default max_payload is 1 MiB; headers need the rest
 
 
@@ -63,10 +70,12 @@ class PayloadTooLarge(PermanentError):
     code = ErrorCode.ERROR_CODE_PAYLOAD_TOO_LARGE
 
 
-async def connect(url: str, name: str) -> NATS:
-    """Connects with unlimited reconnects, so a NATS restart is a pause, not a crash.
+async def connect(url: str, name: str, auth: NatsAuth | None = None) -> NATS:
+    """Connects with unlimited reconnects, so a NATS restart is a pause, not a crash; `auth`
+    is the service's role on a locked bus.
 
     `url` may list several servers, comma-separated (the nodes of a cluster)."""
+    auth = auth or NatsAuth()
 
     async def on_error(e: Exception) -> None:
         log.warning("nats error: %s", e)
@@ -87,11 +96,29 @@ async def connect(url: str, name: str) -> NATS:
         error_cb=on_error,
         disconnected_cb=on_disconnect,
         reconnected_cb=on_reconnect,
+        user=auth.user,
+        password=auth.password,
+        user_credentials=auth.creds,
+        tls=_tls_context(auth),
     )
 
 
-async def ensure_streams(js: JetStreamContext, replicas: int = 1) -> None:
-    """Creates (or updates) the streams; safe to call from every service at start."""
+def _tls_context(auth: NatsAuth) -> ssl.SSLContext | None:
+    """A context trusting `tls_ca` (and showing a client certificate); None: the defaults (a
+    `tls://` URL then trusts the system's CAs)."""
+    if auth.tls_ca is None and auth.tls_cert is None:
+        return None
+    context = ssl.create_default_context(cafile=auth.tls_ca)
+    if auth.tls_cert is not None:
+        context.load_cert_chain(auth.tls_cert, auth.tls_key)
+    return context
+
+
+async def ensure_streams(
+    js: JetStreamContext, replicas: int = 1, max_bytes: int = DEFAULT_STREAM_MAX_BYTES
+) -> None:
+    """Creates (or updates) the streams, each bounded to `max_bytes`; safe to call from every
+    service at start."""
     configs = [
         StreamConfig(
             name=subjects.WORK_STREAM,
@@ -101,6 +128,8 @@ async def ensure_streams(js: JetStreamContext, replicas: int = 1) -> None:
             num_replicas=replicas,
             duplicate_window=120.0,
             max_msg_size=1024 * 1024,
+            max_bytes=max_bytes,
+            discard=DiscardPolicy.NEW,
         ),
         StreamConfig(
             name=subjects.EVENTS_STREAM,
@@ -110,6 +139,7 @@ async def ensure_streams(js: JetStreamContext, replicas: int = 1) -> None:
             num_replicas=replicas,
             max_age=EVENT_RETENTION_S,  # replayable for a while: late subscribers miss nothing
             duplicate_window=120.0,
+            max_bytes=max_bytes,
         ),
         StreamConfig(
             name=subjects.DEADLETTER_STREAM,
@@ -118,6 +148,7 @@ async def ensure_streams(js: JetStreamContext, replicas: int = 1) -> None:
             storage=StorageType.FILE,
             num_replicas=replicas,
             max_age=7 * 24 * 3600.0,
+            max_bytes=max_bytes,
         ),
     ]
     for config in configs:
@@ -157,9 +188,12 @@ async def pipelined(sends: Iterable[Awaitable[None]]) -> None:
 
 
 async def open_key_value(js: JetStreamContext, config: KeyValueConfig) -> KeyValue:
-    """Creates the bucket, or binds to it as it is when it exists with other settings.
+    """Creates the bucket (bounded to `KV_MAX_BYTES` unless the config says otherwise), or
+    binds to it as it is when it exists with other settings.
 
     Also how a bucket that vanished with a restarted server comes back."""
+    if config.max_bytes is None or config.max_bytes <= 0:
+        config.max_bytes = KV_MAX_BYTES
     try:
         return await retrying("create bucket", lambda: js.create_key_value(config=config))
     except BadRequestError as e:

@@ -43,10 +43,10 @@ Build = Callable[[Runtime, AsyncExitStack], Awaitable[list[bus.Consumer[Any]]]]
 async def serve(name: str, settings: Settings, build: Build, stop: asyncio.Event) -> None:
     """Runs one service until `stop` is set; every resource is released through one exit stack."""
     async with AsyncExitStack() as stack:
-        nc = await bus.connect(settings.nats_url, name=f"chorus-{name}")
+        nc = await bus.connect(settings.nats_url, f"chorus-{name}", settings.nats_auth)
         stack.push_async_callback(_drain, nc)
         js = nc.jetstream()
-        await bus.ensure_streams(js, settings.stream_replicas)
+        await bus.ensure_streams(js, settings.stream_replicas, settings.stream_max_bytes)
         consumers = await build(Runtime(name, settings, nc, js), stack)
         tasks = [asyncio.create_task(c.run()) for c in consumers]
 
@@ -62,9 +62,9 @@ async def serve(name: str, settings: Settings, build: Build, stop: asyncio.Event
         def ready() -> bool:
             return nc.is_connected and not OUTAGE.active and all(c.running for c in consumers)
 
-        health = HealthServer(settings.metrics_port, ready)
-        health.start()
-        stack.callback(health.stop)
+        health = HealthServer(settings.metrics_host, settings.metrics_port, ready)
+        await health.start()
+        stack.push_async_callback(health.stop)
         log.info("%s serving", name, extra={"fields": {"metrics_port": health.port}})
         stopped = asyncio.create_task(stop.wait())
         await asyncio.wait([stopped, *tasks], return_when=asyncio.FIRST_COMPLETED)

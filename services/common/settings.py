@@ -11,6 +11,8 @@ from urllib.parse import urlparse
 N = TypeVar("N", int, float)
 
 
+DEFAULT_STREAM_MAX_BYTES = 1024**3  # each stream's bound (CHORUS_STREAM_MAX_BYTES)
+DEFAULT_ARTIFACT_MAX_BYTES = 16 * 1024**3  # the artifact bucket's (CHORUS_ARTIFACT_MAX_BYTES)
 DEFAULT_CONTEXT_TOKENS = 8192  # the LLM's context window, when CHORUS_LLM_CONTEXT_TOKENS is unset
 
 
@@ -35,11 +37,25 @@ class LLMSettings:
 
 
 @dataclass(frozen=True)
+class NatsAuth:
+    """How a service proves its role to NATS (a user and password, or a `.creds` file) and,
+    for a `tls://` server, which CA it trusts and which client certificate it shows."""
+
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)
+    creds: str | None = None  # path of a NATS credentials (JWT + seed) file
+    tls_ca: str | None = None  # PEM file of the CA that signed the server's certificate
+    tls_cert: str | None = None  # PEM files of a client certificate (NATS with verify)
+    tls_key: str | None = None
+
+
+@dataclass(frozen=True)
 class Settings:
     nats_url: str
     grpc_addr: str
     openai_addr: str  # host:port of the OpenAI-compatible HTTP endpoint; empty: not served
     metrics_port: int
+    metrics_host: str  # the address /metrics and the probes listen on (127.0.0.1 under chorus up)
     llm: LLMSettings
     planner: str  # "auto" (LLM when configured) | "rules"
     max_upload_bytes: int
@@ -47,6 +63,9 @@ class Settings:
     worker_ttl_s: float
     log_level: str
     stream_replicas: int  # JetStream replicas of every stream and bucket (3 on a NATS cluster)
+    nats_auth: NatsAuth = field(default_factory=NatsAuth)
+    stream_max_bytes: int = DEFAULT_STREAM_MAX_BYTES
+    artifact_max_bytes: int = DEFAULT_ARTIFACT_MAX_BYTES
     # The variables these were read from, for a stage's own settings (e.g. the executor's).
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
 
@@ -67,6 +86,8 @@ class Settings:
             grpc_addr=env.get("CHORUS_GRPC_ADDR", "127.0.0.1:50051"),
             openai_addr=_host_port(env, "CHORUS_OPENAI_ADDR"),
             metrics_port=int_setting(env, "CHORUS_METRICS_PORT", 0),
+            # Every address by default: in a pod, Prometheus and the kubelet come from outside.
+            metrics_host=env.get("CHORUS_METRICS_HOST", "0.0.0.0").strip() or "0.0.0.0",
             llm=LLMSettings(
                 base_url=base_url,
                 api_key=env.get("CHORUS_LLM_API_KEY") or env.get("OPENAI_API_KEY") or None,
@@ -81,8 +102,29 @@ class Settings:
             worker_ttl_s=float_setting(env, "CHORUS_WORKER_TTL", 10.0),
             log_level=_log_level(env),
             stream_replicas=_replicas(env),
+            nats_auth=_nats_auth(env),
+            stream_max_bytes=int_setting(env, "CHORUS_STREAM_MAX_BYTES", DEFAULT_STREAM_MAX_BYTES),
+            artifact_max_bytes=int_setting(
+                env, "CHORUS_ARTIFACT_MAX_BYTES", DEFAULT_ARTIFACT_MAX_BYTES
+            ),
             env=dict(env),
         )
+
+
+def _nats_auth(env: Mapping[str, str]) -> NatsAuth:
+    files = {}
+    for name in ("CREDS", "TLS_CA", "TLS_CERT", "TLS_KEY"):
+        path = env.get(f"CHORUS_NATS_{name}", "").strip() or None
+        if path is not None and not os.access(path, os.R_OK):
+            raise SettingsError(f"CHORUS_NATS_{name}: cannot read the file {path}")
+        files[name.lower()] = path
+    if (files["tls_cert"] is None) != (files["tls_key"] is None):
+        raise SettingsError("CHORUS_NATS_TLS_CERT and CHORUS_NATS_TLS_KEY go together")
+    user = env.get("CHORUS_NATS_USER", "").strip() or None
+    password = env.get("CHORUS_NATS_PASSWORD") or None
+    if (user is None) != (password is None):
+        raise SettingsError("CHORUS_NATS_USER and CHORUS_NATS_PASSWORD go together")
+    return NatsAuth(user=user, password=password, **files)
 
 
 def _host_port(env: Mapping[str, str], name: str) -> str:

@@ -38,6 +38,7 @@ DEADLETTER_SUBJECTS = ["chorus.deadletter.>"]
 ARTIFACT_BUCKET = "chorus_artifacts"
 WORKER_BUCKET = "chorus_workers"
 RUN_STATE_BUCKET = "chorus_runs"
+REQUEST_OWNER_BUCKET = "chorus_request_owners"  # request id -> the API key that sent it
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")

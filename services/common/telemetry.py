@@ -6,17 +6,20 @@ import contextvars
 import json
 import logging
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import Counter, Histogram, make_wsgi_app
+from prometheus_client import Counter, Histogram, make_asgi_app
+from starlette.responses import PlainTextResponse
+from starlette.types import Receive, Scope, Send
+
+from services.common.http_server import HttpServer
 
 from services.common.tracing import trace_id
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
+HEALTH_IDLE_S = 5  # a scraper or probe that connects and sends nothing is let go after this
 
 MESSAGES = Counter(
     "chorus_messages_total",
@@ -64,35 +67,35 @@ def configure_logging(service: str, level: str = "INFO") -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:  # scrapes are not news
-        pass
-
-
 class HealthServer:
-    """Serves `/metrics`, `/healthz` (process alive) and `/readyz` (connected and consuming)."""
+    """Serves `/metrics`, `/healthz` (process alive) and `/readyz` (connected and consuming) on
+    `host:port` (port 0: any free one), concurrently, closing idle connections."""
 
-    def __init__(self, port: int, ready: Callable[[], bool]) -> None:
-        metrics = make_wsgi_app()
+    def __init__(
+        self, host: str, port: int, ready: Callable[[], bool], idle_s: int = HEALTH_IDLE_S
+    ) -> None:
+        self._metrics = make_asgi_app()
+        self._ready = ready
+        addr = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self._server = HttpServer(self._app, addr, "CHORUS_METRICS_HOST/PORT", idle_s)
 
-        def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-            path = environ.get("PATH_INFO", "")
-            if path == "/healthz":
-                start_response("200 OK", [("Content-Type", "text/plain")])
-                return [b"ok\n"]
-            if path == "/readyz":
-                ok = ready()
-                start_response("200 OK" if ok else "503 Service Unavailable", [])
-                return [b"ready\n" if ok else b"not ready\n"]
-            return metrics(environ, start_response)  # type: ignore[no-any-return]
+    @property
+    def port(self) -> int:
+        return self._server.port
 
-        self._server: WSGIServer = make_server("0.0.0.0", port, app, handler_class=_QuietHandler)
-        self.port: int = self._server.server_port
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+    async def start(self) -> None:
+        await self._server.start()
 
-    def start(self) -> None:
-        self._thread.start()
+    async def stop(self) -> None:
+        await self._server.stop()
 
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+    async def _app(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "") if scope["type"] == "http" else ""
+        if path == "/healthz":
+            await PlainTextResponse("ok\n")(scope, receive, send)
+        elif path == "/readyz":
+            ok = self._ready()
+            body = "ready\n" if ok else "not ready\n"
+            await PlainTextResponse(body, 200 if ok else 503)(scope, receive, send)
+        else:
+            await self._metrics(scope, receive, send)

@@ -44,7 +44,9 @@ Run = Callable[[Inputs], Awaitable[list[Produced]]]
 class Artifacts(Protocol):
     async def get(self, artifact_id: str) -> tuple[ArtifactRef, bytes]: ...
 
-    async def put(self, data: bytes, name: str, media_type: str | None = None) -> ArtifactRef: ...
+    async def put(
+        self, data: bytes, name: str, media_type: str | None = None, *, request_id: str = ""
+    ) -> ArtifactRef: ...
 
 
 class TaskInputError(ValueError):
@@ -226,17 +228,20 @@ async def _encode_output(
     item: Produced, invocation: TaskInvocation, artifacts: Artifacts
 ) -> TaskOutput:
     stem = f"{invocation.task}-{invocation.task_id}"
+    made_for = invocation.request_id  # the file belongs to whoever owns the request
     if item.image is not None:
         png = await asyncio.to_thread(encode_png, item.image)
-        ref = await artifacts.put(png, f"{stem}.png", "image/png")
+        ref = await artifacts.put(png, f"{stem}.png", "image/png", request_id=made_for)
         return TaskOutput(name=item.name, artifact=ref)
     if item.audio is not None:
         wav = await asyncio.to_thread(encode_wav, item.audio)
-        ref = await artifacts.put(wav, f"{stem}.wav", "audio/wav")
+        ref = await artifacts.put(wav, f"{stem}.wav", "audio/wav", request_id=made_for)
         return TaskOutput(name=item.name, artifact=ref)
     if item.file is not None:
         extension = mimetypes.guess_extension(item.media_type) or ".bin"
-        ref = await artifacts.put(item.file, f"{stem}{extension}", item.media_type)
+        ref = await artifacts.put(
+            item.file, f"{stem}{extension}", item.media_type, request_id=made_for
+        )
         return TaskOutput(name=item.name, artifact=ref)
     if item.text is not None:
         return TaskOutput(name=item.name, text=item.text)

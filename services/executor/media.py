@@ -10,6 +10,8 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image, UnidentifiedImageError
 
+# 8K x 5K: any real photo; past it a task would spend minutes and gigabytes on one input.
+MAX_IMAGE_PIXELS = 40_000_000
 # Sample width in bytes -> (dtype, zero level, full scale): 8-bit WAV is unsigned.
 _PCM: dict[int, tuple[str, float, float]] = {
     1: ("u1", 128.0, 128.0),
@@ -29,10 +31,15 @@ class Audio:
 
 
 def decode_image(data: bytes, name: str) -> Image.Image:
+    """The image, refused before decoding when it is over `MAX_IMAGE_PIXELS` (a small file
+    can declare a huge picture: a decompression bomb)."""
     try:
         image = Image.open(io.BytesIO(data))
+        width, height = image.size
+        if width * height > MAX_IMAGE_PIXELS:
+            raise MediaError(f"{name} is {width}x{height}, over the {MAX_IMAGE_PIXELS}-pixel limit")
         image.load()
-    except (UnidentifiedImageError, OSError) as e:
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
         raise MediaError(f"{name} is not a readable image: {e}") from e
     except Image.DecompressionBombError as e:  # its header claims more pixels than PIL will take
         raise MediaError(f"{name} is too large an image: {e}") from e

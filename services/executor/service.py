@@ -235,7 +235,9 @@ async def build(rt: Runtime, stack: AsyncExitStack) -> list[bus.Consumer[Any]]:
     lanes = await _local_lanes(config, pool) + _routed_lanes(config, rt, stack)
     for lane in lanes:
         stack.push_async_callback(lane.close)
-    store = await ArtifactStore.open(rt.js, rt.settings.stream_replicas)
+    store = await ArtifactStore.open(
+        rt.js, rt.settings.stream_replicas, rt.settings.artifact_max_bytes
+    )
     info = WorkerInfo(
         worker_id=f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}",
         device=config.device,

@@ -40,6 +40,15 @@ STATUS: dict[ErrorCode.ValueType, WireStatus] = {
     # 499 is the de-facto "client closed request"; a client that cancelled reads it as such.
     ErrorCode.ERROR_CODE_CANCELLED: WireStatus(grpc.StatusCode.CANCELLED, 499, "cancelled"),
     ErrorCode.ERROR_CODE_INTERNAL: WireStatus(grpc.StatusCode.INTERNAL, 500, "server_error"),
+    ErrorCode.ERROR_CODE_UNAUTHENTICATED: WireStatus(
+        grpc.StatusCode.UNAUTHENTICATED, 401, "authentication_error"
+    ),
+    ErrorCode.ERROR_CODE_ALREADY_EXISTS: WireStatus(
+        grpc.StatusCode.ALREADY_EXISTS, 409, "invalid_request_error"
+    ),
+    ErrorCode.ERROR_CODE_RESOURCE_EXHAUSTED: WireStatus(
+        grpc.StatusCode.RESOURCE_EXHAUSTED, 429, "rate_limit_error"
+    ),
 }
 
 
@@ -52,10 +61,15 @@ class RequestError(Exception):
     """A call the front door turns down; the message names the field at fault."""
 
     def __init__(
-        self, message: str, code: ErrorCode.ValueType = ErrorCode.ERROR_CODE_INVALID_REQUEST
+        self,
+        message: str,
+        code: ErrorCode.ValueType = ErrorCode.ERROR_CODE_INVALID_REQUEST,
+        *,
+        retry_after_s: int | None = None,  # when to try again (an overload), for the caller
     ) -> None:
         super().__init__(message)
         self.code = code
+        self.retry_after_s = retry_after_s
 
 
 class PipelineFailed(RequestError):

@@ -14,8 +14,16 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import IO
 
-from chorus.v1.messages_pb2 import CancelRequest, ChatRequest, ErrorCode, ProgressEvent
+from chorus.v1.messages_pb2 import (
+    ArtifactRef,
+    CancelRequest,
+    ChatRequest,
+    ErrorCode,
+    ProgressEvent,
+)
 from google.protobuf.message import DecodeError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
@@ -25,10 +33,11 @@ from opentelemetry import trace
 from prometheus_client import Counter, Gauge
 
 from services.common import bus, events, subjects, tracing
-from services.common.artifact_refs import ArtifactNotFound
+from services.common.artifact_refs import ArtifactNotFound, BadMediaType
 from services.common.artifacts import ArtifactStore
 from services.common.telemetry import ERRORS, request_id_var
 from services.gateway.errors import RequestError
+from services.gateway.owners import RequestOwners
 
 log = logging.getLogger(__name__)
 MAX_REQUEST_BYTES = 256 * 1024  # larger inputs travel as artifacts
@@ -41,30 +50,49 @@ CANCELLED = Counter(
     ["api", "how"],
 )
 _NOT_FOUND = ErrorCode.ERROR_CODE_NOT_FOUND
+_ALREADY_EXISTS = ErrorCode.ERROR_CODE_ALREADY_EXISTS
+ADMISSION_REFUSED = Counter(
+    "chorus_admission_refused_total",
+    "Requests turned away over a concurrency limit (overall, per_key).",
+    ["limit"],
+)
+RETRY_AFTER_S = 5
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_requests: int  # running at once through this gateway
+    max_requests_per_key: int  # of those, by one key
 
 
 class FrontDoor:
-    def __init__(self, js: JetStreamContext, store: ArtifactStore) -> None:
+    def __init__(
+        self, js: JetStreamContext, store: ArtifactStore, owners: RequestOwners, limits: Limits
+    ) -> None:
         self._js = js
         self.store = store
+        self._owners = owners
+        self._limits = limits
         self._cancelling: set[asyncio.Task[None]] = set()
-        # Requests this replica started and still waits on (by start time): they can be
-        # cancelled before their first event. Pruned, as a caller may never read its events.
-        self._open: dict[str, float] = {}
+        # Requests this replica started and still waits on (start time, owner): they can be
+        # cancelled before their first event, and they are what the limits count. Pruned, as
+        # a caller may never read its events.
+        self._open: dict[str, tuple[float, str]] = {}
 
     async def start(
-        self, request: ChatRequest, *, api: str, traceparent: str = ""
+        self, request: ChatRequest, *, api: str, owner: str, traceparent: str = ""
     ) -> AsyncGenerator[ProgressEvent, None]:
-        """Checks the request (raising `RequestError`) and gives it an id; the events that
-        come back, the last one `done`, start with publishing it when first read."""
-        await self.validate(request)
+        """Checks the request (raising `RequestError`), admits it under the limits and records
+        `owner` as its owner; the events that come back, the last one `done`, start with
+        publishing it when first read."""
+        await self.validate(request, owner)
+        self.admit(owner)
         request.request_id = request.request_id or uuid.uuid4().hex
         request_id_var.set(request.request_id)
+        await self._claim(request.request_id, owner)
         if not request.HasField("created_at"):
             request.created_at.GetCurrentTime()
-        now = time.monotonic()
-        self._open = {k: t for k, t in self._open.items() if now - t < REQUEST_TIMEOUT_S}
-        self._open[request.request_id] = now
+        self._open[request.request_id] = (time.monotonic(), owner)
         # The root of the request's trace (or a child of the caller's). Not made current here:
         # a generator's context would leak into its caller between events.
         span = tracing.tracer().start_span(
@@ -74,6 +102,69 @@ class FrontDoor:
             attributes={"chorus.request_id": request.request_id, "chorus.api": api},
         )
         return self._run(request, api, span)
+
+    def admit(self, owner: str) -> None:
+        """`RESOURCE_EXHAUSTED` when `owner`, or the gateway, runs as many requests as allowed."""
+        now = time.monotonic()
+        self._open = {k: v for k, v in self._open.items() if now - v[0] < REQUEST_TIMEOUT_S}
+        running = [o for _, o in self._open.values()]
+        if len(running) >= self._limits.max_requests:
+            limit, which = self._limits.max_requests, "overall"
+        elif running.count(owner) >= self._limits.max_requests_per_key:
+            limit, which = self._limits.max_requests_per_key, "per_key"
+        else:
+            return
+        ADMISSION_REFUSED.labels(which).inc()
+        log.warning("request refused: %d requests running (%s limit)", limit, which)
+        raise RequestError(
+            f"{limit} requests are running ({which.replace('_', ' ')} limit); "
+            f"retry in {RETRY_AFTER_S} s",
+            ErrorCode.ERROR_CODE_RESOURCE_EXHAUSTED,
+            retry_after_s=RETRY_AFTER_S,
+        )
+
+    async def _claim(self, request_id: str, owner: str) -> None:
+        # A request sent straight to the bus has events but no owner entry: its id is taken
+        # too, and is checked first, or claiming it would hand its events to the claimant.
+        taken = request_id in self._open or await self._last_event(request_id) is not None
+        if taken or not await self._owners.claim(request_id, owner):
+            raise RequestError(f"request_id: {request_id!r} is in use", _ALREADY_EXISTS)
+
+    async def check_owner(self, request_id: str, owner: str) -> None:
+        """`NOT_FOUND` unless `owner` sent the request: another's request is not shown to exist."""
+        if not subjects.valid_request_id(request_id):
+            raise RequestError("request_id: 1 to 64 letters, digits, '-' or '_'")
+        if await self._owners.owner_of(request_id) != owner:
+            raise RequestError(f"request_id: no request {request_id!r}", _NOT_FOUND)
+
+    async def artifact(self, artifact_id: str, owner: str) -> tuple[ArtifactRef, bytes]:
+        """A file `owner` uploaded, or one a request of theirs made; else `NOT_FOUND`."""
+        await self._check_artifact_owner(artifact_id, owner)
+        try:
+            return await self.store.get(artifact_id)
+        except ArtifactNotFound as e:
+            raise RequestError(f"id: {e}", _NOT_FOUND) from e
+
+    async def _check_artifact_owner(self, artifact_id: str, owner: str) -> None:
+        try:
+            uploader, made_for = await self.store.made_by(artifact_id)
+        except ArtifactNotFound as e:
+            raise RequestError(f"id: {e}", _NOT_FOUND) from e
+        actual = uploader or (await self._owners.owner_of(made_for) if made_for else "")
+        if actual != owner:
+            log.warning("refused a file of another owner")
+            raise RequestError(
+                f"id: artifact {artifact_id!r} does not exist or expired", _NOT_FOUND
+            )
+
+    async def put_artifact(
+        self, data: bytes | IO[bytes], name: str, media_type: str | None, owner: str
+    ) -> ArtifactRef:
+        """Stores an upload as `owner`'s; a bad media type is the caller's error."""
+        try:
+            return await self.store.put(data, name, media_type, owner=owner)
+        except BadMediaType as e:
+            raise RequestError(f"media_type: {e}") from e
 
     async def _run(
         self, request: ChatRequest, api: str, span: trace.Span
@@ -95,10 +186,11 @@ class FrontDoor:
             self._open.pop(request_id, None)
             span.end()
 
-    async def watch(self, request_id: str, *, api: str) -> AsyncGenerator[ProgressEvent, None]:
-        """The events of a request already sent, from its first (replayed) to `done`."""
-        if not subjects.valid_request_id(request_id):
-            raise RequestError("request_id: 1 to 64 letters, digits, '-' or '_'")
+    async def watch(
+        self, request_id: str, *, api: str, owner: str
+    ) -> AsyncGenerator[ProgressEvent, None]:
+        """The events of a request `owner` sent, from its first (replayed) to `done`."""
+        await self.check_owner(request_id, owner)
         await self._finished(request_id)  # raises NOT_FOUND for a request never sent
         request_id_var.set(request_id)
 
@@ -108,12 +200,14 @@ class FrontDoor:
         async for event in self._follow(request_id, api, nothing):
             yield event
 
-    async def cancel(self, request_id: str, *, api: str, how: str, reason: str) -> None:
-        """Stops a request: a `CancelRequest` on the bus (the selector dispatches nothing more,
-        executors drop its queued work), then its response, ended as cancelled, so every
-        caller waiting on it learns at once. A request that has finished is left as it is."""
-        if not subjects.valid_request_id(request_id):
-            raise RequestError("request_id: 1 to 64 letters, digits, '-' or '_'")
+    async def cancel(self, request_id: str, *, api: str, owner: str, reason: str) -> None:
+        """Stops a request `owner` sent: a `CancelRequest` on the bus (the selector dispatches
+        nothing more, executors drop its queued work), then its response, ended as cancelled,
+        so every caller waiting on it learns at once. A finished request is left as it is."""
+        await self.check_owner(request_id, owner)
+        await self._cancel(request_id, api=api, how="request", reason=reason)
+
+    async def _cancel(self, request_id: str, *, api: str, how: str, reason: str) -> None:
         if await self._finished(request_id):
             return
         request_id_var.set(request_id)
@@ -134,7 +228,7 @@ class FrontDoor:
     def _cancel_soon(self, request_id: str, api: str) -> None:
         # The caller's task is being cancelled: the cancel runs in a task of its own.
         task = asyncio.create_task(
-            self.cancel(request_id, api=api, how="disconnect", reason="client disconnected")
+            self._cancel(request_id, api=api, how="disconnect", reason="client disconnected")
         )
         self._cancelling.add(task)
         task.add_done_callback(self._cancel_done)
@@ -153,17 +247,23 @@ class FrontDoor:
         is no such request."""
         if request_id in self._open:  # sent, perhaps not yet planned: no event yet
             return False
-        try:
-            last = await self._js.get_last_msg(subjects.EVENTS_STREAM, subjects.event(request_id))
-        except NotFoundError as e:
+        last = await self._last_event(request_id)
+        if last is None:
             raise RequestError(
                 f"request_id: no request {request_id!r} (never sent, or its events expired)",
                 _NOT_FOUND,
-            ) from e
+            )
         try:
-            return ProgressEvent.FromString(last.data or b"").HasField("done")
+            return ProgressEvent.FromString(last).HasField("done")
         except DecodeError:
             return False
+
+    async def _last_event(self, request_id: str) -> bytes | None:
+        try:
+            last = await self._js.get_last_msg(subjects.EVENTS_STREAM, subjects.event(request_id))
+        except NotFoundError:
+            return None
+        return last.data or b""
 
     async def _follow(
         self, request_id: str, api: str, start: Callable[[], Awaitable[None]]
@@ -199,8 +299,9 @@ class FrontDoor:
             OPEN_WAITS.labels(api).dec()
             await sub.unsubscribe()
 
-    async def validate(self, request: ChatRequest) -> None:
-        """Checks the request, and replaces each attachment with what the store holds for it."""
+    async def validate(self, request: ChatRequest, owner: str) -> None:
+        """Checks the request, and replaces each attachment with what the store holds for it
+        (`NOT_FOUND` for a file that is not `owner`'s)."""
         if request.request_id and not subjects.valid_request_id(request.request_id):
             raise RequestError(
                 "request_id: 1 to 64 letters, digits, '-' or '_' (or empty, to get one)"
@@ -220,7 +321,11 @@ class FrontDoor:
             )
         for i, message in enumerate(request.messages):
             for j, artifact in enumerate(message.artifacts):
+                field = f"messages[{i}].artifacts[{j}]"
                 try:
+                    await self._check_artifact_owner(artifact.id, owner)
                     artifact.CopyFrom(await self.store.info(artifact.id))
+                except RequestError as e:
+                    raise RequestError(f"{field}.{e}", _NOT_FOUND) from e
                 except ArtifactNotFound as e:
-                    raise RequestError(f"messages[{i}].artifacts[{j}].id: {e}", _NOT_FOUND) from e
+                    raise RequestError(f"{field}.id: {e}", _NOT_FOUND) from e

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import tempfile
 from collections.abc import AsyncGenerator, AsyncIterator
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 from chorus.v1 import chorus_pb2, chorus_pb2_grpc
@@ -34,18 +35,20 @@ from grpc_reflection.v1alpha import reflection
 from services.common.artifact_refs import ArtifactNotFound
 from services.common.runtime import Runtime
 from services.common.workers import WorkerRegistry
+from services.gateway.auth import Gate, GrpcGate, owner_var
+from services.gateway.config import GatewayConfig
 from services.gateway.errors import PipelineFailed, RequestError, status_of
 from services.gateway.frontdoor import FrontDoor
 
 log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 1024 * 1024
+SPOOL_BYTES = 1024 * 1024  # an upload past this waits on disk, not in memory, until stored
 
 
 class ChorusApi(chorus_pb2_grpc.ChorusServicer):
     def __init__(self, front: FrontDoor, registry: WorkerRegistry, max_upload: int) -> None:
         self._front = front
-        self._store = front.store
         self._registry = registry
         self._max_upload = max_upload
 
@@ -58,7 +61,7 @@ class ChorusApi(chorus_pb2_grpc.ChorusServicer):
                     response = event.done
                     if response.HasField("error"):
                         failed = PipelineFailed(response.error)
-                        await context.abort(status_of(failed.code).grpc, str(failed))
+                        await _refuse(context, failed)
                     return response
         await context.abort(grpc.StatusCode.INTERNAL, "the event stream ended without a response")
         raise AssertionError("unreachable")
@@ -75,7 +78,7 @@ class ChorusApi(chorus_pb2_grpc.ChorusServicer):
         request: WatchChatRequest,
         context: grpc.aio.ServicerContext[WatchChatRequest, ProgressEvent],
     ) -> AsyncIterator[ProgressEvent]:
-        watched = self._front.watch(request.request_id, api="grpc")
+        watched = self._front.watch(request.request_id, api="grpc", owner=owner_var.get())
         async with contextlib.aclosing(_aborting(watched, context)) as events:
             async for event in events:
                 yield event
@@ -86,10 +89,11 @@ class ChorusApi(chorus_pb2_grpc.ChorusServicer):
         metadata = dict(context.invocation_metadata() or ())
         traceparent = str(metadata.get("traceparent", ""))
         try:
-            events = await self._front.start(request, api="grpc", traceparent=traceparent)
+            events = await self._front.start(
+                request, api="grpc", owner=owner_var.get(), traceparent=traceparent
+            )
         except RequestError as e:
-            await context.abort(status_of(e.code).grpc, str(e))
-            raise AssertionError("unreachable") from e
+            await _refuse(context, e)
         return _aborting(events, context)
 
     async def Cancel(
@@ -99,9 +103,11 @@ class ChorusApi(chorus_pb2_grpc.ChorusServicer):
     ) -> CancelResponse:
         reason = request.reason or "cancelled by the client"
         try:
-            await self._front.cancel(request.request_id, api="grpc", how="request", reason=reason)
+            await self._front.cancel(
+                request.request_id, api="grpc", owner=owner_var.get(), reason=reason
+            )
         except RequestError as e:
-            await context.abort(status_of(e.code).grpc, str(e))
+            await _refuse(context, e)
         return CancelResponse(request_id=request.request_id)
 
     async def UploadArtifact(
@@ -109,20 +115,32 @@ class ChorusApi(chorus_pb2_grpc.ChorusServicer):
         request_iterator: AsyncIterator[ArtifactChunk],
         context: grpc.aio.ServicerContext[ArtifactChunk, ArtifactRef],
     ) -> ArtifactRef:
-        name, media_type, parts, size = "", "", [], 0
-        async for chunk in request_iterator:
-            name = name or chunk.name
-            media_type = media_type or chunk.media_type
-            size += len(chunk.data)
-            if size > self._max_upload:
+        name, media_type, size = "", "", 0
+        with tempfile.SpooledTemporaryFile(SPOOL_BYTES) as spool:
+            async for chunk in request_iterator:
+                name = name or chunk.name
+                media_type = media_type or chunk.media_type
+                size += len(chunk.data)
+                if size > self._max_upload:
+                    await context.abort(
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        f"data: the upload exceeds the {self._max_upload}-byte limit",
+                    )
+                spool.write(chunk.data)
+            if not name:
                 await context.abort(
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    f"data: the upload exceeds the {self._max_upload}-byte limit",
+                    grpc.StatusCode.INVALID_ARGUMENT, "name: the first chunk needs it"
                 )
-            parts.append(chunk.data)
-        if not name:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "name: the first chunk needs it")
-        return await self._store.put(b"".join(parts), name, media_type or None)
+            spool.seek(0)
+            try:
+                return await self._front.put_artifact(
+                    spool,
+                    name,
+                    media_type or None,
+                    owner_var.get(),
+                )
+            except RequestError as e:
+                await _refuse(context, e)
 
     async def DownloadArtifact(
         self,
@@ -130,10 +148,9 @@ class ChorusApi(chorus_pb2_grpc.ChorusServicer):
         context: grpc.aio.ServicerContext[DownloadArtifactRequest, ArtifactChunk],
     ) -> AsyncIterator[ArtifactChunk]:
         try:
-            ref, data = await self._store.get(request.id)
-        except ArtifactNotFound as e:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"id: {e}")
-            return
+            ref, data = await self._front.artifact(request.id, owner_var.get())
+        except RequestError as e:
+            await _refuse(context, e)
         for offset in range(0, max(len(data), 1), CHUNK_BYTES):
             chunk = ArtifactChunk(data=data[offset : offset + CHUNK_BYTES])
             if offset == 0:
@@ -158,26 +175,46 @@ async def _aborting(
             async for event in events:
                 yield event
         except RequestError as e:
-            await context.abort(status_of(e.code).grpc, str(e))
+            await _refuse(context, e)
 
 
-async def start_grpc(rt: Runtime, front: FrontDoor, registry: WorkerRegistry) -> grpc.aio.Server:
+async def _refuse(context: grpc.aio.ServicerContext[Any, Any], e: RequestError) -> NoReturn:
+    """The one place a refusal becomes a gRPC status (with `retry-after` for an overload)."""
+    retry = () if e.retry_after_s is None else (("retry-after", str(e.retry_after_s)),)
+    await context.abort(status_of(e.code).grpc, str(e), trailing_metadata=retry)
+    raise AssertionError("unreachable") from e
+
+
+async def start_grpc(
+    rt: Runtime, front: FrontDoor, registry: WorkerRegistry, config: GatewayConfig
+) -> grpc.aio.Server:
     max_message = 4 * 1024 * 1024
     server = grpc.aio.server(
+        interceptors=[GrpcGate(Gate(config.api_keys))],
         options=[
             ("grpc.max_receive_message_length", max_message),
             ("grpc.max_send_message_length", max_message),
-        ]
+        ],
     )
     api = ChorusApi(front, registry, rt.settings.max_upload_bytes)
     chorus_pb2_grpc.add_ChorusServicer_to_server(api, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     service_name = chorus_pb2.DESCRIPTOR.services_by_name["Chorus"].full_name
-    reflection.enable_server_reflection(
-        [service_name, health.SERVICE_NAME, reflection.SERVICE_NAME], server
-    )
-    if server.add_insecure_port(rt.settings.grpc_addr) == 0:
+    if config.reflection:
+        reflection.enable_server_reflection(
+            [service_name, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+        )
+    if config.tls is None:
+        port = server.add_insecure_port(rt.settings.grpc_addr)
+    else:
+        credentials = grpc.ssl_server_credentials(
+            [(config.tls.private_key, config.tls.cert_chain)],
+            root_certificates=config.tls.client_ca,
+            require_client_auth=config.tls.client_ca is not None,
+        )
+        port = server.add_secure_port(rt.settings.grpc_addr, credentials)
+    if port == 0:
         raise OSError(f"cannot listen on CHORUS_GRPC_ADDR={rt.settings.grpc_addr}")
     await server.start()
     for name in ("", service_name):

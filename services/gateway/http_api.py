@@ -29,16 +29,16 @@ from starlette.staticfiles import StaticFiles
 
 from services.common.artifact_refs import ArtifactNotFound
 from services.gateway import openai_response as shape
+from services.gateway.auth import Gate, HttpGate, owner_var
 from services.gateway.config import GatewayConfig
 from services.gateway.errors import PipelineFailed, RequestError, status_of
 from services.gateway.frontdoor import FrontDoor
 from services.gateway.guard import HeadGuard
-from services.gateway.openai_request import MEDIA_TYPE, ChatCompletion, Message, read_body
+from services.gateway.openai_request import ChatCompletion, Message, read_body
 
 log = logging.getLogger(__name__)
 KEEP_ALIVE_S = 10.0  # an SSE comment when the pipeline is quiet, so no proxy times the stream out
 _TOO_LARGE = ErrorCode.ERROR_CODE_PAYLOAD_TOO_LARGE
-_OCTETS = "application/octet-stream"
 
 
 class HttpApi:
@@ -69,7 +69,9 @@ class HttpApi:
             ClientDisconnect: _client_left,
             Exception: _crashed,
         }
-        middleware = [Middleware(HeadGuard), cors]
+        # The key is checked after CORS, so a browser's preflight (which carries none) passes.
+        gate = Middleware(HttpGate, gate=Gate(self._config.api_keys))
+        middleware = [Middleware(HeadGuard), cors, gate]
         return Starlette(routes=routes, middleware=middleware, exception_handlers=handlers)
 
     def _base_url(self, request: Request) -> str:
@@ -77,9 +79,13 @@ class HttpApi:
 
     async def chat(self, request: Request) -> Response:
         call = read_body(await self._json(request))
+        self._front.admit(owner_var.get())  # before its inline files are stored
         chat = ChatRequest(messages=[await self._message(m) for m in call.messages])
         events = await self._front.start(
-            chat, api="openai", traceparent=request.headers.get("traceparent", "")
+            chat,
+            api="openai",
+            owner=owner_var.get(),
+            traceparent=request.headers.get("traceparent", ""),
         )
         base_url = self._base_url(request)
         if call.stream:
@@ -117,17 +123,16 @@ class HttpApi:
         out = ChatMessage(role=message.role)
         texts = list(message.texts)
         for file in message.files:
-            ref = await self._front.store.put(file.data, file.name, file.media_type)
+            ref = await self._front.put_artifact(
+                file.data, file.name, file.media_type, owner_var.get()
+            )
             out.artifacts.append(ref)
             texts.append(ref.name)
         out.content = " ".join(t for t in texts if t)
         return out
 
     async def file(self, request: Request) -> Response:
-        try:
-            ref, data = await self._front.store.get(request.path_params["file_id"])
-        except ArtifactNotFound as e:
-            raise RequestError(f"file_id: {e}", ErrorCode.ERROR_CODE_NOT_FOUND) from e
+        ref, data = await self._front.artifact(request.path_params["file_id"], owner_var.get())
         # Shown inline (an <img> in a chat); `nosniff` keeps a browser from running it as a page.
         headers = {
             "Content-Disposition": f'inline; filename="{ref.name}"',
@@ -135,14 +140,14 @@ class HttpApi:
             "Content-Security-Policy": "sandbox",
             "Cache-Control": "private, max-age=3600",
         }
-        # A media type set by an uploader is echoed in a header only when it is one.
-        media_type = ref.media_type if MEDIA_TYPE.fullmatch(ref.media_type) else _OCTETS
-        return Response(data, media_type=media_type, headers=headers)
+        # The store hands back only a safe name and a plain `type/subtype` (checked when stored
+        # and again when read), so both can go into headers as they are.
+        return Response(data, media_type=ref.media_type, headers=headers)
 
     async def cancel(self, request: Request) -> Response:
         request_id = request.path_params["request_id"]
         await self._front.cancel(
-            request_id, api="openai", how="request", reason="cancelled by the user"
+            request_id, api="openai", owner=owner_var.get(), reason="cancelled by the user"
         )
         return JSONResponse({"request_id": request_id, "cancelled": True})
 
@@ -285,14 +290,18 @@ def _sse(data: dict[str, Any]) -> str:
     return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
 
 
-def _error(message: str, code: ErrorCode.ValueType) -> JSONResponse:
+def _error(
+    message: str, code: ErrorCode.ValueType, retry_after_s: int | None = None
+) -> JSONResponse:
     status = status_of(code)
-    return JSONResponse(shape.error_body(message, status.openai_type, status.http), status.http)
+    body = shape.error_body(message, status.openai_type, status.http)
+    headers = {} if retry_after_s is None else {"Retry-After": str(retry_after_s)}
+    return JSONResponse(body, status.http, headers=headers)
 
 
 async def _refused(_request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestError)
-    return _error(str(exc), exc.code)
+    return _error(str(exc), exc.code, exc.retry_after_s)
 
 
 async def _http_error(_request: Request, exc: Exception) -> Response:

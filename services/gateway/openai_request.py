@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from services.common.artifact_refs import MEDIA_TYPE, safe_file_name
 from services.gateway.errors import RequestError
 
-MEDIA_TYPE = re.compile(r"[\w.+-]+/[\w.+-]+")
 _SYSTEM_ROLES = ("system", "developer")  # `developer` is the newer name of `system`
 # Sampling and bookkeeping parameters of OpenAI's API that do not change what Chorus does:
 # they are accepted (clients send them by default) and have no effect on a plan of models.
@@ -151,7 +150,7 @@ def data_url(url: str, name: str, where: str) -> InlineFile:
         data = base64.b64decode(payload, validate=True)
     except binascii.Error as e:
         raise RequestError(f"{where}: bad base64: {e}") from e
-    name = re.sub(r"[^\w.+-]", "_", name)[:100] or "file"
+    name = safe_file_name(name[:100])
     if "." not in name:
         name = f"{name}.{media_type.split('/')[-1].split('+')[0]}"
     return InlineFile(data, name, media_type)

@@ -6,8 +6,11 @@ then a direct answer (no tasks) rather than a wrong plan. Without one: the rules
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from collections.abc import Callable
+from typing import TypeVar
 
 from chorus.v1.messages_pb2 import ArtifactRef, ChatRequest, PlanSource, TaskPlan
 from prometheus_client import Counter
@@ -36,6 +39,10 @@ REPLIES = Counter(
     "invalid.",
     ["outcome"],
 )
+# Reading a request or a reply runs in a thread, so the gateway and HTTP in this process stay
+# responsive; its regular expressions are linear, and this bounds what is left.
+PARSE_TIME_LIMIT_S = 5.0
+T = TypeVar("T")
 _ECHO_CHARS = 4000  # how much of an invalid reply goes back to the LLM in the repair round
 MIN_ROOM_TOKENS = 4096  # the repair round's token limit after a reply that was cut off
 MAX_PLAN_TOKENS = 16_384
@@ -50,7 +57,15 @@ async def plan(request: ChatRequest, llm: ReportingLLM | None) -> TaskPlan:
     result = TaskPlan(request_id=request.request_id)
     result.request.CopyFrom(request)
     if llm is None:
-        result.tasks.extend(plan_by_rules(request_text(request), resources_of(request)))
+        try:
+            tasks = await _off_loop(plan_by_rules, request_text(request), resources_of(request))
+        except TimeoutError:
+            log.warning("the rules planner gave up after %.0f s", PARSE_TIME_LIMIT_S)
+            result.notes.append(
+                f"the request took over {PARSE_TIME_LIMIT_S:.0f} s to plan: answering directly"
+            )
+            tasks = []
+        result.tasks.extend(tasks)
         result.source = PlanSource.PLAN_SOURCE_RULES
         result.notes.append(RULES_NOTE)
         PLANS.labels("rules").inc()
@@ -72,7 +87,7 @@ async def _plan_with_llm(
     prompt = planning_prompt(request)
     reply = await llm.completion(prompt, json_mode=True)
     try:
-        parsed = _read(reply, resources)
+        parsed = await _read_off_loop(reply, resources)
         outcome = "normalized" if parsed.normalizations else "exact"
         return parsed, outcome, _cut_off_notes(reply, parsed) + _normalization_notes(parsed)
     except PlanError as e:
@@ -86,7 +101,7 @@ async def _plan_with_llm(
     second_reply = await llm.completion(repair, json_mode=True, max_tokens=room)
     asked = f"asked again{f' with room for {room} tokens' if room else ''}"
     try:
-        parsed = _read(second_reply, resources)
+        parsed = await _read_off_loop(second_reply, resources)
         notes = [f"the LLM's first plan was invalid ({first}); {asked}; it repaired it"]
         notes += _cut_off_notes(second_reply, parsed)
         return parsed, "repaired", notes + _normalization_notes(parsed)
@@ -97,6 +112,19 @@ async def _plan_with_llm(
             "answering directly, without models"
         )
         return ParsedPlan([], []), "rejected", [note]
+
+
+async def _off_loop(work: Callable[..., T], *args: object) -> T:
+    """`work(*args)` in a thread, `TimeoutError` past `PARSE_TIME_LIMIT_S`."""
+    return await asyncio.wait_for(asyncio.to_thread(work, *args), PARSE_TIME_LIMIT_S)
+
+
+async def _read_off_loop(reply: Completion, resources: dict[str, ArtifactRef]) -> ParsedPlan:
+    try:
+        return await _off_loop(_read, reply, resources)
+    except TimeoutError as e:
+        REPLIES.labels("invalid").inc()
+        raise PlanError(f"reading the reply took over {PARSE_TIME_LIMIT_S:.0f} s") from e
 
 
 def _read(reply: Completion, resources: dict[str, ArtifactRef]) -> ParsedPlan:

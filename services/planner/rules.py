@@ -64,7 +64,9 @@ _INTENTS = [
         IMAGE,
     ),
     _intent(
-        "automatic-speech-recognition", r"transcri|what does .* say|speech.to.text|recogni", AUDIO
+        "automatic-speech-recognition",
+        r"transcri|what does .{0,80}? say|speech.to.text|recogni",
+        AUDIO,
     ),
     _intent("audio-to-audio", r"enhanc|denois|noise|separat|clean\s+up|improve", AUDIO),
     _intent("audio-classification", r"classif|what (?:sound|kind)|categor|identify", AUDIO),
@@ -106,7 +108,10 @@ _INTENTS = [
     _intent("conversational", r"chat|conversation|talk (?:to|with)|respond to|reply to", TEXT),
 ]
 _QUOTED = re.compile(r"\"([^\"]+)\"|“([^”]+)”|'([^']{3,})'")
+# A mention starts only where a path-like run of characters starts (the lookbehind): tried at
+# every character of one long word instead, the search took time quadratic in its length.
 _MENTION = re.compile(
+    r"(?<![\w./\\:-])"
     r"(?:https?://[^\s'\"<>]+|[\w./\\-]*\w\.(?:jpe?g|png|gif|bmp|webp|tiff?|wav|mp3|flac|ogg|m4a"
     r"|mp4|avi|mov|mkv|webm))(?=[\s'\",.;:!?)]|$)",
     re.I,

@@ -37,18 +37,28 @@ BUILDS["gateway"] = build_gateway
 
 @contextlib.asynccontextmanager
 async def running_stack(
-    nats_url: str, env: Mapping[str, str] | None = None, services: tuple[str, ...] = STAGES
+    nats_url: str,
+    env: Mapping[str, str] | None = None,
+    services: tuple[str, ...] = STAGES,
+    passwords: Mapping[str, str] | None = None,
 ) -> AsyncIterator[Settings]:
-    settings = Settings.from_env(
-        {
-            "CHORUS_NATS_URL": nats_url,
-            "CHORUS_GRPC_ADDR": f"127.0.0.1:{free_port()}",
-            "CHORUS_WORKER_TTL": "3",
-            **(env or {}),
-        }
-    )
+    """The services on `nats_url`; with `passwords` (role -> password), each as its role."""
+    common = {
+        "CHORUS_NATS_URL": nats_url,
+        "CHORUS_GRPC_ADDR": f"127.0.0.1:{free_port()}",
+        "CHORUS_WORKER_TTL": "3",
+        **(env or {}),
+    }
+    settings = Settings.from_env(common)
+
+    def of(name: str) -> Settings:
+        if passwords is None:
+            return settings
+        role = {"CHORUS_NATS_USER": name, "CHORUS_NATS_PASSWORD": passwords[name]}
+        return Settings.from_env({**common, **role})
+
     stop = asyncio.Event()
-    tasks = [asyncio.create_task(serve(n, settings, BUILDS[n], stop)) for n in services]
+    tasks = [asyncio.create_task(serve(n, of(n), BUILDS[n], stop)) for n in services]
     await asyncio.sleep(0)
     try:
         await _until_ready(tasks)

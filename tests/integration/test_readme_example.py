@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
+import secrets
 import sys
 from pathlib import Path
 
+from services.cli.cluster import start_nats_server
+from services.common.roles import ROLES
 from tests.integration.stack import CANNY_ONLY, running_stack
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -18,19 +22,37 @@ def _example() -> str:
     return example
 
 
-async def test_the_readme_bus_example_prints_events_then_the_answer(nats_url: str) -> None:
-    code = _example().replace("nats://127.0.0.1:4222", nats_url)
-    # Nothing serves summarization here: it fails after a second's wait for a replica.
-    async with running_stack(nats_url, {**CANNY_ONLY, "CHORUS_CAPACITY_WAIT": "1"}):
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-c",
-            code,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        out, err = await asyncio.wait_for(proc.communicate(), 120)
-    assert proc.returncode == 0, err.decode()
+async def test_the_readme_bus_example_prints_events_then_the_answer(tmp_path: Path) -> None:
+    """On a locked bus, as `chorus up` runs it: each service as its role, the example as the
+    integrator with the credentials file `chorus up` writes."""
+    passwords = {role: secrets.token_urlsafe(16) for role in ROLES}
+    nats_proc, nats_url = start_nats_server(tmp_path / "jetstream", passwords=passwords)
+    credentials = tmp_path / "integrator.json"
+    credentials.write_text(
+        json.dumps({"url": nats_url, "user": "integrator", "password": passwords["integrator"]})
+    )
+    try:
+        async with running_stack(
+            nats_url, {**CANNY_ONLY, "CHORUS_CAPACITY_WAIT": "1"}, passwords=passwords
+        ):
+            out, err, code = await _run_example(credentials)
+    finally:
+        nats_proc.terminate()
+        nats_proc.wait(10)
+    assert code == 0, err.decode()
     lines = out.decode().splitlines()
     assert lines[0] == "plan_ready" and "done" in lines and "answer_token" in lines
     assert any("summarization" in line for line in lines[lines.index("done") + 1 :])
+
+
+async def _run_example(credentials: Path) -> tuple[bytes, bytes, int | None]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _example(),
+        str(credentials),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    return out, err, proc.returncode

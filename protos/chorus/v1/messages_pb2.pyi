@@ -130,6 +130,12 @@ class _ErrorCodeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorCode.V
     """the client cancelled the request"""
     ERROR_CODE_INTERNAL: _ErrorCode.ValueType  # 7
     """a bug or a fault of ours"""
+    ERROR_CODE_UNAUTHENTICATED: _ErrorCode.ValueType  # 8
+    """no valid API key"""
+    ERROR_CODE_ALREADY_EXISTS: _ErrorCode.ValueType  # 9
+    """a request id already in use"""
+    ERROR_CODE_RESOURCE_EXHAUSTED: _ErrorCode.ValueType  # 10
+    """over a concurrency limit; retry later"""
 
 class ErrorCode(_ErrorCode, metaclass=_ErrorCodeEnumTypeWrapper):
     """Why a request failed: one vocabulary for the whole pipeline. The front door maps each code to
@@ -151,6 +157,12 @@ ERROR_CODE_CANCELLED: ErrorCode.ValueType  # 6
 """the client cancelled the request"""
 ERROR_CODE_INTERNAL: ErrorCode.ValueType  # 7
 """a bug or a fault of ours"""
+ERROR_CODE_UNAUTHENTICATED: ErrorCode.ValueType  # 8
+"""no valid API key"""
+ERROR_CODE_ALREADY_EXISTS: ErrorCode.ValueType  # 9
+"""a request id already in use"""
+ERROR_CODE_RESOURCE_EXHAUSTED: ErrorCode.ValueType  # 10
+"""over a concurrency limit; retry later"""
 Global___ErrorCode: _TypeAlias = ErrorCode  # noqa: Y015
 
 @_typing.final

@@ -1,4 +1,5 @@
-"""uvicorn embedded in a service's event loop: started and stopped with the service."""
+"""uvicorn embedded in a service's event loop: started and stopped with the service. It serves
+the gateway's HTTP API and every service's metrics and health endpoints."""
 
 from __future__ import annotations
 
@@ -9,13 +10,25 @@ import socket
 from collections.abc import Iterator
 
 import uvicorn
-from starlette.applications import Starlette
+from starlette.types import ASGIApp
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 log = logging.getLogger(__name__)
 # A head still arriving past this is a 400 from h11; one that arrives whole is checked by
 # `guard.HeadGuard` (a smaller limit, a 431).
 MAX_HEAD_BYTES = 64 * 1024
 KEEP_ALIVE_S = 30
+
+
+class _IdleClosingH11(H11Protocol):
+    """Closes a connection that sends nothing for the keep-alive time from the start, not only
+    between requests: an idle client cannot hold a connection open for ever."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self.timeout_keep_alive_task = self.loop.call_later(
+            self.timeout_keep_alive, self.timeout_keep_alive_handler
+        )
 
 
 class _EmbeddedServer(uvicorn.Server):
@@ -26,14 +39,20 @@ class _EmbeddedServer(uvicorn.Server):
 
 
 class HttpServer:
-    def __init__(self, app: Starlette, addr: str) -> None:
+    def __init__(
+        self, app: ASGIApp, addr: str, setting: str, keep_alive_s: int = KEEP_ALIVE_S
+    ) -> None:
         self._addr = addr
+        self._setting = setting  # the variable `addr` came from, for a clear error
+        self.port = 0  # known once started (`addr` may ask for any free port, :0)
         config = uvicorn.Config(
             app,
+            http=_IdleClosingH11,
+            interface="asgi3",
             lifespan="off",
             log_level="warning",
             access_log=False,
-            timeout_keep_alive=KEEP_ALIVE_S,
+            timeout_keep_alive=keep_alive_s,
             h11_max_incomplete_event_size=MAX_HEAD_BYTES,
             timeout_graceful_shutdown=5,
         )
@@ -48,14 +67,14 @@ class HttpServer:
             sock.bind((host, port))
         except OSError as e:
             sock.close()
-            raise OSError(f"cannot listen on CHORUS_OPENAI_ADDR={self._addr}: {e}") from e
+            raise OSError(f"cannot listen on {self._setting}={self._addr}: {e}") from e
+        self.port = sock.getsockname()[1]
         self._task = asyncio.create_task(self._server.serve(sockets=[sock]))
         while not self._server.started:
             if self._task.done():
                 await self._task
                 raise OSError(f"the HTTP server on {self._addr} did not start")
             await asyncio.sleep(0.02)
-        log.info("HTTP (OpenAI-compatible API and web UI) on http://%s/", self._addr)
 
     async def stop(self) -> None:
         if self._task is None:
