@@ -92,9 +92,7 @@ class ArtifactStore:
         if request_id:
             headers[_REQUEST_HEADER] = request_id
         # Retried through a NATS outage: a second put under the same id only writes it again.
-        size = await retrying(
-            "store artifact", lambda: self._write(artifact_id, data, headers)
-        )
+        size = await retrying("store artifact", lambda: self._write(artifact_id, data, headers))
         return ArtifactRef(
             id=artifact_id, name=name, media_type=media_type, kind=kind_for(media_type), size=size
         )

@@ -15,7 +15,6 @@ from starlette.responses import PlainTextResponse
 from starlette.types import Receive, Scope, Send
 
 from services.common.http_server import HttpServer
-
 from services.common.tracing import trace_id
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")

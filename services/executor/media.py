@@ -39,7 +39,7 @@ def decode_image(data: bytes, name: str) -> Image.Image:
         if width * height > MAX_IMAGE_PIXELS:
             raise MediaError(f"{name} is {width}x{height}, over the {MAX_IMAGE_PIXELS}-pixel limit")
         image.load()
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
+    except (UnidentifiedImageError, OSError) as e:
         raise MediaError(f"{name} is not a readable image: {e}") from e
     except Image.DecompressionBombError as e:  # its header claims more pixels than PIL will take
         raise MediaError(f"{name} is too large an image: {e}") from e

@@ -32,7 +32,6 @@ from chorus.v1.messages_pb2 import (
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from services.common.artifact_refs import ArtifactNotFound
 from services.common.runtime import Runtime
 from services.common.workers import WorkerRegistry
 from services.gateway.auth import Gate, GrpcGate, owner_var

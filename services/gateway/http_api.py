@@ -27,7 +27,6 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from services.common.artifact_refs import ArtifactNotFound
 from services.gateway import openai_response as shape
 from services.gateway.auth import Gate, HttpGate, owner_var
 from services.gateway.config import GatewayConfig
