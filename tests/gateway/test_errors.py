@@ -16,6 +16,9 @@ def test_every_error_code_has_a_grpc_and_an_http_status() -> None:
             grpc.StatusCode.INVALID_ARGUMENT,
             grpc.StatusCode.NOT_FOUND,
             grpc.StatusCode.CANCELLED,
+            grpc.StatusCode.UNAUTHENTICATED,
+            grpc.StatusCode.ALREADY_EXISTS,
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
         )
         assert (400 <= STATUS[code].http < 500) == client_fault, ErrorCode.Name(code)
 
