@@ -5,8 +5,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from services.cli.cluster import start_nats_server
+from services.common import tracing
 from tests.support import ScriptedLLM, build_tiny_text_classifier
 
 # Nothing in the tests may reach the network: the Hub is off, and so is any download.
@@ -52,3 +56,14 @@ def scripted_llm() -> Iterator[ScriptedLLM]:
 @pytest.fixture(scope="session")
 def tiny_classifier(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_text_classifier(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture
+def spans() -> Iterator[InMemorySpanExporter]:
+    """Every span this process finishes, kept in memory; export is off again afterwards."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing.use_provider(provider)
+    yield exporter
+    tracing.configure_tracing("test", {})

@@ -4,27 +4,17 @@ a collector that is down costs dropped (and counted) spans, never a wait."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import pytest
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from services.common import tracing
 from services.common.settings import SettingsError
 
 PARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
-
-
-@pytest.fixture
-def memory() -> Iterator[InMemorySpanExporter]:
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    tracing.use_provider(provider)
-    yield exporter
-    tracing.configure_tracing("test", {})
 
 
 def _dropped() -> float:
@@ -45,21 +35,21 @@ def test_off_by_default_yet_the_trace_travels() -> None:
 
 @pytest.mark.parametrize("bad", [None, "", "garbage", "00-xyz-00f067aa0ba902b7-01", "01-" * 30])
 def test_a_malformed_or_missing_traceparent_starts_a_new_trace(
-    memory: InMemorySpanExporter, bad: str | None
+    spans: InMemorySpanExporter, bad: str | None
 ) -> None:
     with tracing.handling("planner", "chorus.request", bad):
         new = tracing.trace_id()
-    (span,) = memory.get_finished_spans()
+    (span,) = spans.get_finished_spans()
     assert span.parent is None and len(new) == 32 and new != PARENT.split("-")[1]
 
 
-def test_a_publish_is_the_parent_of_its_handling(memory: InMemorySpanExporter) -> None:
+def test_a_publish_is_the_parent_of_its_handling(spans: InMemorySpanExporter) -> None:
     headers: dict[str, str] = {}
     with tracing.handling("planner", "chorus.request", PARENT), tracing.publishing("x", headers):
         pass
     with tracing.handling("selector", "x", headers["traceparent"]):
         pass
-    publish, planner, selector = memory.get_finished_spans()
+    publish, planner, selector = spans.get_finished_spans()
     assert selector.parent is not None and publish.context is not None
     assert selector.parent.span_id == publish.context.span_id
     assert {s.context.trace_id for s in (publish, planner, selector) if s.context} == {

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import grpc
-import pytest
 from chorus.v1 import chorus_pb2_grpc
 from chorus.v1.chorus_pb2 import ArtifactChunk
 from chorus.v1.messages_pb2 import ChatMessage, ChatRequest, TaskStatus
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from services.common import tracing
 from tests.integration.stack import CANNY_ONLY, running_stack
 from tests.support import ScriptedLLM, square_png
 
@@ -22,16 +19,6 @@ CHAIN = (
     '[{"task": "canny-control", "id": 0, "dep": [], "args": {"image": "photo.png"}},'
     ' {"task": "canny-control", "id": 1, "dep": [0], "args": {"image": "<GENERATED>-0"}}]'
 )
-
-
-@pytest.fixture
-def spans() -> Iterator[InMemorySpanExporter]:
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    tracing.use_provider(provider)
-    yield exporter
-    tracing.configure_tracing("test", {})
 
 
 async def _chat(addr: str, metadata: tuple[tuple[str, str], ...]) -> None:
