@@ -28,7 +28,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.fault.harness import Client, Fleet, NatsNodes, scripted_llm, service_env
+from tests.fault.harness import Client, Fleet, NatsNodes, service_env
+from tests.support import canny_chain_llm
 
 RESULTS = Path("bench/results/chaos.json")
 CONCURRENCY = int(os.environ.get("CHAOS_CONCURRENCY", "16"))
@@ -75,7 +76,7 @@ RUNS = [
 def _chaos(run: Run, root: Path, seed: int) -> dict[str, object]:
     requests = int(os.environ.get("CHAOS_REQUESTS", run.requests))
     replicas = 3 if run.nodes > 1 else 1
-    llm = scripted_llm()
+    llm = canny_chain_llm()
     nodes = NatsNodes(root / "nats", run.nodes)
     fleet = Fleet(nodes.url, service_env(llm, replicas), root / "logs")
     rng = random.Random(seed)

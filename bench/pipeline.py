@@ -60,15 +60,8 @@ from services.selector.catalog import Catalog
 from services.selector.dag import ready_tasks, resolve_args
 from services.selector.rank import RequestFacts, rank
 from services.selector.select import decide
-from tests.support import MemoryArtifacts, ScriptedLLM, local_run, square_png
+from tests.support import MemoryArtifacts, canny_chain_llm, local_run, square_png
 
-CHAIN = json.dumps(
-    [
-        {"task": "canny-control", "id": 0, "dep": [], "args": {"image": "photo.png"}},
-        {"task": "canny-control", "id": 1, "dep": [0], "args": {"image": "<GENERATED>-0"}},
-        {"task": "canny-control", "id": 2, "dep": [1], "args": {"image": "<GENERATED>-1"}},
-    ]
-)
 WORKLOADS = {"canny": 128, "noop": 8}  # the side of the square image the chain works on
 LATENCY_REQUESTS = int(os.environ.get("BENCH_REQUESTS", "30"))  # per round, at concurrency 1
 THROUGHPUT_REQUESTS = int(os.environ.get("BENCH_THROUGHPUT_REQUESTS", "96"))  # per level
@@ -465,9 +458,7 @@ def _print(name: str, result: dict[str, Any]) -> None:
 
 
 def _serve_llm(urls: multiprocessing.Queue[str]) -> None:
-    llm = ScriptedLLM(
-        replies=[lambda m: CHAIN if "Task planning" in m[0]["content"] else "The edges are ready."]
-    ).start()
+    llm = canny_chain_llm()
     urls.put(llm.base_url)
     threading.Event().wait()  # until terminated
 

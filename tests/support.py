@@ -246,6 +246,27 @@ def marks_the_square(edges: Image.Image) -> bool:
     return on_side == 255 and gray.getpixel((middle, middle)) == 0 == gray.getpixel((2, 2))
 
 
+# A 3-task chain of built-in canny operations: a real pipeline whose models cost nothing.
+CANNY_CHAIN = json.dumps(
+    [
+        {"task": "canny-control", "id": 0, "dep": [], "args": {"image": "photo.png"}},
+        {"task": "canny-control", "id": 1, "dep": [0], "args": {"image": "<GENERATED>-0"}},
+        {"task": "canny-control", "id": 2, "dep": [1], "args": {"image": "<GENERATED>-1"}},
+    ]
+)
+CANNY_CHAIN_ANSWER = "The edges are ready."
+
+
+def canny_chain_llm() -> ScriptedLLM:
+    """A started scripted LLM that plans every request as CANNY_CHAIN and answers with
+    CANNY_CHAIN_ANSWER."""
+    return ScriptedLLM(
+        replies=[
+            lambda m: CANNY_CHAIN if "Task planning" in m[0]["content"] else CANNY_CHAIN_ANSWER
+        ]
+    ).start()
+
+
 def square_png(size: int = 48) -> bytes:
     """A PNG of a black square on white, the middle half of each side: clear edges to find."""
     image = Image.new("RGB", (size, size), "white")

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import signal
 import statistics
@@ -41,25 +40,9 @@ from services.cli.cluster import free_port, nats_server_binary, service_ready
 from services.common import bus, subjects
 from services.common.artifacts import ArtifactStore
 from services.common.outage import retrying
-from tests.support import ScriptedLLM, square_png
+from tests.support import CANNY_CHAIN_ANSWER, ScriptedLLM, square_png
 
-# A 3-task chain of built-in canny operations: a real pipeline whose models cost nothing.
-CHAIN = json.dumps(
-    [
-        {"task": "canny-control", "id": 0, "dep": [], "args": {"image": "photo.png"}},
-        {"task": "canny-control", "id": 1, "dep": [0], "args": {"image": "<GENERATED>-0"}},
-        {"task": "canny-control", "id": 2, "dep": [1], "args": {"image": "<GENERATED>-1"}},
-    ]
-)
-ANSWER = "The edges are ready."
 FLEET = {"planner": 1, "selector": 2, "executor": 2, "responder": 1}
-
-
-def scripted_llm() -> ScriptedLLM:
-    """Plans every request as CHAIN and answers it with ANSWER."""
-    return ScriptedLLM(
-        replies=[lambda m: CHAIN if "Task planning" in m[0]["content"] else ANSWER]
-    ).start()
 
 
 @dataclass
@@ -334,7 +317,7 @@ class Client:
             self.tally.failed += 1
             errors = [r.error for r in response.results if r.error]
             self.tally.errors.append(f"{response.error.message or errors}")
-        elif response.answer != ANSWER:
+        elif response.answer != CANNY_CHAIN_ANSWER:
             self.tally.failed += 1
             self.tally.errors.append(f"wrong answer {response.answer!r}")
         else:

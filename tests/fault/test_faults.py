@@ -11,15 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.fault.harness import Client, Fleet, NatsNodes, scripted_llm, service_env
-from tests.support import ScriptedLLM
+from tests.fault.harness import Client, Fleet, NatsNodes, service_env
+from tests.support import ScriptedLLM, canny_chain_llm
 
 pytestmark = pytest.mark.fault
 
 
 @pytest.fixture
 def llm() -> Iterator[ScriptedLLM]:
-    llm = scripted_llm()
+    llm = canny_chain_llm()
     yield llm
     llm.stop()
 
