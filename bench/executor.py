@@ -27,6 +27,7 @@ from chorus.v1.messages_pb2 import TaskArgument, TaskInvocation, TaskResult, Tas
 from chorus.v1.workers_pb2 import WorkerInfo
 from nats.js import JetStreamContext
 
+from bench.stats import p99
 from services.cli.cluster import start_nats_server
 from services.common import bus, subjects
 from tests.support import build_tiny_text_classifier
@@ -185,7 +186,7 @@ def _percentiles(values: list[float]) -> dict[str, float]:
     ordered = sorted(values)
     return {
         "median_ms": statistics.median(ordered),
-        "p99_ms": ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))],
+        "p99_ms": p99(ordered),
     }
 
 

@@ -37,6 +37,7 @@ from chorus.v1.messages_pb2 import (
 )
 from openai import AsyncOpenAI
 
+from bench.stats import throughput
 from services.cli.cluster import LocalCluster, free_port
 from services.common import subjects
 from tests.gateway.browser import CHROMIUM, chromium
@@ -121,16 +122,8 @@ async def _dropped(results: Any, request_id: str) -> float:
 
 
 async def _rate(run: Callable[[], Awaitable[None]]) -> float:
-    await run()
-    slots = asyncio.Semaphore(CONCURRENCY)
-
-    async def limited() -> None:
-        async with slots:
-            await run()
-
-    started = time.perf_counter()
-    await asyncio.gather(*(limited() for _ in range(DOOR_REQUESTS)))
-    return DOOR_REQUESTS / (time.perf_counter() - started)
+    await run()  # warm: channels and connections open
+    return await throughput(run, CONCURRENCY, DOOR_REQUESTS)
 
 
 async def _doors(grpc_addr: str, http_addr: str) -> dict[str, float]:

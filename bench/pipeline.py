@@ -50,6 +50,7 @@ from chorus.v1.messages_pb2 import (
 )
 from chorus.v1.workers_pb2 import ServedModel, WorkerInfo
 
+from bench.stats import p99, throughput
 from services.cli.cluster import SERVICES, LocalCluster, free_port, nats_server_binary
 from services.common.llm import OpenAILLM
 from services.common.settings import Settings
@@ -88,23 +89,11 @@ async def _latencies(run: Run, n: int) -> list[float]:
     return latencies
 
 
-async def _throughput(run: Run, concurrency: int) -> float:
-    slots = asyncio.Semaphore(concurrency)
-
-    async def limited() -> None:
-        async with slots:
-            await run()
-
-    started = time.perf_counter()
-    await asyncio.gather(*(limited() for _ in range(THROUGHPUT_REQUESTS)))
-    return THROUGHPUT_REQUESTS / (time.perf_counter() - started)
-
-
 def _percentiles(latencies: list[float]) -> dict[str, float]:
     ordered = sorted(latencies)
     return {
         "p50_ms": statistics.median(ordered),
-        "p99_ms": ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))],
+        "p99_ms": p99(ordered),
     }
 
 
@@ -238,7 +227,7 @@ async def _bus_round(side: BusSide, run: Run, row: dict[str, Any]) -> None:
     row.setdefault("latencies_ms", []).extend(await _latencies(run, LATENCY_REQUESTS))
     for level in CONCURRENCY:
         before = await asyncio.to_thread(side.counters)
-        rate = await _throughput(run, level)
+        rate = await throughput(run, level, THROUGHPUT_REQUESTS)
         after = await asyncio.to_thread(side.counters)
         row.setdefault(f"rps_at_{level}", []).append(rate)
         for key in after:
@@ -398,7 +387,9 @@ async def _in_process_side(llm_url: str, image_side: int, rounds: int) -> dict[s
         row.setdefault("latencies_ms", []).extend(await _latencies(run, LATENCY_REQUESTS))
         for level in CONCURRENCY:
             cpu = time.process_time()
-            row.setdefault(f"rps_at_{level}", []).append(await _throughput(run, level))
+            row.setdefault(f"rps_at_{level}", []).append(
+                await throughput(run, level, THROUGHPUT_REQUESTS)
+            )
             per_request = (time.process_time() - cpu) / THROUGHPUT_REQUESTS * 1000
             row.setdefault("per_request_cpu_bench", []).append(per_request)
     await llm.close()

@@ -37,6 +37,7 @@ from chorus.v1.messages_pb2 import (
     TaskStatus,
 )
 
+from bench.stats import p99
 from services.cli.cluster import start_nats_server
 from services.common.llm import OpenAILLM
 from services.common.settings import LLMSettings
@@ -55,8 +56,7 @@ RESULTS = Path("bench/results/responder.json")
 
 def _stats(values: list[float]) -> dict[str, float]:
     ordered = sorted(values)
-    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
-    return {"median_ms": statistics.median(ordered) * 1000, "p99_ms": p99 * 1000}
+    return {"median_ms": statistics.median(ordered) * 1000, "p99_ms": p99(ordered) * 1000}
 
 
 async def _latency(nats_url: str, llm: ScriptedLLM) -> dict[str, Any]:

@@ -46,6 +46,7 @@ from chorus.v1.messages_pb2 import (
 )
 from chorus.v1.workers_pb2 import ServedModel, WorkerInfo
 
+from bench.stats import p99
 from services.cli.cluster import start_nats_server
 from services.common import bus, subjects
 from services.common.routes import LLM_ROUTE, REMOTE_ROUTE
@@ -89,7 +90,7 @@ def _quantiles(samples: Sequence[float]) -> dict[str, float]:
     ordered = sorted(samples)
     return {
         "median": statistics.median(ordered),
-        "p99": ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))],
+        "p99": p99(ordered),
         "n": len(ordered),
     }
 

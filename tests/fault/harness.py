@@ -36,6 +36,7 @@ from chorus.v1.messages_pb2 import (
 )
 from nats.aio.client import Client as NATS
 
+from bench.stats import p99
 from services.cli.cluster import free_port, nats_server_binary, service_ready
 from services.common import bus, subjects
 from services.common.artifacts import ArtifactStore
@@ -255,7 +256,7 @@ class Tally:
             "lost": self.lost,
             "service_crashes": crashes,
             "median_s": round(statistics.median(ordered), 3),
-            "p99_s": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))], 3),
+            "p99_s": round(p99(ordered), 3),
         }
 
 
