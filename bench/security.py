@@ -109,7 +109,7 @@ async def _door_overhead(tmp: Path) -> dict[str, float]:
 
 def _key_check_us(keys_file: Path) -> float:
     token = add_key(keys_file, "check")
-    gate = Gate(ApiKeys.load(keys_file))
+    gate = Gate(ApiKeys(keys_file))
     headers = {"authorization": f"Bearer {token}"}.get
     runs = timeit.repeat(lambda: gate.owner(headers, "grpc"), number=1000, repeat=7)
     return statistics.median(runs) / 1000 * 1e6

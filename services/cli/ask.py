@@ -36,6 +36,7 @@ def ask(
     stop_after: str | None,
     quiet: bool = False,
     api_key: str | None = None,
+    tls: grpc.ChannelCredentials | None = None,
 ) -> int:
     """`chorus ask`: a live view, the answer as it streams, the saved files.
 
@@ -58,7 +59,7 @@ def ask(
                 print(f"saved {path}")
         return _report_error(response, quiet=as_json)
 
-    return _with_client("ask", text, files, ChorusClient(addr, api_key), run)
+    return _with_client("ask", text, files, ChorusClient(addr, api_key, tls), run)
 
 
 def _lines(stdin: TextIO) -> Iterator[str]:
@@ -84,13 +85,20 @@ def _history() -> History:
     return FileHistory(str(path))
 
 
-def chat(addr: str, out: Path, stdin: TextIO, stdout: TextIO, api_key: str | None = None) -> int:
+def chat(
+    addr: str,
+    out: Path,
+    stdin: TextIO,
+    stdout: TextIO,
+    api_key: str | None = None,
+    tls: grpc.ChannelCredentials | None = None,
+) -> int:
     """`chorus chat`: one conversation, a request per line; `/file PATH` attaches, `/quit` ends.
 
     The conversation (each turn's text and files, the answers' generated files included)
     goes with every request, so "the image from before" can be found.
     """
-    client = ChorusClient(addr, api_key)
+    client = ChorusClient(addr, api_key, tls)
     history: list[ChatMessage] = []
     attached: list[ArtifactRef] = []
     try:
@@ -134,7 +142,14 @@ def chat(addr: str, out: Path, stdin: TextIO, stdout: TextIO, api_key: str | Non
         client.close()
 
 
-def plan(text: str, files: list[Path], *, addr: str, api_key: str | None = None) -> int:
+def plan(
+    text: str,
+    files: list[Path],
+    *,
+    addr: str,
+    api_key: str | None = None,
+    tls: grpc.ChannelCredentials | None = None,
+) -> int:
     """`chorus plan`: the plan alone, as JSON in HuggingGPT's shape; notes on stderr."""
 
     def run(client: ChorusClient, request: ChatRequest) -> int:
@@ -145,7 +160,7 @@ def plan(text: str, files: list[Path], *, addr: str, api_key: str | None = None)
             print(f"note: {note}", file=sys.stderr)
         return _report_error(response, quiet=False)
 
-    return _with_client("plan", text, files, ChorusClient(addr, api_key), run)
+    return _with_client("plan", text, files, ChorusClient(addr, api_key, tls), run)
 
 
 def _with_client(
@@ -178,10 +193,14 @@ def _with_client(
 def _rpc_message(e: Exception, addr: str) -> str:
     if not isinstance(e, grpc.RpcError):
         return str(e)
-    code = e.code()
-    if code == grpc.StatusCode.UNAVAILABLE and "connect" in str(e.details()).lower():
+    code, details = e.code(), str(e.details())
+    if code == grpc.StatusCode.UNAVAILABLE and (
+        "ssl" in details.lower() or "handshake" in details.lower()
+    ):
+        return f"no TLS connection with Chorus at {addr} (see --tls-ca, --tls-cert): {details}"
+    if code == grpc.StatusCode.UNAVAILABLE and "connect" in details.lower():
         return f"cannot reach Chorus at {addr} (is `chorus up` running?)"
-    return f"{code.name}: {e.details()}"
+    return f"{code.name}: {details}"
 
 
 def _report_error(response: ChatResponse, quiet: bool) -> int:

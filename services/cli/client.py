@@ -23,15 +23,49 @@ from chorus.v1.messages_pb2 import (
 
 from services.common.artifact_refs import media_type_for, safe_file_name
 from services.common.events import code_name
+from services.common.settings import SettingsError
 from services.common.tasks import status_name
 
 CHUNK_BYTES = 256 * 1024
 
 
+def tls_credentials(
+    ca: Path | None, cert: Path | None = None, key: Path | None = None
+) -> grpc.ChannelCredentials | None:
+    """For a gateway serving gRPC over TLS: `ca` is the PEM file of the CA that signed its
+    certificate (None: the system's roots), `cert` and `key` this client's for mutual TLS.
+    None when none is given: plain gRPC. A file that cannot be read is a `SettingsError`."""
+    if ca is None and cert is None and key is None:
+        return None
+    if (cert is None) != (key is None):
+        raise SettingsError("--tls-cert and --tls-key (CHORUS_TLS_CERT, _KEY) go together")
+    return grpc.ssl_channel_credentials(
+        root_certificates=_pem("--tls-ca", ca),
+        private_key=_pem("--tls-key", key),
+        certificate_chain=_pem("--tls-cert", cert),
+    )
+
+
+def _pem(option: str, path: Path | None) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise SettingsError(f"{option}: cannot read {path}: {e}") from e
+
+
 class ChorusClient:
-    def __init__(self, addr: str, api_key: str | None = None) -> None:
+    def __init__(
+        self,
+        addr: str,
+        api_key: str | None = None,
+        tls: grpc.ChannelCredentials | None = None,
+    ) -> None:
         self.addr = addr
-        self._channel = grpc.insecure_channel(addr)
+        self._channel = (
+            grpc.insecure_channel(addr) if tls is None else grpc.secure_channel(addr, tls)
+        )
         self._stub = chorus_pb2_grpc.ChorusStub(self._channel)
         # Sent with every call; a gateway without keys ignores it.
         self._metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()

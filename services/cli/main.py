@@ -7,10 +7,16 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from services.cli import catalog as catalog_cli
 from services.cli.cluster import ClusterError, LocalCluster
+
+if TYPE_CHECKING:
+    import grpc
 
 DEFAULT_GRPC = "127.0.0.1:50051"
 DEFAULT_OPENAI = "127.0.0.1:8000"
@@ -67,8 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     shown.add_argument("--json", action="store_true", help="print one JSON object")
     shown.add_argument("--quiet", "-q", action="store_true", help="print the answer alone")
     ask.add_argument("--stop-after", choices=["plan", "execute"])
-    ask.add_argument("--grpc", default=os.environ.get("CHORUS_GRPC_ADDR", DEFAULT_GRPC))
-    _api_key_option(ask)
+    _client_options(ask)
     ask.add_argument(
         "--out",
         type=Path,
@@ -78,8 +83,7 @@ def _parser() -> argparse.ArgumentParser:
     ask.set_defaults(run=_ask)
 
     chat = commands.add_parser("chat", help="an interactive conversation with a running Chorus")
-    chat.add_argument("--grpc", default=os.environ.get("CHORUS_GRPC_ADDR", DEFAULT_GRPC))
-    _api_key_option(chat)
+    _client_options(chat)
     chat.add_argument(
         "--out",
         type=Path,
@@ -91,8 +95,7 @@ def _parser() -> argparse.ArgumentParser:
     plan = commands.add_parser("plan", help="print the plan for a request as JSON")
     plan.add_argument("text")
     plan.add_argument("--file", action="append", default=[], type=Path, help="attach a file")
-    plan.add_argument("--grpc", default=os.environ.get("CHORUS_GRPC_ADDR", DEFAULT_GRPC))
-    _api_key_option(plan)
+    _client_options(plan)
     plan.set_defaults(run=_plan)
 
     catalog = commands.add_parser("catalog", help="the model catalog the selector ranks with")
@@ -113,38 +116,125 @@ def _parser() -> argparse.ArgumentParser:
     add = keys_commands.add_parser("add", help="make a key: its token is printed, once")
     add.add_argument("name", help="who the key is for; it owns the requests made with it")
     add.add_argument(
+        "--expires",
+        metavar="WHEN",
+        help="a lifetime (12h, 30d, 8w) or an ISO 8601 date or time (UTC unless it says); "
+        "default: never",
+    )
+    _keys_file_option(add)
+    add.set_defaults(run=_keys_add)
+    listing = keys_commands.add_parser("list", help="the keys: name and expiry, no secrets")
+    _keys_file_option(listing)
+    listing.set_defaults(run=_keys_list)
+    revoke = keys_commands.add_parser("revoke", help="remove a key; a running gateway drops it")
+    revoke.add_argument("name")
+    _keys_file_option(revoke)
+    revoke.set_defaults(run=_keys_revoke)
+    return parser
+
+
+def _client_options(command: argparse.ArgumentParser) -> None:
+    """Where the gateway is and how to prove who is calling."""
+    env = os.environ.get
+    command.add_argument("--grpc", default=env("CHORUS_GRPC_ADDR", DEFAULT_GRPC))
+    command.add_argument(
+        "--api-key",
+        default=env("CHORUS_API_KEY") or None,
+        help="the gateway's API key (default: $CHORUS_API_KEY)",
+    )
+    tls = command.add_argument_group("gRPC over TLS")
+    tls.add_argument(
+        "--tls-ca",
+        type=Path,
+        default=env("CHORUS_TLS_CA") or None,
+        metavar="FILE",
+        help="connect over TLS, trusting this CA's PEM (default: $CHORUS_TLS_CA)",
+    )
+    for name, what in (("cert", "certificate"), ("key", "private key")):
+        tls.add_argument(
+            f"--tls-{name}",
+            type=Path,
+            default=env(f"CHORUS_TLS_{name.upper()}") or None,
+            metavar="FILE",
+            help=f"mutual TLS: this client's {what} (PEM; default: $CHORUS_TLS_{name.upper()})",
+        )
+
+
+def _tls(args: argparse.Namespace) -> grpc.ChannelCredentials | None:
+    """The TLS credentials the client options ask for (None: plain gRPC)."""
+    from services.cli.client import tls_credentials
+    from services.common.settings import SettingsError
+
+    try:
+        return tls_credentials(args.tls_ca, args.tls_cert, args.tls_key)
+    except SettingsError as e:
+        print(f"chorus: {e}", file=sys.stderr)
+        raise SystemExit(2) from e
+
+
+def _keys_file_option(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
         "--file",
         type=Path,
         default=os.environ.get("CHORUS_API_KEYS") or None,
         help="the keys file (default: $CHORUS_API_KEYS)",
     )
-    add.set_defaults(run=_keys_add)
-    return parser
 
 
-def _api_key_option(command: argparse.ArgumentParser) -> None:
-    command.add_argument(
-        "--api-key",
-        default=os.environ.get("CHORUS_API_KEY") or None,
-        help="the gateway's API key (default: $CHORUS_API_KEY)",
-    )
+def _keys(action: str, args: argparse.Namespace, work: Callable[[Path], int]) -> int:
+    """Runs `work` on the keys file; a bad file or value becomes one line on stderr."""
+    from services.common.settings import SettingsError
+
+    if args.file is None:
+        print(f"chorus keys {action}: set CHORUS_API_KEYS or give --file", file=sys.stderr)
+        return 2
+    try:
+        return work(Path(args.file))
+    except (SettingsError, OSError) as e:
+        print(f"chorus keys {action}: {e}", file=sys.stderr)
+        return 2
 
 
 def _keys_add(args: argparse.Namespace) -> int:
-    from services.common.settings import SettingsError
-    from services.gateway.keys import add_key
+    from services.gateway.keys import add_key, expiry, stamp
 
-    if args.file is None:
-        print("chorus keys add: set CHORUS_API_KEYS or give --file", file=sys.stderr)
-        return 2
-    try:
-        token = add_key(Path(args.file), args.name)
-    except (SettingsError, OSError) as e:
-        print(f"chorus keys add: {e}", file=sys.stderr)
-        return 2
-    print(token)  # alone on stdout, for `export CHORUS_API_KEY=$(chorus keys add me)`
-    print(f"added key {args.name!r} to {args.file}; the token is shown only now", file=sys.stderr)
-    return 0
+    def add(path: Path) -> int:
+        expires = expiry(args.expires, datetime.now(UTC)) if args.expires else None
+        token = add_key(path, args.name, expires)
+        print(token)  # alone on stdout, for `export CHORUS_API_KEY=$(chorus keys add me)`
+        until = f", expiring at {stamp(expires)}" if expires else ""
+        print(
+            f"added key {args.name!r} to {path}{until}; the token is shown only now",
+            file=sys.stderr,
+        )
+        return 0
+
+    return _keys("add", args, add)
+
+
+def _keys_list(args: argparse.Namespace) -> int:
+    from services.gateway.keys import list_keys, stamp
+
+    def show(path: Path) -> int:
+        now = datetime.now(UTC)
+        for key in list_keys(path):
+            until = stamp(key.expires) if key.expires else "never"
+            state = "expired" if key.expired(now) else "valid"
+            print(f"{key.name:<24} {state:<8} expires {until}")
+        return 0
+
+    return _keys("list", args, show)
+
+
+def _keys_revoke(args: argparse.Namespace) -> int:
+    from services.gateway.keys import revoke_key
+
+    def revoke(path: Path) -> int:
+        revoke_key(path, args.name)
+        print(f"revoked key {args.name!r} in {path}", file=sys.stderr)
+        return 0
+
+    return _keys("revoke", args, revoke)
 
 
 def _up(args: argparse.Namespace) -> int:
@@ -223,6 +313,7 @@ def _ask(args: argparse.Namespace) -> int:
         stop_after=args.stop_after,
         quiet=args.quiet,
         api_key=args.api_key,
+        tls=_tls(args),
     )
 
 
@@ -233,13 +324,13 @@ def _chat(args: argparse.Namespace) -> int:
         print(
             "Chorus chat: one request per line; /file PATH attaches a file; /quit or Ctrl-D ends."
         )
-    return chat(args.grpc, args.out, sys.stdin, sys.stdout, args.api_key)
+    return chat(args.grpc, args.out, sys.stdin, sys.stdout, args.api_key, _tls(args))
 
 
 def _plan(args: argparse.Namespace) -> int:
     from services.cli.ask import plan
 
-    return plan(args.text, args.file, addr=args.grpc, api_key=args.api_key)
+    return plan(args.text, args.file, addr=args.grpc, api_key=args.api_key, tls=_tls(args))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import json
 import logging
 import secrets
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from typing import IO, Any
 
@@ -153,8 +153,21 @@ class ArtifactStore:
 
     async def get(self, artifact_id: str) -> tuple[ArtifactRef, bytes]:
         meta = await self._meta(artifact_id)
+        data = b"".join([part async for part in self._parts(artifact_id, meta)])
+        return _ref(artifact_id, meta.get("headers") or {}, len(data)), data
+
+    async def stream(self, artifact_id: str) -> tuple[ArtifactRef, AsyncIterator[bytes]]:
+        """What is stored under this id, and its bytes one stored chunk (128 KiB) at a time,
+        each read when the one before has been taken: a download of any size holds one chunk.
+        A lost part, or a digest that differs at the end, raises `ArtifactNotFound` from the
+        iterator, after the parts before it."""
+        meta = await self._meta(artifact_id)
+        ref = _ref(artifact_id, meta.get("headers") or {}, int(meta.get("size") or 0))
+        return ref, self._parts(artifact_id, meta)
+
+    async def _parts(self, artifact_id: str, meta: dict[str, Any]) -> AsyncIterator[bytes]:
         subject = f"$O.{self._bucket}.C.{meta['nuid']}"
-        parts: list[bytes] = []
+        digest = hashlib.sha256()
         seq = 0
         for _ in range(int(meta.get("chunks") or 0)):
             try:
@@ -164,13 +177,12 @@ class ArtifactStore:
                 msg = await retrying("read artifact", after)
             except NotFoundError as e:
                 raise ArtifactNotFound(f"artifact {artifact_id!r} lost a part (expired)") from e
-            parts.append(msg.data or b"")
+            digest.update(msg.data or b"")
             seq = msg.seq or seq + 1
-        data = b"".join(parts)
-        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).decode()
-        if str(meta.get("digest", "")).removeprefix("SHA-256=") != digest:
+            yield msg.data or b""
+        encoded = base64.urlsafe_b64encode(digest.digest()).decode()
+        if str(meta.get("digest", "")).removeprefix("SHA-256=") != encoded:
             raise ArtifactNotFound(f"artifact {artifact_id!r} is damaged (its digest differs)")
-        return _ref(artifact_id, meta.get("headers") or {}, len(data)), data
 
 
 def _ref(artifact_id: str, headers: dict[str, str], size: int) -> ArtifactRef:

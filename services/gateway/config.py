@@ -77,7 +77,7 @@ class GatewayConfig:
             public_url=public_url,
             cors_origins=origins,
             max_body_bytes=max_body,
-            api_keys=ApiKeys.load(Path(keys_file)) if keys_file else None,
+            api_keys=ApiKeys(Path(keys_file)) if keys_file else None,
             insecure=bool_setting(env, "CHORUS_INSECURE", False),
             reflection=bool_setting(env, "CHORUS_GRPC_REFLECTION", True),
             max_requests=_at_least_one(env, "CHORUS_MAX_REQUESTS", 64),

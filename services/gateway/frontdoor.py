@@ -13,7 +13,8 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncGenerator, Awaitable, Callable
+import weakref
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import IO
 
@@ -42,6 +43,9 @@ from services.gateway.owners import RequestOwners
 log = logging.getLogger(__name__)
 MAX_REQUEST_BYTES = 256 * 1024  # larger inputs travel as artifacts
 REQUEST_TIMEOUT_S = 900.0
+# A caller reads a request's events at once; one whose events are not read this long after
+# it was admitted never will be (its client left before the response began): its slot is freed.
+START_TIMEOUT_S = 30.0
 STAGE = "gateway"
 OPEN_WAITS = Gauge("chorus_api_open_waits", "Calls waiting on a request's events, by API.", ["api"])
 CANCELLED = Counter(
@@ -75,9 +79,10 @@ class FrontDoor:
         self._limits = limits
         self._cancelling: set[asyncio.Task[None]] = set()
         # Requests this replica started and still waits on (start time, owner): they can be
-        # cancelled before their first event, and they are what the limits count. Pruned, as
-        # a caller may never read its events.
+        # cancelled before their first event, and they are what the limits count.
         self._open: dict[str, tuple[float, str]] = {}
+        # Of those, the ones whose events nobody has begun to read: freed at START_TIMEOUT_S.
+        self._unread: dict[str, asyncio.TimerHandle] = {}
 
     async def start(
         self, request: ChatRequest, *, api: str, owner: str, traceparent: str = ""
@@ -101,7 +106,26 @@ class FrontDoor:
             kind=trace.SpanKind.SERVER,
             attributes={"chorus.request_id": request.request_id, "chorus.api": api},
         )
-        return self._run(request, api, span)
+        events = self._run(request, api, span)
+        self._free_if_unread(events, request.request_id, span)
+        return events
+
+    def _free_if_unread(
+        self, events: AsyncGenerator[ProgressEvent, None], request_id: str, span: trace.Span
+    ) -> None:
+        """Frees the request's slot if its events are never read: when `events` is dropped
+        unstarted (closing a generator that never ran runs none of its code), or when it is
+        still unstarted after START_TIMEOUT_S. Nothing was published, so nothing is cancelled."""
+
+        def free() -> None:
+            if (timer := self._unread.pop(request_id, None)) is not None:
+                timer.cancel()
+                self._open.pop(request_id, None)
+                span.end()
+                log.info("freed the slot of a request whose events were never read")
+
+        self._unread[request_id] = asyncio.get_running_loop().call_later(START_TIMEOUT_S, free)
+        weakref.finalize(events, free)
 
     def admit(self, owner: str) -> None:
         """`RESOURCE_EXHAUSTED` when `owner`, or the gateway, runs as many requests as allowed."""
@@ -137,13 +161,17 @@ class FrontDoor:
         if await self._owners.owner_of(request_id) != owner:
             raise RequestError(f"request_id: no request {request_id!r}", _NOT_FOUND)
 
-    async def artifact(self, artifact_id: str, owner: str) -> tuple[ArtifactRef, bytes]:
-        """A file `owner` uploaded, or one a request of theirs made; else `NOT_FOUND`."""
+    async def artifact(
+        self, artifact_id: str, owner: str
+    ) -> tuple[ArtifactRef, AsyncIterator[bytes]]:
+        """A file `owner` uploaded, or one a request of theirs made, and its bytes part by
+        part as the store reads them; else `NOT_FOUND`."""
         await self._check_artifact_owner(artifact_id, owner)
         try:
-            return await self.store.get(artifact_id)
+            ref, parts = await self.store.stream(artifact_id)
         except ArtifactNotFound as e:
             raise RequestError(f"id: {e}", _NOT_FOUND) from e
+        return ref, _not_found_as_refusal(parts)
 
     async def _check_artifact_owner(self, artifact_id: str, owner: str) -> None:
         try:
@@ -170,6 +198,13 @@ class FrontDoor:
         self, request: ChatRequest, api: str, span: trace.Span
     ) -> AsyncGenerator[ProgressEvent, None]:
         request_id = request.request_id
+        if (timer := self._unread.pop(request_id, None)) is None:
+            raise RequestError(
+                f"request {request_id} was not read within {START_TIMEOUT_S:.0f}s of being "
+                "accepted, and was dropped; send it again",
+                ErrorCode.ERROR_CODE_DEADLINE,
+            )
+        timer.cancel()
 
         async def publish() -> None:
             with trace.use_span(span):
@@ -329,3 +364,12 @@ class FrontDoor:
                     raise RequestError(f"{field}.{e}", _NOT_FOUND) from e
                 except ArtifactNotFound as e:
                     raise RequestError(f"{field}.id: {e}", _NOT_FOUND) from e
+
+
+async def _not_found_as_refusal(parts: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """A file's parts; one lost on the way (expired, damaged) is `NOT_FOUND` to the caller."""
+    try:
+        async for part in parts:
+            yield part
+    except ArtifactNotFound as e:
+        raise RequestError(f"id: {e}", _NOT_FOUND) from e

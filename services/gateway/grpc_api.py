@@ -41,7 +41,6 @@ from services.gateway.frontdoor import FrontDoor
 
 log = logging.getLogger(__name__)
 
-CHUNK_BYTES = 1024 * 1024
 SPOOL_BYTES = 1024 * 1024  # an upload past this waits on disk, not in memory, until stored
 
 
@@ -147,14 +146,12 @@ class ChorusApi(chorus_pb2_grpc.ChorusServicer):
         context: grpc.aio.ServicerContext[DownloadArtifactRequest, ArtifactChunk],
     ) -> AsyncIterator[ArtifactChunk]:
         try:
-            ref, data = await self._front.artifact(request.id, owner_var.get())
+            ref, parts = await self._front.artifact(request.id, owner_var.get())
+            yield ArtifactChunk(name=ref.name, media_type=ref.media_type)
+            async for part in parts:  # as the store reads them: the file is never held whole
+                yield ArtifactChunk(data=part)
         except RequestError as e:
             await _refuse(context, e)
-        for offset in range(0, max(len(data), 1), CHUNK_BYTES):
-            chunk = ArtifactChunk(data=data[offset : offset + CHUNK_BYTES])
-            if offset == 0:
-                chunk.name, chunk.media_type = ref.name, ref.media_type
-            yield chunk
 
     async def ListModels(
         self,

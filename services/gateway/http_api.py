@@ -131,17 +131,19 @@ class HttpApi:
         return out
 
     async def file(self, request: Request) -> Response:
-        ref, data = await self._front.artifact(request.path_params["file_id"], owner_var.get())
+        ref, parts = await self._front.artifact(request.path_params["file_id"], owner_var.get())
         # Shown inline (an <img> in a chat); `nosniff` keeps a browser from running it as a page.
         headers = {
             "Content-Disposition": f'inline; filename="{ref.name}"',
+            "Content-Length": str(ref.size),  # so a client tells a cut-off download
             "X-Content-Type-Options": "nosniff",
             "Content-Security-Policy": "sandbox",
             "Cache-Control": "private, max-age=3600",
         }
         # The store hands back only a safe name and a plain `type/subtype` (checked when stored
-        # and again when read), so both can go into headers as they are.
-        return Response(data, media_type=ref.media_type, headers=headers)
+        # and again when read), so both can go into headers as they are. The parts are sent as
+        # the store reads them: the file is never held whole.
+        return StreamingResponse(parts, media_type=ref.media_type, headers=headers)
 
     async def cancel(self, request: Request) -> Response:
         request_id = request.path_params["request_id"]

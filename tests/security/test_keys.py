@@ -28,7 +28,7 @@ def test_keys_add_prints_the_token_alone_and_keeps_only_its_hash(tmp_path: Path)
     assert done.stdout == token + "\n" and token.startswith("chorus_")
     assert token not in keys_file.read_text() and token not in done.stderr
     assert stat.S_IMODE(keys_file.stat().st_mode) == 0o600
-    assert ApiKeys.load(keys_file).owner(token) == "alice"
+    assert ApiKeys(keys_file).owner(token) == "alice"
 
 
 def test_a_second_key_of_the_same_name_is_refused(tmp_path: Path) -> None:
@@ -39,7 +39,7 @@ def test_a_second_key_of_the_same_name_is_refused(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("content", "match"),
-    [(None, "cannot read the keys file"), ("alice not-a-hash\n", ":1: not 'NAME SHA256-HEX'")],
+    [(None, "cannot read the keys file"), ("alice not-a-hash\n", ":1: not 'NAME SHA256-HEX")],
 )
 def test_a_missing_or_malformed_keys_file_stops_start_up_naming_it(
     tmp_path: Path, content: str | None, match: str
@@ -67,7 +67,7 @@ def test_a_call_without_a_valid_key_is_refused_by_reason(
     tmp_path: Path, headers: dict[str, str], reason: str
 ) -> None:
     token = add_key(tmp_path / "keys", "alice")
-    gate = Gate(ApiKeys.load(tmp_path / "keys"))
+    gate = Gate(ApiKeys(tmp_path / "keys"))
     values = {k: v.replace("TOKEN", token) for k, v in headers.items()}
     with pytest.raises(KeyRefused) as refused:
         gate.owner(values.get, "grpc")
