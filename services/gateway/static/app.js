@@ -1,6 +1,9 @@
 // Chorus's web UI: one page, no build step. It talks to the gateway's OpenAI-compatible
 // endpoint (server-sent events) and draws the `chorus.event` each workflow chunk carries.
 // Everything shown is set as text or as an attribute, never parsed as HTML.
+// With API keys on, the gateway answers 401 until the page sends one: the page then asks for
+// it, keeps it in this tab's sessionStorage (never in a URL, never logged) and sends it as
+// `Authorization: Bearer` on every call, files included (fetched, shown from object URLs).
 "use strict";
 
 const conversation = document.getElementById("conversation");
@@ -11,10 +14,92 @@ const attachmentsView = document.getElementById("attachments");
 const sendButton = document.getElementById("send");
 const stopButton = document.getElementById("stop");
 const assistantTemplate = document.getElementById("turn-assistant");
+const keyForm = document.getElementById("key-form");
+const keyInput = document.getElementById("api-key");
+const keyPrompt = document.getElementById("key-prompt");
+const keyError = document.getElementById("key-error");
+const forgetKey = document.getElementById("forget-key");
+const KEY_SLOT = "chorus.apiKey";
 
 const history = [];  // {role, content} of earlier turns, sent with each request
 let attached = [];   // File objects waiting for the next Send
 let current = null;  // the request in flight: {requestId, view}
+
+// The API key. `api` is the page's one way to call the gateway: it sends the key, and on a 401
+// asks for one (saying why) and calls again with it.
+let keyWanted = null;  // while the form is shown: {resolve} of the callers waiting for a key
+
+function bearer(key) {
+  return key ? { Authorization: `Bearer ${key}` } : {};
+}
+
+async function api(path, options = {}) {
+  for (;;) {
+    const key = sessionStorage.getItem(KEY_SLOT);
+    const headers = { ...(options.headers || {}), ...bearer(key) };
+    const response = await fetch(path, { ...options, headers });
+    if (response.status !== 401) return response;
+    if (key) sessionStorage.removeItem(KEY_SLOT);  // revoked or expired since it was given
+    await askForKey(await errorMessage(response), Boolean(key));
+  }
+}
+
+async function errorMessage(response) {
+  const body = await response.json().catch(() => ({}));
+  return (body.error && body.error.message) || `HTTP ${response.status}`;
+}
+
+function askForKey(reason, hadKey) {
+  if (!keyWanted) {
+    keyWanted = [];
+    keyPrompt.textContent = hadKey
+      ? "The API key was refused; enter another."
+      : "This Chorus needs an API key.";
+    showKeyError(hadKey ? reason : "");
+    forgetKey.hidden = true;
+    keyForm.hidden = false;
+    keyInput.focus();
+  }
+  return new Promise((resolve) => keyWanted.push(resolve));
+}
+
+function showKeyError(message) {
+  keyError.hidden = !message;
+  keyError.textContent = message ? `Refused: ${message}` : "";
+}
+
+keyForm.addEventListener("submit", async (e) => {
+  e.preventDefault();
+  const key = keyInput.value.trim();
+  if (!key) return;
+  keyForm.querySelector("button").disabled = true;
+  try {
+    // Tried before it is kept, so a wrong key is refused here with the gateway's reason.
+    const response = await fetch("/v1/models", { headers: bearer(key) });
+    if (response.status === 401) {
+      showKeyError(await errorMessage(response));
+      keyInput.select();
+      return;
+    }
+    sessionStorage.setItem(KEY_SLOT, key);
+    keyInput.value = "";
+    showKeyError("");
+    keyForm.hidden = true;
+    forgetKey.hidden = false;
+    const waiting = keyWanted || [];
+    keyWanted = null;
+    for (const resolve of waiting) resolve();
+  } catch (error) {
+    showKeyError(error.message);
+  } finally {
+    keyForm.querySelector("button").disabled = false;
+  }
+});
+
+forgetKey.addEventListener("click", () => {
+  sessionStorage.removeItem(KEY_SLOT);
+  forgetKey.hidden = true;
+});
 
 function el(tag, className, text) {
   const node = document.createElement(tag);
@@ -27,8 +112,8 @@ function fileChip(file, removable) {
   const chip = el("span", "chip");
   if (file.type.startsWith("image/")) {
     const img = el("img");
-    img.src = URL.createObjectURL(file);
     img.alt = "";
+    showObject(img, file);
     chip.append(img);
   }
   chip.append(document.createTextNode(file.name));
@@ -186,19 +271,30 @@ class WorkflowView {
 // The answer: text, with the links to files this gateway serves shown as the files themselves.
 const FILE_LINK = /(!?)\[((?:\\.|[^\]\\])*)\]\(([^)\s]+)\)/g;
 
-function renderAnswer(target, text, artifacts) {
+function renderAnswer(view) {
+  const { text, artifacts, media } = view;
   const nodes = [];
+  const shown = new Map();  // how often each file is shown so far in this text
   let last = 0;
   for (const match of text.matchAll(FILE_LINK)) {
     const [whole, bang, label, url] = match;
     const file = fileOf(url, artifacts);
     if (!file && !bang) continue;  // an ordinary link stays as text
     nodes.push(document.createTextNode(text.slice(last, match.index)));
-    nodes.push(file ? mediaFor(file, label.replace(/\\(.)/g, "$1")) : document.createTextNode(whole));
+    if (file) {
+      // The same element each time the answer is drawn again: fetched once, never flickering.
+      const n = (shown.get(file.url) || 0) + 1;
+      shown.set(file.url, n);
+      const key = `${n} ${file.url} ${file.media_type} ${label}`;
+      if (!media.has(key)) media.set(key, mediaFor(file, label.replace(/\\(.)/g, "$1")));
+      nodes.push(media.get(key));
+    } else {
+      nodes.push(document.createTextNode(whole));
+    }
     last = match.index + whole.length;
   }
   nodes.push(document.createTextNode(text.slice(last)));
-  target.replaceChildren(...nodes);
+  view.answer.replaceChildren(...nodes);
 }
 
 function fileOf(url, artifacts) {
@@ -210,15 +306,55 @@ function fileOf(url, artifacts) {
   return { url: parsed.pathname, media_type: known ? known.media_type : "image/*" };
 }
 
+// A file of this gateway, fetched with the key: an <img src> or <a href> could not send it.
 function mediaFor(file, name) {
   const kind = file.media_type.split("/")[0];
-  let node;
-  if (kind === "image") { node = el("img"); node.alt = name; }
-  else if (kind === "audio" || kind === "video") { node = el(kind); node.controls = true; }
-  else { node = el("a", "", name); node.href = file.url; node.download = name; return node; }
-  node.src = file.url;
+  if (kind !== "image" && kind !== "audio" && kind !== "video") return downloadLink(file, name);
+  const node = el(kind === "image" ? "img" : kind);
+  if (kind === "image") node.alt = name;
+  else node.controls = true;
   node.title = name;
+  fetchFile(file.url)
+    .then((blob) => showObject(node, blob))
+    .catch((error) => { node.replaceWith(el("span", "error", `${name}: ${error.message}`)); });
   return node;
+}
+
+async function fetchFile(url) {
+  const response = await api(url);
+  if (!response.ok) throw new Error(await errorMessage(response));
+  return response.blob();
+}
+
+// Shows a blob in an <img>, <audio> or <video> through an object URL: a picture's is given back
+// once it is drawn; a player keeps its own while it is on the page.
+function showObject(node, blob) {
+  const url = URL.createObjectURL(blob);
+  if (node.tagName === "IMG") {
+    const release = () => URL.revokeObjectURL(url);
+    node.addEventListener("load", release, { once: true });
+    node.addEventListener("error", release, { once: true });
+  }
+  node.src = url;
+}
+
+function downloadLink(file, name) {
+  const link = el("a", "", name);
+  link.href = file.url;  // shown and copyable; a click fetches it with the key
+  link.addEventListener("click", async (e) => {
+    e.preventDefault();
+    try {
+      const url = URL.createObjectURL(await fetchFile(file.url));
+      const save = el("a");
+      save.href = url;
+      save.download = name;
+      save.click();
+      setTimeout(() => URL.revokeObjectURL(url), 60_000);  // once the download has begun
+    } catch (error) {
+      link.textContent = `${name}: ${error.message}`;
+    }
+  });
+  return link;
 }
 
 function showTurnUser(text, files) {
@@ -242,6 +378,7 @@ function showTurnAssistant() {
     error: root.querySelector(".error"),
     text: "",
     artifacts: new Map(),
+    media: new Map(),  // the elements that show its files, by where they stand in the answer
   };
 }
 
@@ -274,7 +411,7 @@ function onChunk(view, chunk) {
   if (event.task_finished) view.workflow.finished(event.task_finished);
   const delta = (chunk.choices && chunk.choices[0] && chunk.choices[0].delta) || {};
   if (delta.content) view.text += delta.content;
-  if (delta.content || extra.artifacts) renderAnswer(view.answer, view.text, view.artifacts);
+  if (delta.content || extra.artifacts) renderAnswer(view);
 }
 
 async function send(text, files) {
@@ -284,15 +421,12 @@ async function send(text, files) {
   current = { requestId: null, view };
   setBusy(true);
   try {
-    const response = await fetch("/v1/chat/completions", {
+    const response = await api("/v1/chat/completions", {
       method: "POST",
       headers: { "Content-Type": "application/json" },
       body: JSON.stringify({ model: "chorus", messages, stream: true }),
     });
-    if (!response.ok) {
-      const body = await response.json().catch(() => ({}));
-      throw new Error((body.error && body.error.message) || `HTTP ${response.status}`);
-    }
+    if (!response.ok) throw new Error(await errorMessage(response));
     for await (const chunk of serverSentEvents(response)) onChunk(view, chunk);
     view.workflow.state.textContent += " \u2014 done";
     history.push({ role: "user", content: [text, ...files.map((f) => f.name)].join(" ") });
@@ -331,8 +465,12 @@ stopButton.addEventListener("click", async () => {
   if (!current || !current.requestId) return;
   stopButton.disabled = true;
   try {
-    await fetch(`/v1/requests/${encodeURIComponent(current.requestId)}/cancel`, { method: "POST" });
+    await api(`/v1/requests/${encodeURIComponent(current.requestId)}/cancel`, { method: "POST" });
   } finally {
     stopButton.disabled = false;
   }
 });
+
+// Asks for a key as the page opens when the gateway wants one, not at the first Send.
+forgetKey.hidden = !sessionStorage.getItem(KEY_SLOT);
+api("/v1/models").catch(() => {});
