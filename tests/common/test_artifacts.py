@@ -42,3 +42,32 @@ async def test_an_empty_file(nats_url: str) -> None:
     ref = await store.put(b"", "empty.txt")
     assert (await store.get(ref.id))[1] == b""
     await nc.close()
+
+
+async def test_a_stream_reads_each_part_only_when_the_one_before_is_taken(nats_url: str) -> None:
+    nc = await nats.connect(nats_url)
+    js = nc.jetstream()
+    store = await ArtifactStore.open(js)
+    data = os.urandom(3 * 1024 * 1024 + 5)
+    ref = await store.put(data, "big.bin")
+    info, parts = await store.stream(ref.id)
+    assert (info.name, info.size) == ("big.bin", len(data))
+    received = [await anext(parts)]
+    # The rest is not read yet: take the stored parts away, and the next read finds none.
+    await js.purge_stream(f"OBJ_{subjects.ARTIFACT_BUCKET}", subject="$O.*.C.>")
+    with pytest.raises(ArtifactNotFound, match="lost a part"):
+        await anext(parts)
+    assert len(received[0]) == 128 * 1024
+    await nc.close()
+
+
+async def test_a_stream_brings_every_part_and_checks_the_digest(nats_url: str) -> None:
+    nc = await nats.connect(nats_url)
+    store = await ArtifactStore.open(nc.jetstream())
+    data = os.urandom(3 * 1024 * 1024 + 5)
+    ref = await store.put(data, "big.bin")
+    _, parts = await store.stream(ref.id)
+    received = [part async for part in parts]
+    assert len(received) == 25 and max(map(len, received)) == 128 * 1024  # 24 whole + 5 bytes
+    assert b"".join(received) == data
+    await nc.close()

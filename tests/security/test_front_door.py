@@ -5,9 +5,12 @@ too many requests at once."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
+import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import grpc
@@ -58,6 +61,7 @@ async def door(
 ) -> AsyncIterator[Door]:
     keys_file = tmp_path_factory.mktemp("keys") / "keys"
     tokens = {name: add_key(keys_file, name) for name in ("alice", "bob", "carol")}
+    tokens["eve"] = add_key(keys_file, "eve", expires=datetime.now(UTC) - timedelta(days=1))
     http_addr = f"127.0.0.1:{free_port()}"
     env = {
         **CANNY_ONLY,
@@ -303,3 +307,53 @@ async def test_the_cli_client_sends_its_key(reset: Door) -> None:
     with pytest.raises(grpc.RpcError) as refused:
         await asyncio.to_thread(ask, None)
     assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_a_large_file_downloads_intact_one_stored_part_at_a_time(reset: Door) -> None:
+    data = os.urandom(5 * 1024 * 1024 + 7)
+
+    async def chunks() -> AsyncIterator[ArtifactChunk]:
+        for offset in range(0, len(data), 1024 * 1024):
+            part = ArtifactChunk(data=data[offset : offset + 1024 * 1024])
+            if offset == 0:
+                part.name, part.media_type = "big.bin", "application/octet-stream"
+            yield part
+
+    ref = await reset.stub.UploadArtifact(chunks(), metadata=reset.as_("alice"))
+    got = [
+        c
+        async for c in reset.stub.DownloadArtifact(
+            DownloadArtifactRequest(id=ref.id), metadata=reset.as_("alice")
+        )
+    ]
+    assert (got[0].name, got[0].media_type, got[0].data) == ("big.bin", ref.media_type, b"")
+    # As the store keeps it (128 KiB parts), never gathered into one message.
+    assert len(got) == 1 + 41 and max(len(c.data) for c in got) == 128 * 1024
+    assert b"".join(c.data for c in got) == data
+    digest, parts = hashlib.sha256(), 0
+    url = f"/v1/files/{ref.id}/content"
+    async with reset.http.stream("GET", url, headers=reset.http_as("alice")) as page:
+        assert page.status_code == 200
+        assert page.headers["content-length"] == str(len(data))
+        async for part in page.aiter_raw():
+            digest.update(part)
+            parts += 1
+    assert digest.digest() == hashlib.sha256(data).digest() and parts > 1
+
+
+async def test_an_expired_key_is_refused_saying_so_counted_and_logged_without_it(
+    reset: Door, caplog: pytest.LogCaptureFixture
+) -> None:
+    token = reset.tokens["eve"]
+    before = {api: _refused(api, "expired") for api in ("grpc", "openai")}
+    caplog.set_level(logging.WARNING)
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await reset.stub.ListModels(ListModelsRequest(), metadata=reset.as_("eve"))
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert "the API key 'eve' expired at" in str(refused.value.details())
+    page = await reset.http.get("/v1/models", headers=reset.http_as("eve"))
+    assert page.status_code == 401 and "expired" in page.json()["error"]["message"]
+    assert token not in str(refused.value.details()) + page.text + caplog.text
+    assert "expired" in caplog.text
+    assert _refused("grpc", "expired") == before["grpc"] + 1
+    assert _refused("openai", "expired") == before["openai"] + 1

@@ -15,7 +15,10 @@ import pytest
 from chorus.v1 import chorus_pb2_grpc
 from chorus.v1.chorus_pb2 import ListModelsRequest
 
+from services.cli.client import ChorusClient, tls_credentials
 from services.cli.cluster import free_port, nats_server_binary
+from services.cli.main import _parser as main_parser
+from services.cli.main import main
 from services.common import bus
 from services.common.settings import Settings, SettingsError
 from services.gateway.config import GatewayConfig
@@ -116,3 +119,51 @@ async def test_services_reach_a_tls_nats_trusting_the_ca_they_are_given(
     await nc.close()
     with pytest.raises((ssl.SSLError, nats.errors.Error, OSError)):  # no trust, no talk
         await nats.connect(url, allow_reconnect=False, connect_timeout=2)
+
+
+async def test_the_cli_client_uploads_and_downloads_over_mutual_tls(
+    nats_url: str, tmp_path: Path
+) -> None:
+    cert, key = _self_signed(tmp_path)
+    env = {
+        "CHORUS_GRPC_TLS_CERT": str(cert),
+        "CHORUS_GRPC_TLS_KEY": str(key),
+        "CHORUS_GRPC_TLS_CLIENT_CA": str(cert),
+    }
+    sent = tmp_path / "note.txt"
+    sent.write_text("over TLS")
+
+    def round_trip(addr: str, tls: grpc.ChannelCredentials | None) -> Path:
+        client = ChorusClient(addr, tls=tls)
+        try:
+            return client.download(client.upload(sent).id, tmp_path / "out")
+        finally:
+            client.close()
+
+    async with running_stack(nats_url, env, services=("gateway",)) as settings:
+        addr = settings.grpc_addr
+        mutual = tls_credentials(cert, cert, key)
+        assert (await asyncio.to_thread(round_trip, addr, mutual)).read_text() == "over TLS"
+        for refused in (None, tls_credentials(cert)):  # plain gRPC; TLS without a certificate
+            with pytest.raises(grpc.RpcError) as failed:
+                await asyncio.to_thread(round_trip, addr, refused)
+            assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_the_cli_takes_its_tls_files_from_options_or_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("CHORUS_TLS_CA", str(tmp_path / "ca.pem"))
+    args = main_parser().parse_args(["ask", "hi", "--tls-cert", "c.pem", "--tls-key", "k.pem"])
+    assert (args.tls_ca, args.tls_cert, args.tls_key) == (
+        tmp_path / "ca.pem",
+        Path("c.pem"),
+        Path("k.pem"),
+    )
+    with pytest.raises(SettingsError, match="--tls-ca: cannot read"):
+        tls_credentials(tmp_path / "ca.pem")
+    with pytest.raises(SettingsError, match="go together"):
+        tls_credentials(None, Path("c.pem"))
+    with pytest.raises(SystemExit) as stopped:
+        main(["plan", "hi", "--grpc", "127.0.0.1:1"])
+    assert stopped.value.code == 2 and "--tls-ca: cannot read" in capsys.readouterr().err
