@@ -194,15 +194,16 @@ def _rpc_message(e: Exception, addr: str) -> str:
     if not isinstance(e, grpc.RpcError):
         return str(e)
     code, details = e.code(), str(e.details())
-    if code != grpc.StatusCode.UNAVAILABLE:
-        return f"{code.name}: {details}"
-    if "handshake" in details.lower():
+    unreachable = code == grpc.StatusCode.UNAVAILABLE
+    if unreachable and "handshake" in details.lower():
         return f"no TLS connection with Chorus at {addr} (see --tls-ca): {details}"
-    # A gateway serving TLS closes a plain connection, or one without a client certificate.
-    return (
-        f"cannot reach Chorus at {addr} (is `chorus up` running? does it serve TLS: see "
-        f"--tls-ca, --tls-cert and --tls-key): {details}"
-    )
+    if unreachable and "connect" in details.lower():
+        # A gateway serving TLS closes a plain connection, or one without a client certificate.
+        return (
+            f"cannot reach Chorus at {addr} (is `chorus up` running? does it serve TLS: see "
+            f"--tls-ca, --tls-cert and --tls-key): {details}"
+        )
+    return f"{code.name}: {details}"
 
 
 def _report_error(response: ChatResponse, quiet: bool) -> int:
