@@ -6,7 +6,8 @@
 - The API-key check alone (`Gate.owner`, hash and constant-time compare over 100 keys).
 - The rules planner on one long word (the request that froze the front door), by length.
 - The gateway's peak memory (VmHWM) over three concurrent 60 MiB gRPC uploads, in its own
-  process: uploads are spooled to disk, not held whole.
+  process: uploads are spooled to disk, not held whole; and over three concurrent downloads
+  of them, in another: downloads are streamed from the store part by part.
 """
 
 from __future__ import annotations
@@ -21,14 +22,16 @@ import sys
 import tempfile
 import time
 import timeit
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
+from typing import Any
 
 import grpc
 import httpx
 from chorus.v1 import chorus_pb2_grpc
-from chorus.v1.chorus_pb2 import ArtifactChunk, ListModelsRequest
+from chorus.v1.chorus_pb2 import ArtifactChunk, DownloadArtifactRequest, ListModelsRequest
+from chorus.v1.messages_pb2 import ArtifactRef
 
 from services.cli.cluster import free_port, start_nats_server
 from services.common.runtime import serve
@@ -130,46 +133,77 @@ def _peak_rss_mib(pid: int) -> float:
     raise RuntimeError("no VmHWM in /proc")
 
 
-async def _upload(stub: chorus_pb2_grpc.ChorusStub, n: int) -> None:
+async def _upload(stub: chorus_pb2_grpc.ChorusStub, n: int) -> ArtifactRef:
     async def chunks() -> AsyncIterator[ArtifactChunk]:
         yield ArtifactChunk(name=f"big-{n}.bin", media_type="application/octet-stream")
         block = os.urandom(1024 * 1024)
         for _ in range(UPLOAD_MIB):
             yield ArtifactChunk(data=block)
 
-    await stub.UploadArtifact(chunks())
+    ref: ArtifactRef = await stub.UploadArtifact(chunks())
+    return ref
 
 
-async def _three_uploads(addr: str, pid: int) -> dict[str, float]:
+async def _download(stub: chorus_pb2_grpc.ChorusStub, artifact_id: str) -> int:
+    size = 0
+    async for chunk in stub.DownloadArtifact(DownloadArtifactRequest(id=artifact_id)):
+        size += len(chunk.data)
+    return size
+
+
+async def _three(
+    addr: str, pid: int, work: Callable[..., Awaitable[object]], *args: object
+) -> tuple[float, float, list[Any]]:
+    """The gateway's peak memory before and after three of `work` at once, and their results."""
     async with grpc.aio.insecure_channel(addr) as channel:
         await channel.channel_ready()
         idle = _peak_rss_mib(pid)
         stub = chorus_pb2_grpc.ChorusStub(channel)
-        await asyncio.gather(*(_upload(stub, n) for n in range(3)))
-    return {"gateway_peak_rss_mib_idle": idle, "gateway_peak_rss_mib_3_uploads": _peak_rss_mib(pid)}
+        done = await asyncio.gather(*(work(stub, arg) for arg in args))
+    return idle, _peak_rss_mib(pid), list(done)
 
 
-def _upload_memory(tmp: Path) -> dict[str, float]:
-    proc, nats_url = start_nats_server(tmp / "nats-uploads")
+@contextmanager
+def _gateway_process(nats_url: str) -> Iterator[tuple[str, int]]:
     addr = f"127.0.0.1:{free_port()}"
     env = {**os.environ, "CHORUS_NATS_URL": nats_url, "CHORUS_GRPC_ADDR": addr}
     gateway = subprocess.Popen(
         [sys.executable, "-m", "services.gateway"], env=env, stderr=subprocess.DEVNULL
     )
     try:
-        return asyncio.run(_three_uploads(addr, gateway.pid))
+        yield addr, gateway.pid
     finally:
         gateway.terminate()
         gateway.wait(30)
+
+
+def _transfer_memory(tmp: Path) -> dict[str, float]:
+    """Three 60 MiB uploads through one gateway process, then three downloads of them through
+    a fresh one (peak memory never falls, so each is measured in a process of its own)."""
+    proc, nats_url = start_nats_server(tmp / "nats-uploads")
+    try:
+        with _gateway_process(nats_url) as (addr, pid):
+            idle, peak, refs = asyncio.run(_three(addr, pid, _upload, 0, 1, 2))
+        with _gateway_process(nats_url) as (addr, pid):
+            ids = [ref.id for ref in refs]
+            down_idle, down_peak, sizes = asyncio.run(_three(addr, pid, _download, *ids))
+        assert sizes == [UPLOAD_MIB * 1024 * 1024] * 3
+    finally:
         proc.terminate()
         proc.wait(10)
+    return {
+        "gateway_peak_rss_mib_idle": idle,
+        "gateway_peak_rss_mib_3_uploads": peak,
+        "gateway_peak_rss_mib_idle_before_downloads": down_idle,
+        "gateway_peak_rss_mib_3_downloads": down_peak,
+    }
 
 
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         figures = asyncio.run(_door_overhead(Path(tmp)))
         figures["key_check_median_us"] = _key_check_us(Path(tmp) / "keys")
-        figures |= _upload_memory(Path(tmp))
+        figures |= _transfer_memory(Path(tmp))
     figures |= _rules_planner_s()
     for kind in ("grpc", "http"):
         figures[f"{kind}_keys_overhead_ratio"] = (
