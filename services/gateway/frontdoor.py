@@ -79,7 +79,8 @@ class FrontDoor:
         self._limits = limits
         self._cancelling: set[asyncio.Task[None]] = set()
         # Requests this replica started and still waits on (start time, owner): they can be
-        # cancelled before their first event, and they are what the limits count.
+        # cancelled before their first event, and they are what the limits count (one still
+        # here after REQUEST_TIMEOUT_S is pruned).
         self._open: dict[str, tuple[float, str]] = {}
         # Of those, the ones whose events nobody has begun to read: freed at START_TIMEOUT_S.
         self._unread: dict[str, asyncio.TimerHandle] = {}
