@@ -118,11 +118,20 @@ def stream_sequences(monitor: str) -> dict[str, float]:
     }
 
 
+def machine_cpu_s() -> float:
+    """CPU seconds every process on this machine has used (`/proc/stat`): with our own, what
+    other work on a shared machine took."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
 def _snapshot(side: BusSide, llm_pid: int) -> dict[str, float]:
     counters = side.counters()
     counters |= {f"stream_{k}": v for k, v in stream_sequences(side.monitor).items()}
     counters["cpu_client"] = time.process_time()
     counters["cpu_llm"] = _pid_cpu_s(llm_pid)
+    counters["machine_cpu"] = machine_cpu_s()
     return counters
 
 
@@ -254,7 +263,8 @@ async def _measure(
                     row.setdefault("rps", []).append(rate)
                     for key in after.keys() & before.keys():
                         per_request = (after[key] - before[key]) / requests
-                        scale = 1000.0 if key.startswith("cpu_") else 1.0  # CPU in ms
+                        cpu = key.startswith("cpu_") or key == "machine_cpu"
+                        scale = 1000.0 if cpu else 1.0  # CPU in ms
                         row.setdefault(key, []).append(per_request * scale)
                     print(
                         f"  round {r + 1} {name:6} {tasks}-task chain: {rate:6.1f} req/s",
@@ -320,7 +330,8 @@ def _check(
     medians: dict[str, dict[int, dict[str, float]]], cores: float
 ) -> dict[str, dict[str, float]]:
     """The model's prediction for each config on this machine against what it did, from the
-    single cluster's costs at the longest chain (services, NATS, load generator and LLM)."""
+    single cluster's costs at the longest chain (services, NATS, load generator and LLM), on
+    the cores that other work on the machine left during the measurement."""
     cost = {
         k.removeprefix("cpu_"): v
         for k, v in medians["single"][CHAINS[-1]].items()
@@ -332,8 +343,10 @@ def _check(
         figures = medians[name][CHAINS[-1]]
         counts = {s: replicas.get(s, 1) for s in one_core_each}
         cpu = sum(v for k, v in figures.items() if k.startswith("cpu_"))
+        others = max(0.0, figures["machine_cpu"] - cpu) * figures["rps"] / 1000  # cores
         out[name] = {
-            "predicted_rps": predicted_rps(cost, counts, cores),
+            "predicted_rps": predicted_rps(cost, counts, cores - others),
+            "cores_taken_by_other_work": others,
             "measured_rps": figures["rps"],
             "cpu_ms_per_request": cpu,
             "cores_used": cpu * figures["rps"] / 1000,
@@ -385,7 +398,8 @@ def _print(figures: dict[str, Any]) -> None:
         t = figures["tallies"][name]
         print(
             f"  {name:6} predicted {c['predicted_rps']:6.1f} req/s, measured {c['measured_rps']:6.1f};"
-            f" {c['cpu_ms_per_request']:5.1f} CPU ms/request, {c['cores_used']:.2f} cores;"
+            f" {c['cpu_ms_per_request']:5.1f} CPU ms/request, {c['cores_used']:.2f} cores"
+            f" (other work {c['cores_taken_by_other_work']:.2f});"
             f" {c['work_messages_per_request']:.2f} work messages/request"
             f" (expected {c['work_messages_expected']});"
             f" well {t['well']}, failed {t['failed']}, lost {t['lost']}, twice {t['twice']}"
