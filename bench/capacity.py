@@ -357,53 +357,75 @@ def _check(
     return out
 
 
-def _print(figures: dict[str, Any]) -> None:
-    m = figures["measured_per_request"]
-    print("\nPer request (single cluster; fixed + per task), CPU ms and stored messages:")
-    for name, c in {**m["cpu_ms"], **m["stream_messages"]}.items():
-        print(f"  {name:28}{c['fixed']:8.2f} + {c['per_task']:6.2f}/task")
+def markdown(figures: dict[str, Any]) -> str:
+    """The figures as the tables deploy/README.md shows."""
+    m, plans = figures["measured_per_request"], figures["targets"]
+    tasks = plans[0]["tasks_per_request"]
+    lines = [
+        f"Per request, fitted over 1- and 3-task chains (fixed + per task), and at the mix's "
+        f"{tasks:.2f} tasks a request:",
+        "",
+        "| | fixed | per task | at the mix |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for kind, unit in (("cpu_ms", "CPU ms"), ("stream_messages", "messages")):
+        for name, c in m[kind].items():
+            if c["fixed"] or c["per_task"]:
+                at = c["fixed"] + c["per_task"] * tasks
+                lines.append(
+                    f"| {name} {unit} | {c['fixed']:.2f} | {c['per_task']:.2f} | {at:.2f} |"
+                )
     b = m["server_bytes"]
-    print(f"  {'server bytes in+out':28}{b['fixed']:8.0f} + {b['per_task']:6.0f}/task")
-    print(f"\nTask mix: {figures['mix_source']}")
-    print(f"\n{'':20}" + "".join(f"{t:>14,}" for t in TARGETS) + "  req/s")
-    plans = figures["targets"]
+    at = b["fixed"] + b["per_task"] * tasks
+    lines += [
+        f"| NATS bytes in+out | {b['fixed']:,.0f} | {b['per_task']:,.0f} | {at:,.0f} |",
+        "",
+        f"One stream leader (probe, server CPU per write): publish {m['stream_write_us']:.1f} us, "
+        f"KV write {m['kv_write_us']:.1f} us.",
+        "",
+        "| target | " + " | ".join(f"{p['rate']:,.0f} req/s" for p in plans) + " |",
+        "| --- |" + " ---: |" * len(plans),
+    ]
+
+    def row(label: str, cells: list[str]) -> None:
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+
     for service in SERVICES:
-        print(
-            f"{service + ' replicas':20}" + "".join(f"{p['replicas'][service]:14}" for p in plans)
-        )
+        row(f"{service} replicas", [f"{p['replicas'][service]}" for p in plans])
     for device in plans[0]["executor_devices"]:
-        print(
-            f"{device + ' executors':20}"
-            + "".join(f"{p['executor_devices'][device]:14}" for p in plans)
+        row(
+            f"{device} executors (task types)",
+            [f"{p['executor_devices'][device]:,}" for p in plans],
         )
-    print(f"{'NATS cores':20}" + "".join(f"{p['nats_cores']:14.1f}" for p in plans))
-    print(f"{'NATS nodes':20}" + "".join(f"{p['nats_nodes']:14}" for p in plans))
+    row("NATS server cores (R3)", [f"{p['nats_cores']:.1f}" for p in plans])
+    row("NATS nodes", [f"{p['nats_nodes']}" for p in plans])
     for stream in plans[0]["streams"]:
-        row = "".join(
-            f"{p['streams'][stream]['messages_per_s']:9.0f} /{p['streams'][stream]['partitions']:2}p"
-            for p in plans
-        )
-        print(f"{stream + ' msg/s':20}{row}")
+        loads = [p["streams"][stream] for p in plans]
+        if loads[0]["messages_per_s"]:
+            row(
+                f"`{stream}` msg/s (partitions)",
+                [f"{x['messages_per_s']:,.0f} ({x['partitions']})" for x in loads],
+            )
     first = plans[0]
-    print(
-        f"\nOne stream leader, server CPU per write: publish {m['stream_write_us']:.1f} us, "
-        f"KV {m['kv_write_us']:.1f} us"
-    )
-    print(
-        f"First limit that replicas do not lift: {first['first_limit']} at "
-        f"{first['first_limit_rps']:,.0f} req/s (one stream leader at {Assumptions().busy:.0%})"
-    )
-    print("\nCheck on this machine (3-task chain):")
+    lines += [
+        "",
+        f"First limit that replicas do not lift: `{first['first_limit']}`, one stream leader "
+        f"at {first['first_limit_rps']:,.0f} req/s.",
+        "",
+        "| on this machine, 3-task chain | predicted req/s | measured req/s | CPU ms/request "
+        "| other work (cores) | work messages/request | well | failed | lost | twice |",
+        "| --- |" + " ---: |" * 9,
+    ]
     for name, c in figures["check"].items():
         t = figures["tallies"][name]
-        print(
-            f"  {name:6} predicted {c['predicted_rps']:6.1f} req/s, measured {c['measured_rps']:6.1f};"
-            f" {c['cpu_ms_per_request']:5.1f} CPU ms/request, {c['cores_used']:.2f} cores"
-            f" (other work {c['cores_taken_by_other_work']:.2f});"
-            f" {c['work_messages_per_request']:.2f} work messages/request"
-            f" (expected {c['work_messages_expected']});"
-            f" well {t['well']}, failed {t['failed']}, lost {t['lost']}, twice {t['twice']}"
+        replicas = ", ".join(f"{n} {s}" for s, n in CONFIGS[name].items())
+        lines.append(
+            f"| {name} ({replicas}) | {c['predicted_rps']:.1f} | {c['measured_rps']:.1f} "
+            f"| {c['cpu_ms_per_request']:.1f} | {c['cores_taken_by_other_work']:.2f} "
+            f"| {c['work_messages_per_request']:.2f} (of {c['work_messages_expected']}) "
+            f"| {t['well']} | {t['failed']} | {t['lost']} | {t['twice']} |"
         )
+    return "\n".join(lines) + "\n"
 
 
 def main() -> int:
@@ -457,8 +479,10 @@ def main() -> int:
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(figures, indent=2, default=str) + "\n")
-    _print(figures)
-    print(f"wrote {RESULTS.relative_to(ROOT)}")
+    table = markdown(figures)
+    RESULTS.with_suffix(".md").write_text(table)
+    print("\n" + table)
+    print(f"wrote {RESULTS.relative_to(ROOT)} and {RESULTS.with_suffix('.md').relative_to(ROOT)}")
     return 0
 
 
