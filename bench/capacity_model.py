@@ -214,11 +214,10 @@ def plan_capacity(
     )
     streams = {}
     for name, cost in measured.stream_messages.items():
+        if not (per_request := cost.at(tasks)):
+            continue  # a stream requests do not write to (dead letters)
         leader = assume.stream_messages_per_s or measured.leader_messages_per_s(name)
-        per_request = cost.at(tasks)
-        ceiling = (
-            leader * assume.busy / assume.leader_factor / per_request if per_request else math.inf
-        )
+        ceiling = leader * assume.busy / assume.leader_factor / per_request
         streams[name] = StreamLoad(rate * per_request, ceiling, _ceil(rate / ceiling))
     first = min(streams, key=lambda n: streams[n].ceiling_rps)
     return Capacity(

@@ -21,7 +21,11 @@ def _measured(**overrides: float) -> Measured:
     figures = {"stream_write_us": 10.0, "kv_write_us": 20.0} | overrides
     return Measured(
         cpu_ms={**{s: Cost(2.0, 1.0) for s in SERVICES}, "nats": Cost(1.0, 1.0)},
-        stream_messages={"CHORUS_WORK": Cost(3.0, 2.0), "KV_chorus_runs": Cost(2.0, 1.0)},
+        stream_messages={
+            "CHORUS_WORK": Cost(3.0, 2.0),
+            "KV_chorus_runs": Cost(2.0, 1.0),
+            "CHORUS_DEADLETTER": Cost(0.0, 0.0),
+        },
         server_bytes=Cost(10_000.0, 1_000.0),
         **figures,
     )
@@ -64,6 +68,7 @@ def test_executors_follow_the_mix_and_the_seconds_per_task_of_each_device() -> N
 
 def test_the_stream_with_the_most_messages_per_leader_capacity_is_the_first_limit() -> None:
     capacity = plan_capacity(10_000, {"a": 3.0}, _measured(), {}, Assumptions())
+    assert set(capacity.streams) == {"CHORUS_WORK", "KV_chorus_runs"}  # none to dead letters
     work, runs = capacity.streams["CHORUS_WORK"], capacity.streams["KV_chorus_runs"]
     # one leader: 1e6 / 10 us = 100k msg/s at R1; x 0.7 busy / 1.5 for R3: 46.7k msg/s;
     # CHORUS_WORK holds 3 + 2 x 3 = 9 messages a request: 5,185 req/s
