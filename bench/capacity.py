@@ -30,7 +30,7 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -57,6 +57,7 @@ from bench.pipeline import BusSide, _get_json, _pid_cpu_s, scripted_llm
 from bench.stats import throughput
 from services.cli.cluster import start_nats_server
 from services.common import subjects
+from tests.fault.harness import Tally
 from tests.support import CANNY_CHAIN_ANSWER, ScriptedLLM, square_png
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,18 +95,6 @@ def chains_llm() -> ScriptedLLM:
 
 
 # --- one cluster: its counters and its client ------------------------------------------------
-
-
-@dataclass
-class Tally:
-    """What the users of one cluster saw."""
-
-    well: int = 0
-    failed: int = 0
-    lost: int = 0  # no answer: the call raised or timed out
-    twice: int = 0  # request ids whose response was published more than once
-    responses: int = 0  # request ids with a response in CHORUS_EVENTS
-    errors: list[str] = field(default_factory=list)
 
 
 def stream_sequences(monitor: str) -> dict[str, float]:
@@ -154,12 +143,14 @@ async def _client(side: BusSide, tally: Tally) -> AsyncIterator[Ask]:
             text = f"Edges of photo.png, capacity-chain-{tasks}"
             request = ChatRequest(messages=[ChatMessage(role="user", content=text)])
             request.messages[0].artifacts.append(photo)
+            started = time.monotonic()
             try:
                 response = await stub.Chat(request, timeout=120)
             except grpc.aio.AioRpcError as e:
                 tally.lost += 1
                 tally.errors.append(f"{e.code()}: {e.details()}")
                 return
+            tally.latencies.append(time.monotonic() - started)
             statuses = [r.status for r in response.results]
             if statuses == [TaskStatus.TASK_STATUS_SUCCEEDED] * tasks and (
                 response.answer == CANNY_CHAIN_ANSWER
@@ -180,7 +171,6 @@ async def _count_responses(side: BusSide, tally: Tally) -> None:
             subjects.EVENTS_STREAM, subjects_filter="chorus.response.>"
         )
         counts = info.state.subjects or {}
-        tally.responses = len(counts)
         tally.twice = sum(1 for n in counts.values() if n > 1)
     finally:
         await nc.close()
@@ -474,7 +464,7 @@ def main() -> int:
         "profiles": {t: asdict(p) for t, p in profiles.items()},
         "targets": [asdict(p) for p in plans],
         "check": _check(medians, cores),
-        "tallies": {n: asdict(t) | {"errors": t.errors[:5]} for n, t in tallies.items()},
+        "tallies": {n: t.figures(crashes=0) | {"errors": t.errors[:5]} for n, t in tallies.items()},
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(figures, indent=2, default=str) + "\n")
