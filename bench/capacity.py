@@ -284,10 +284,7 @@ def measured_model(single: dict[int, dict[str, float]], probe: dict[str, float])
     return Measured(
         cpu_ms={s: fit(f"cpu_{s}") for s in (*SERVICES, "nats")},
         stream_messages={s: fit(f"stream_{s}") for s in sorted(streams)},
-        server_bytes=Cost(
-            fit("bytes_in").fixed + fit("bytes_out").fixed,
-            fit("bytes_in").per_task + fit("bytes_out").per_task,
-        ),
+        server_bytes=fit("bytes_in") + fit("bytes_out"),
         stream_write_us=probe["stream_publish"],
         kv_write_us=probe["kv_write"],
     )

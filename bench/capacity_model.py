@@ -29,6 +29,9 @@ class Cost:
     def at(self, tasks: float) -> float:
         return self.fixed + self.per_task * tasks
 
+    def __add__(self, other: Cost) -> Cost:
+        return Cost(self.fixed + other.fixed, self.per_task + other.per_task)
+
     @staticmethod
     def fit(tasks_a: float, value_a: float, tasks_b: float, value_b: float) -> Cost:
         """The line through two measurements (chains of `tasks_a` and `tasks_b` tasks); a

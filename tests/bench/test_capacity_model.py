@@ -35,6 +35,7 @@ def test_cost_fit_splits_two_chain_lengths_into_fixed_and_per_task() -> None:
     cost = Cost.fit(1, 5.0, 3, 9.0)
     assert cost == Cost(3.0, 2.0)
     assert cost.at(2.5) == 8.0
+    assert cost + Cost(1.0, 0.5) == Cost(4.0, 2.5)
 
 
 def test_cost_fit_reads_a_longer_chain_that_cost_less_as_no_cost_per_task() -> None:
