@@ -308,7 +308,7 @@ def load_mix() -> tuple[dict[str, float], dict[str, TaskProfile], str]:
         plans.append([t for t in tasks if t in TASKBENCH_PROFILES])
     source = (
         f"{PREDICTIONS} ({len(plans)} plans; {unknown} of {total} tasks name no TaskBench tool "
-        "and are left out, as the planner drops them)"
+        "and are left out)"
     )
     return task_mix(plans), TASKBENCH_PROFILES, source
 
