@@ -290,6 +290,14 @@ def measured_model(single: dict[int, dict[str, float]], probe: dict[str, float])
     )
 
 
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return "unknown"
+
+
 def data_dir() -> Path:
     return Path(os.environ.get("CHORUS_SHARED_DATA") or ROOT.parent / "shared" / "data")
 
@@ -348,7 +356,12 @@ def markdown(figures: dict[str, Any]) -> str:
     """The figures as the tables deploy/README.md shows."""
     m, plans = figures["measured_per_request"], figures["targets"]
     tasks = plans[0]["tasks_per_request"]
+    config = figures["config"]
+    start, end = config["load_average_1min"]
     lines = [
+        f"Machine: {config['cpus']} x {config['cpu_model']}, load average {start:.1f} at the "
+        f"start and {end:.1f} at the end (other work shares it).",
+        "",
         f"Per request, fitted over 1- and 3-task chains (fixed + per task), and at the mix's "
         f"{tasks:.2f} tasks a request:",
         "",
@@ -424,6 +437,7 @@ def main() -> int:
     parser.add_argument("--probe-writes", type=int, default=30_000)
     args = parser.parse_args()
     cores = float(os.cpu_count() or 1)
+    load_before = os.getloadavg()[0]
     with scripted_llm(chains_llm) as (llm_url, llm_pid):
         sides = {
             name: BusSide(name, ROOT, llm_url, IMAGE_SIDE, replicas=replicas)
@@ -451,6 +465,8 @@ def main() -> int:
             "concurrency": CONCURRENCY,
             "chains": list(CHAINS),
             "cpus": os.cpu_count(),
+            "cpu_model": _cpu_model(),
+            "load_average_1min": [load_before, os.getloadavg()[0]],  # at the start, at the end
             "replicas": CONFIGS,
         },
         "runs": {n: {str(t): row for t, row in by.items()} for n, by in medians.items()},
