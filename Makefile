@@ -48,6 +48,7 @@ demo: setup
 
 bench: setup
 	$(PY) -m bench.pipeline
+	$(PY) -m bench.capacity
 	$(PY) -m bench.taskbench_rules
 	$(PY) -m bench.planner_robustness
 	$(PY) -m bench.planner_latency

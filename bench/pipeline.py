@@ -51,7 +51,7 @@ from chorus.v1.messages_pb2 import (
 from chorus.v1.workers_pb2 import ServedModel, WorkerInfo
 
 from bench.stats import p99, throughput
-from services.cli.cluster import SERVICES, LocalCluster, free_port, nats_server_binary
+from services.cli.cluster import LocalCluster, free_port, nats_server_binary
 from services.common.llm import OpenAILLM
 from services.common.settings import Settings
 from services.executor.execute import execute
@@ -61,7 +61,7 @@ from services.selector.catalog import Catalog
 from services.selector.dag import ready_tasks, resolve_args
 from services.selector.rank import RequestFacts, rank
 from services.selector.select import decide
-from tests.support import MemoryArtifacts, canny_chain_llm, local_run, square_png
+from tests.support import MemoryArtifacts, ScriptedLLM, canny_chain_llm, local_run, square_png
 
 WORKLOADS = {"canny": 128, "noop": 8}  # the side of the square image the chain works on
 LATENCY_REQUESTS = int(os.environ.get("BENCH_REQUESTS", "30"))  # per round, at concurrency 1
@@ -128,6 +128,7 @@ class BusSide:
     llm_url: str
     image_side: int
     traced_to: str = ""  # an OTLP endpoint: every service exports its spans there
+    replicas: dict[str, int] = field(default_factory=dict)  # as LocalCluster.replicas
     addr: str = field(default_factory=lambda: f"127.0.0.1:{free_port()}")
     _nats: Any = None
     _cluster: LocalCluster | None = None
@@ -149,6 +150,9 @@ class BusSide:
             "CHORUS_EXECUTOR_DEFAULTS": "0",
             "CHORUS_EXECUTOR_CAPACITY": "4",
             "CHORUS_LOG_LEVEL": "WARNING",
+            # One client without a key asks at concurrency 32: the front door's per-key limit
+            # (8 by default) would turn most of its calls away.
+            "CHORUS_MAX_REQUESTS_PER_KEY": "64",
         }
         if self.traced_to:
             env |= {"OTEL_EXPORTER_OTLP_ENDPOINT": self.traced_to, "OTEL_BSP_SCHEDULE_DELAY": "200"}
@@ -157,6 +161,7 @@ class BusSide:
             grpc_addr=self.addr,
             executor_models=["canny-control=builtin:canny"],
             env=env,
+            replicas=self.replicas,
         )
         here = Path.cwd()
         os.chdir(self.tree)  # the services run this tree's code: `python -m` looks in the cwd
@@ -165,6 +170,11 @@ class BusSide:
             self._cluster.start()
         finally:
             os.chdir(here)
+
+    @property
+    def nats_url(self) -> str:
+        assert self._cluster is not None
+        return str(self._cluster.nats_url)
 
     def stop(self) -> None:
         if self._cluster is not None:
@@ -176,15 +186,20 @@ class BusSide:
             self._tmp.cleanup()
 
     def counters(self) -> dict[str, float]:
-        """Cumulative CPU seconds of each process and the server's message counters."""
+        """Cumulative CPU seconds of each service (all its processes) and the server's message
+        counters."""
         assert self._cluster is not None
-        cpu = {n: _process_cpu_s(self._cluster.metrics_ports[n]) for n in SERVICES}
+        cpu: dict[str, float] = defaultdict(float)
+        for name, service in self._cluster.processes.items():
+            cpu[service] += _process_cpu_s(self._cluster.metrics_ports[name])
         cpu["nats"] = _pid_cpu_s(self._nats.pid)
         varz, jsz = _get_json(f"{self.monitor}/varz"), _get_json(f"{self.monitor}/jsz")
         return {
             **{f"cpu_{n}": s for n, s in cpu.items()},
             "messages_in": varz["in_msgs"],
             "messages_out": varz["out_msgs"],
+            "bytes_in": varz["in_bytes"],
+            "bytes_out": varz["out_bytes"],
             "jetstream_api_calls": jsz.get("api", {}).get("total", 0),
             "consumers": jsz.get("consumers", 0),
         }
@@ -448,22 +463,25 @@ def _print(name: str, result: dict[str, Any]) -> None:
         print("  this / before: " + ", ".join(f"{k} {v:.2f}" for k, v in ratios.items()))
 
 
-def _serve_llm(urls: multiprocessing.Queue[str]) -> None:
-    llm = canny_chain_llm()
-    urls.put(llm.base_url)
+def _serve_llm(urls: multiprocessing.Queue[str], make: Callable[[], ScriptedLLM]) -> None:
+    urls.put(make().base_url)
     threading.Event().wait()  # until terminated
 
 
 @contextlib.contextmanager
-def _scripted_llm() -> Iterator[str]:
-    """The scripted LLM in a process of its own: the in-process side's stages must not share
-    an interpreter (and its lock) with the server they call, as the bus side's do not."""
+def scripted_llm(
+    make: Callable[[], ScriptedLLM] = canny_chain_llm,
+) -> Iterator[tuple[str, int]]:
+    """A started scripted LLM in a process of its own: its URL and process id. The in-process
+    side's stages must not share an interpreter (and its lock) with the server they call, as
+    the bus side's do not."""
     context = multiprocessing.get_context("fork")
     urls: multiprocessing.Queue[str] = context.Queue()
-    server = context.Process(target=_serve_llm, args=(urls,), daemon=True)
+    server = context.Process(target=_serve_llm, args=(urls, make), daemon=True)
     server.start()
     try:
-        yield urls.get(timeout=30)
+        assert server.pid is not None
+        yield urls.get(timeout=30), server.pid
     finally:
         server.terminate()
         server.join(10)
@@ -488,7 +506,7 @@ def main() -> int:
             "trees": {k: str(v) for k, v in trees.items()},
         }
     }
-    with _scripted_llm() as llm_url:
+    with scripted_llm() as (llm_url, _):
         for name in args.workload or sorted(WORKLOADS):
             figures[name] = _workload(name, llm_url, trees, args.rounds)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

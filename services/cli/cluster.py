@@ -97,6 +97,11 @@ class LocalCluster:
     # Role -> password of the embedded NATS's users (none for a NATS given by URL).
     nats_passwords: dict[str, str] = field(default_factory=dict)
     integrator_credentials: Path | None = None
+    # Processes per service (one where not named), each named `selector`, `selector-1`, ...;
+    # `"gateway": 1` runs the front door apart from the planner (as deploy/k8s does), so that
+    # several planners can run beside it.
+    replicas: dict[str, int] = field(default_factory=dict)
+    processes: dict[str, str] = field(default_factory=dict)  # process name -> service
     _procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     _tmp: tempfile.TemporaryDirectory[str] | None = None
 
@@ -104,8 +109,10 @@ class LocalCluster:
         try:
             if self.nats_url is None:
                 self._start_nats()
-            for name in SERVICES:
-                self._start_service(name)
+            services = (*SERVICES, "gateway") if self.replicas.get("gateway") else SERVICES
+            for service in services:
+                for i in range(self.replicas.get(service, 1)):
+                    self._start_service(f"{service}-{i}" if i else service, service)
             self._wait_ready(timeout_s)
         except BaseException:
             self.stop()
@@ -123,7 +130,7 @@ class LocalCluster:
             credentials = {"url": self.nats_url, "user": "integrator"}
             json.dump({**credentials, "password": self.nats_passwords["integrator"]}, f)
 
-    def _start_service(self, name: str) -> None:
+    def _start_service(self, name: str, service: str) -> None:
         port = free_port()
         env = {
             **os.environ,
@@ -134,20 +141,23 @@ class LocalCluster:
             "CHORUS_GRPC_ADDR": self.grpc_addr,
         }
         if self.nats_passwords:  # each service as its own role
-            env["CHORUS_NATS_USER"] = name
-            env["CHORUS_NATS_PASSWORD"] = self.nats_passwords[name]
-        if name == "planner":
+            env["CHORUS_NATS_USER"] = service
+            env["CHORUS_NATS_PASSWORD"] = self.nats_passwords[service]
+        if service in ("planner", "gateway"):
             env["CHORUS_OPENAI_ADDR"] = self.openai_addr
-        if name == "executor" and self.executor_models:
+        if service == "planner" and self.replicas.get("gateway"):
+            env["CHORUS_PLANNER_HOSTS_GATEWAY"] = "0"
+        if service == "executor" and self.executor_models:
             env["CHORUS_EXECUTOR_MODELS"] = ";".join(self.executor_models)
         self._procs[name] = subprocess.Popen(
-            [sys.executable, "-m", f"services.{name}"],
+            [sys.executable, "-m", f"services.{service}"],
             env=env,
             stdout=self._log(name),
             stderr=subprocess.STDOUT,
             preexec_fn=_die_with_parent,
         )
         self.metrics_ports[name] = port
+        self.processes[name] = service
 
     def _log(self, name: str) -> IO[bytes] | int:
         if self.log_dir is None:
@@ -157,7 +167,7 @@ class LocalCluster:
 
     def _wait_ready(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
-        pending = set(SERVICES)
+        pending = set(self.processes)
         while pending:
             for name in list(pending):
                 proc = self._procs[name]
