@@ -46,7 +46,8 @@ REQUEST_ID = "Chorus-Request-Id"
 ERROR_HEADER = "Chorus-Error"
 TRACEPARENT = "traceparent"
 EVENT_RETENTION_S = 3600.0
-IDLE_CHECK_FETCHES = 5  # empty one-second fetches between checks that the consumer exists
+FETCH_TIMEOUT_S = 1.0  # how long one pull waits on an idle stream
+IDLE_CHECK_FETCHES = 5  # empty fetches between checks that the consumer exists
 
 
 # Bounds on what the bus may hold (settings CHORUS_STREAM_MAX_BYTES): a flood of requests or
@@ -294,9 +295,7 @@ class Consumer(Generic[M]):
                     async with spec.shared_slots:
                         pass
                 try:
-                    # One at a time: a waiting fetch of N returns only when N arrive or it
-                    # times out, which would hold a lone message back for the whole timeout.
-                    msgs = await sub.fetch(1, timeout=1.0)
+                    msgs = await sub.fetch(self._free_slots(), timeout=FETCH_TIMEOUT_S)
                 except (TimeoutError, NatsTimeoutError):
                     idle += 1
                     if idle % IDLE_CHECK_FETCHES == 0:
@@ -313,6 +312,17 @@ class Consumer(Generic[M]):
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
+
+    def _free_slots(self) -> int:
+        """How many messages one fetch may take: every free slot, so a burst comes in one
+        round trip. nats-py's fetch of several asks with `no_wait` and an expiry: the server
+        answers as soon as any message is there, with all it has up to the batch, so a lone
+        message is not held back waiting for the rest. Under shared slots one at a time:
+        the free count belongs to every consumer of the process, and work it could not start
+        must stay in the stream for another replica."""
+        if self._spec.shared_slots is not None:
+            return 1
+        return max(1, self._spec.concurrency - len(self._tasks))
 
     def stop(self) -> None:
         self._stopping.set()

@@ -7,7 +7,7 @@ import contextlib
 import logging
 import os
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any
@@ -83,6 +83,25 @@ async def serve(name: str, settings: Settings, build: Build, stop: asyncio.Event
         log.info("%s stopping", name)
 
 
+def event_loop_factory(wanted: bool = True) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop where it is installed (it is with the services' install), else None:
+    the stock asyncio loop, silently. Same API; its I/O costs less CPU per message."""
+    if not wanted:
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
+def run_loop(main: Coroutine[Any, Any, None], *, uvloop: bool = True) -> None:
+    """Runs a service's `main` to the end, on uvloop where it is installed and `uvloop` wants it."""
+    with asyncio.Runner(loop_factory=event_loop_factory(uvloop)) as runner:
+        runner.run(main)
+
+
 async def _drain(nc: NATS) -> None:
     with contextlib.suppress(Exception):
         await nc.drain()
@@ -109,7 +128,7 @@ def main(name: str, build: Build) -> None:
         await serve(name, settings, build, stop)
 
     try:
-        asyncio.run(run())
+        run_loop(run(), uvloop=settings.uvloop)
     except SettingsError as e:
         raise SystemExit(f"chorus {name}: {e}") from e
     finally:
