@@ -176,7 +176,7 @@ async def publish(
         await retrying("publish", lambda: js.publish(subject, data, headers=headers))
 
 
-async def pipelined(sends: Iterable[Awaitable[None]]) -> None:
+async def pipelined(sends: Iterable[Awaitable[object]]) -> None:
     """Runs publishes together: each is sent in the order given (one connection keeps that
     order on the server), and their acks are awaited at once instead of one after another.
     Raises the first failure once all have ended; a redelivery sends again, deduplicated."""
