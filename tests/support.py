@@ -64,6 +64,9 @@ class ScriptedLLM:
             # Keep-alive, as real LLM servers: a client that keeps its connection is measured
             # with it (streams are sent chunked, so the connection outlives them too).
             protocol_version = "HTTP/1.1"
+            # Headers and body go out in separate writes: with Nagle's algorithm the second
+            # waits for the client's delayed ACK (40 ms) on a connection that stays open.
+            disable_nagle_algorithm = True
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass

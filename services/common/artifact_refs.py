@@ -26,8 +26,8 @@ class BadMediaType(ValueError):
 
 
 class BadInline(ValueError):
-    """Inline bytes that are not taken: over the size setting, unlike their stated size, or
-    of a bad media type. `reason` labels the counter."""
+    """Inline bytes that are not taken: over the size limit, unlike their stated size, or of
+    a bad media type. `reason` labels the counter."""
 
     def __init__(self, message: str, reason: str) -> None:
         super().__init__(message)
@@ -79,8 +79,7 @@ def inline_file(ref: ArtifactRef, max_bytes: int) -> tuple[str, Kind.ValueType, 
     size = len(ref.inline)
     if size > max_bytes:
         raise BadInline(
-            f"inline file {ref.name!r} is {size} bytes, over the {max_bytes}-byte inline "
-            "limit (CHORUS_INLINE_MAX_BYTES)",
+            f"inline file {ref.name!r} is {size} bytes, over the {max_bytes}-byte inline limit",
             "too_large",
         )
     if ref.size != size:
