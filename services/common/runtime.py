@@ -65,7 +65,8 @@ async def serve(name: str, settings: Settings, build: Build, stop: asyncio.Event
         health = HealthServer(settings.metrics_host, settings.metrics_port, ready)
         await health.start()
         stack.push_async_callback(health.stop)
-        log.info("%s serving", name, extra={"fields": {"metrics_port": health.port}})
+        loop = type(asyncio.get_running_loop()).__module__.split(".")[0]  # uvloop or asyncio
+        log.info("%s serving", name, extra={"fields": {"metrics_port": health.port, "loop": loop}})
         stopped = asyncio.create_task(stop.wait())
         await asyncio.wait([stopped, *tasks], return_when=asyncio.FIRST_COMPLETED)
         crashed = [t for t in tasks if t.done() and not t.cancelled() and t.exception()]
