@@ -49,6 +49,7 @@ class ScriptedLLM:
     cut_after: int | None = None
     json_mode_supported: bool = True  # False: answer 400 to `response_format`, as many servers do
     requests: list[dict[str, Any]] = field(default_factory=list)
+    connections: int = 0  # TCP connections accepted: a client that keeps its own makes one
     port: int = 0
     _server: ThreadingHTTPServer | None = None
 
@@ -60,8 +61,19 @@ class ScriptedLLM:
         llm = self
 
         class Handler(BaseHTTPRequestHandler):
+            # Keep-alive, as real LLM servers: a client that keeps its connection is measured
+            # with it (streams are sent chunked, so the connection outlives them too).
+            protocol_version = "HTTP/1.1"
+            # Headers and body go out in separate writes: with Nagle's algorithm the second
+            # waits for the client's delayed ACK (40 ms) on a connection that stays open.
+            disable_nagle_algorithm = True
+
             def log_message(self, format: str, *args: Any) -> None:
                 pass
+
+            def setup(self) -> None:
+                llm.connections += 1
+                super().setup()
 
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -88,17 +100,21 @@ class ScriptedLLM:
             def _stream(self, reply: str, model: str) -> None:
                 self.send_response(200)
                 self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Transfer-Encoding", "chunked")
                 self.end_headers()
                 words = reply.split(" ")
                 for i, word in enumerate(words):
                     if llm.cut_after is not None and i >= llm.cut_after:
-                        return  # the connection closes with no finish_reason and no [DONE]
+                        # The connection closes with no finish_reason and no [DONE].
+                        self.close_connection = True
+                        return
                     if i and llm.token_interval_s:
                         time.sleep(llm.token_interval_s)
                     piece = word + (" " if i < len(words) - 1 else "")
                     self._chunk(model, {"content": piece}, None)
                 self._chunk(model, {}, "stop")
-                self.wfile.write(b"data: [DONE]\n\n")
+                self._send_chunk(b"data: [DONE]\n\n")
+                self._send_chunk(b"")  # the end of the chunked body
 
             def _chunk(self, model: str, delta: dict[str, str], finish: str | None) -> None:
                 chunk = {
@@ -108,7 +124,10 @@ class ScriptedLLM:
                     "model": model,
                     "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
                 }
-                self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                self._send_chunk(f"data: {json.dumps(chunk)}\n\n".encode())
+
+            def _send_chunk(self, data: bytes) -> None:
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
                 self.wfile.flush()
 
         class Server(ThreadingHTTPServer):

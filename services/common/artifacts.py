@@ -9,7 +9,7 @@ import json
 import logging
 import secrets
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from datetime import UTC, datetime
 from typing import IO, Any
 
@@ -18,7 +18,7 @@ from nats.js import JetStreamContext
 from nats.js.api import ObjectStoreConfig, StorageType
 from nats.js.errors import BadRequestError, NotFoundError
 
-from services.common import subjects
+from services.common import bus, subjects
 from services.common.artifact_refs import (
     MEDIA_TYPE,
     ArtifactNotFound,
@@ -38,6 +38,7 @@ _OWNER_HEADER = "Chorus-Owner"
 _REQUEST_HEADER = "Chorus-Request-Id"
 _OCTETS = "application/octet-stream"
 _CHUNK_BYTES = 128 * 1024  # nats-py's chunk size
+_CHUNKS_IN_FLIGHT = 8  # a large file's chunks awaited 1 MiB at a time, within nats-py's buffer
 
 
 class ArtifactStore:
@@ -103,10 +104,14 @@ class ArtifactStore:
         nuid = uuid.uuid4().hex
         chunk_subject = f"$O.{self._bucket}.C.{nuid}"
         digest, size, chunks = hashlib.sha256(), 0, 0
+        sending: list[Awaitable[object]] = []
         for chunk in _chunks(data):
-            await self._js.publish(chunk_subject, chunk)
+            sending.append(self._js.publish(chunk_subject, chunk))
             digest.update(chunk)
             size, chunks = size + len(chunk), chunks + 1
+            if len(sending) == _CHUNKS_IN_FLIGHT:
+                await bus.pipelined(sending)
+                sending = []
         info = {
             "name": artifact_id,
             "bucket": self._bucket,
@@ -119,9 +124,14 @@ class ArtifactStore:
             "options": {"max_chunk_size": _CHUNK_BYTES},
         }
         rollup = {"Nats-Rollup": "sub"}  # the newest metadata replaces any earlier one
-        await self._js.publish(
-            self._meta_subject(artifact_id), json.dumps(info).encode(), headers=rollup
+        # Sent behind the last chunks on the same connection, so the server stores it after
+        # them; their acks are awaited together (one round trip for a small file, not two).
+        sending.append(
+            self._js.publish(
+                self._meta_subject(artifact_id), json.dumps(info).encode(), headers=rollup
+            )
         )
+        await bus.pipelined(sending)  # a failure: the caller's retry writes the whole file again
         return size
 
     def _meta_subject(self, artifact_id: str) -> str:

@@ -46,7 +46,9 @@ REQUEST_ID = "Chorus-Request-Id"
 ERROR_HEADER = "Chorus-Error"
 TRACEPARENT = "traceparent"
 EVENT_RETENTION_S = 3600.0
-IDLE_CHECK_FETCHES = 5  # empty one-second fetches between checks that the consumer exists
+FETCH_TIMEOUT_S = 1.0  # how long one pull waits on an idle stream
+BACKLOG_FETCH_TIMEOUT_S = 0.05  # how long a pull for messages known to be waiting may take
+IDLE_CHECK_FETCHES = 5  # empty fetches between checks that the consumer exists
 
 
 # Bounds on what the bus may hold (settings CHORUS_STREAM_MAX_BYTES): a flood of requests or
@@ -175,7 +177,7 @@ async def publish(
         await retrying("publish", lambda: js.publish(subject, data, headers=headers))
 
 
-async def pipelined(sends: Iterable[Awaitable[None]]) -> None:
+async def pipelined(sends: Iterable[Awaitable[object]]) -> None:
     """Runs publishes together: each is sent in the order given (one connection keeps that
     order on the server), and their acks are awaited at once instead of one after another.
     Raises the first failure once all have ended; a redelivery sends again, deduplicated."""
@@ -282,6 +284,7 @@ class Consumer(Generic[M]):
     async def _pull(self, sub: JetStreamContext.PullSubscription) -> None:
         spec = self._spec
         idle = 0
+        backlog = 0  # messages the consumer held after the last one fetched
         try:
             while not self._stopping.is_set():
                 if len(self._tasks) >= spec.concurrency:
@@ -293,11 +296,20 @@ class Consumer(Generic[M]):
                     # while they hand the slot round, and none would ever fetch.
                     async with spec.shared_slots:
                         pass
+                # One at a time until a backlog shows, then as many as are waiting and fit:
+                # nats-py's fetch of several can hold a lone message back for its whole wait
+                # (when a late status of an earlier pull answers its first request), so it is
+                # asked only for messages known to be there, and briefly.
+                batch = min(backlog, self._free_slots())
                 try:
-                    # One at a time: a waiting fetch of N returns only when N arrive or it
-                    # times out, which would hold a lone message back for the whole timeout.
-                    msgs = await sub.fetch(1, timeout=1.0)
+                    if batch > 1:
+                        msgs = await sub.fetch(batch, timeout=BACKLOG_FETCH_TIMEOUT_S)
+                    else:
+                        msgs = await sub.fetch(1, timeout=FETCH_TIMEOUT_S)
                 except (TimeoutError, NatsTimeoutError):
+                    if batch > 1:
+                        backlog = 0  # taken by other replicas meanwhile
+                        continue
                     idle += 1
                     if idle % IDLE_CHECK_FETCHES == 0:
                         # A pull on a consumer that was deleted (its stream gone with a
@@ -306,6 +318,7 @@ class Consumer(Generic[M]):
                     continue
                 idle = 0
                 OUTAGE.recovered()
+                backlog = _pending_after(msgs)
                 for msg in msgs:
                     task = asyncio.create_task(self._process(msg))
                     self._tasks.add(task)
@@ -313,6 +326,15 @@ class Consumer(Generic[M]):
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
+
+    def _free_slots(self) -> int:
+        """How many messages one fetch may take: every free slot, so a backlog comes in one
+        round trip. Under shared slots one at a time: the free count belongs to every
+        consumer of the process, and work it could not start must stay in the stream for
+        another replica."""
+        if self._spec.shared_slots is not None:
+            return 1
+        return max(1, self._spec.concurrency - len(self._tasks))
 
     def stop(self) -> None:
         self._stopping.set()
@@ -390,6 +412,14 @@ class Consumer(Generic[M]):
         subject = subjects.deadletter(stage)
         await retrying("dead-letter", lambda: self._js.publish(subject, msg.data, headers=headers))
         await _quietly(msg.ack())
+
+
+def _pending_after(msgs: list[Msg]) -> int:
+    """How many messages the consumer still held when the last of `msgs` was delivered."""
+    try:
+        return int(msgs[-1].metadata.num_pending or 0) if msgs else 0
+    except Exception:  # not a JetStream delivery (no metadata in its reply subject)
+        return 0
 
 
 async def _quietly(reply: Awaitable[None]) -> None:

@@ -7,7 +7,7 @@ import contextlib
 import logging
 import os
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any
@@ -65,7 +65,8 @@ async def serve(name: str, settings: Settings, build: Build, stop: asyncio.Event
         health = HealthServer(settings.metrics_host, settings.metrics_port, ready)
         await health.start()
         stack.push_async_callback(health.stop)
-        log.info("%s serving", name, extra={"fields": {"metrics_port": health.port}})
+        loop = type(asyncio.get_running_loop()).__module__.split(".")[0]  # uvloop or asyncio
+        log.info("%s serving", name, extra={"fields": {"metrics_port": health.port, "loop": loop}})
         stopped = asyncio.create_task(stop.wait())
         await asyncio.wait([stopped, *tasks], return_when=asyncio.FIRST_COMPLETED)
         crashed = [t for t in tasks if t.done() and not t.cancelled() and t.exception()]
@@ -81,6 +82,25 @@ async def serve(name: str, settings: Settings, build: Build, stop: asyncio.Event
         if crashed:
             raise RuntimeError(f"{name}: a consumer crashed") from crashed[0].exception()
         log.info("%s stopping", name)
+
+
+def event_loop_factory(wanted: bool = True) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop where it is installed (it is with the services' install), else None:
+    the stock asyncio loop, silently. Same API; its I/O costs less CPU per message."""
+    if not wanted:
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
+def run_loop(main: Coroutine[Any, Any, None], *, uvloop: bool = True) -> None:
+    """Runs a service's `main` to the end, on uvloop where it is installed and `uvloop` wants it."""
+    with asyncio.Runner(loop_factory=event_loop_factory(uvloop)) as runner:
+        runner.run(main)
 
 
 async def _drain(nc: NATS) -> None:
@@ -109,7 +129,7 @@ def main(name: str, build: Build) -> None:
         await serve(name, settings, build, stop)
 
     try:
-        asyncio.run(run())
+        run_loop(run(), uvloop=settings.uvloop)
     except SettingsError as e:
         raise SystemExit(f"chorus {name}: {e}") from e
     finally:

@@ -13,6 +13,11 @@ N = TypeVar("N", int, float)
 
 DEFAULT_STREAM_MAX_BYTES = 1024**3  # each stream's bound (CHORUS_STREAM_MAX_BYTES)
 DEFAULT_ARTIFACT_MAX_BYTES = 16 * 1024**3  # the artifact bucket's (CHORUS_ARTIFACT_MAX_BYTES)
+# Task outputs up to this size travel inside the messages between stages as well as in the
+# object store (CHORUS_INLINE_MAX_BYTES): the next task reads them without a round trip.
+DEFAULT_INLINE_MAX_BYTES = 64 * 1024
+# Well under NATS's 1 MiB max_payload: an invocation carries a few inline inputs at most.
+INLINE_MAX_BYTES_LIMIT = 256 * 1024
 DEFAULT_CONTEXT_TOKENS = 8192  # the LLM's context window, when CHORUS_LLM_CONTEXT_TOKENS is unset
 
 
@@ -66,6 +71,8 @@ class Settings:
     nats_auth: NatsAuth = field(default_factory=NatsAuth)
     stream_max_bytes: int = DEFAULT_STREAM_MAX_BYTES
     artifact_max_bytes: int = DEFAULT_ARTIFACT_MAX_BYTES
+    inline_max_bytes: int = DEFAULT_INLINE_MAX_BYTES  # 0: every output through the store only
+    uvloop: bool = True  # CHORUS_UVLOOP=0: the stock asyncio loop even where uvloop is installed
     # The variables these were read from, for a stage's own settings (e.g. the executor's).
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
 
@@ -107,6 +114,8 @@ class Settings:
             artifact_max_bytes=int_setting(
                 env, "CHORUS_ARTIFACT_MAX_BYTES", DEFAULT_ARTIFACT_MAX_BYTES
             ),
+            inline_max_bytes=_inline_max_bytes(env),
+            uvloop=bool_setting(env, "CHORUS_UVLOOP", True),
             env=dict(env),
         )
 
@@ -133,6 +142,16 @@ def _host_port(env: Mapping[str, str], name: str) -> str:
     if value and (not sep or not port.isdigit() or not 0 <= int(port) < 65536):
         raise SettingsError(f"{name} is not host:port: {value!r}")
     return value
+
+
+def _inline_max_bytes(env: Mapping[str, str]) -> int:
+    limit = int_setting(env, "CHORUS_INLINE_MAX_BYTES", DEFAULT_INLINE_MAX_BYTES)
+    if limit > INLINE_MAX_BYTES_LIMIT:
+        raise SettingsError(
+            f"CHORUS_INLINE_MAX_BYTES must be at most {INLINE_MAX_BYTES_LIMIT} (messages stay "
+            f"well under NATS's max_payload), not {limit}"
+        )
+    return limit
 
 
 def _context_tokens(env: Mapping[str, str]) -> int:

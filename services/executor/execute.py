@@ -26,9 +26,17 @@ from chorus.v1.messages_pb2 import (
     TaskStatus,
 )
 
-from services.common.artifact_refs import ArtifactNotFound, kind_for_name
+from services.common.artifact_refs import (
+    ArtifactNotFound,
+    BadInline,
+    inline_file,
+    inlined,
+    kind_for_name,
+)
 from services.common.llm import LLMError
+from services.common.settings import INLINE_MAX_BYTES_LIMIT
 from services.common.tasks import AUDIO, IMAGE, KIND_NAMES, TEXT, Slot, task_type
+from services.executor import metrics
 from services.executor.backends import RemoteInferenceError
 from services.executor.devices import is_out_of_memory
 from services.executor.fetch import FetchPolicy, FetchRefused
@@ -70,11 +78,13 @@ async def execute(
     worker_id: str,
     fetch: FetchPolicy | None = None,
     max_seconds: float | None = None,
+    inline_max_bytes: int = 0,
 ) -> TaskResult:
     """Decodes the inputs, runs them (`run`: the model's backend, batched or not), stores outputs.
 
     An invocation without a deadline is given `max_seconds`, so that no task holds its message
-    (kept alive by `in_progress`) for ever.
+    (kept alive by `in_progress`) for ever. Inputs carried inline are read from the message;
+    outputs up to `inline_max_bytes` are stored and carried inline in the result too.
     """
     started = time.perf_counter()
     result = TaskResult(
@@ -96,7 +106,8 @@ async def execute(
         )
     else:
         for item in produced:
-            result.outputs.append(await _encode_output(item, invocation, artifacts))
+            output = await _encode_output(item, invocation, artifacts, inline_max_bytes)
+            result.outputs.append(output)
         result.status = TaskStatus.TASK_STATUS_SUCCEEDED
     result.seconds = time.perf_counter() - started
     return result
@@ -192,7 +203,16 @@ async def _decode_inputs(
 async def _file(
     slot: Slot, arg: TaskArgument, artifacts: Artifacts, fetch: FetchPolicy
 ) -> tuple[str, Kind.ValueType, bytes]:
-    """A file argument's name, kind and bytes: from the artifact store, or a URL or path."""
+    """A file argument's name, kind and bytes: carried inline, from the artifact store, or a
+    URL or path."""
+    if arg.WhichOneof("value") == "artifact" and arg.artifact.inline:
+        try:
+            # Up to the cap any replica may send (settings differ between replicas in a rollout).
+            return inline_file(arg.artifact, INLINE_MAX_BYTES_LIMIT)
+        except BadInline as e:
+            metrics.INLINE_REFUSED.labels(e.reason).inc()
+            log.warning("%s refused: %s", slot.name, e)
+            raise TaskInputError(f"argument {slot.name!r}: {e}") from e
     if arg.WhichOneof("value") == "artifact":
         try:
             ref, data = await artifacts.get(arg.artifact.id)
@@ -225,24 +245,25 @@ def _decode(kind: int, data: bytes, name: str) -> Any:
 
 
 async def _encode_output(
-    item: Produced, invocation: TaskInvocation, artifacts: Artifacts
+    item: Produced, invocation: TaskInvocation, artifacts: Artifacts, inline_max_bytes: int
 ) -> TaskOutput:
     stem = f"{invocation.task}-{invocation.task_id}"
-    made_for = invocation.request_id  # the file belongs to whoever owns the request
     if item.image is not None:
         png = await asyncio.to_thread(encode_png, item.image)
-        ref = await artifacts.put(png, f"{stem}.png", "image/png", request_id=made_for)
-        return TaskOutput(name=item.name, artifact=ref)
-    if item.audio is not None:
+        file = (png, f"{stem}.png", "image/png")
+    elif item.audio is not None:
         wav = await asyncio.to_thread(encode_wav, item.audio)
-        ref = await artifacts.put(wav, f"{stem}.wav", "audio/wav", request_id=made_for)
-        return TaskOutput(name=item.name, artifact=ref)
-    if item.file is not None:
+        file = (wav, f"{stem}.wav", "audio/wav")
+    elif item.file is not None:
         extension = mimetypes.guess_extension(item.media_type) or ".bin"
-        ref = await artifacts.put(
-            item.file, f"{stem}{extension}", item.media_type, request_id=made_for
-        )
-        return TaskOutput(name=item.name, artifact=ref)
-    if item.text is not None:
+        file = (item.file, f"{stem}{extension}", item.media_type)
+    elif item.text is not None:
         return TaskOutput(name=item.name, text=item.text)
-    return TaskOutput(name=item.name, json=json.dumps(item.data))
+    else:
+        return TaskOutput(name=item.name, json=json.dumps(item.data))
+    data, name, media_type = file
+    # Stored before the result goes out, small or not: every file a result names can be
+    # downloaded (by the request's owner) and read by the next task, even when a redelivered
+    # invocation's second result is dropped as a duplicate of the first.
+    ref = await artifacts.put(data, name, media_type, request_id=invocation.request_id)
+    return TaskOutput(name=item.name, artifact=inlined(ref, data, inline_max_bytes))

@@ -25,6 +25,11 @@ BATCH_SIZE = Histogram(
     ["task"],
     buckets=(1, 2, 4, 8, 16, 32, 64),
 )
+INLINE_REFUSED = Counter(
+    "chorus_executor_inline_refused_total",
+    "Inputs whose inline bytes were refused (over the limit, unlike their size, bad media type).",
+    ["reason"],
+)
 QUEUE_WAIT = Histogram(
     "chorus_executor_queue_wait_seconds", "Time an invocation waited for its batch.", ["task"]
 )

@@ -94,6 +94,7 @@ class Executor:
         self._js = rt.js
         self._cancelled = cancelled
         self._max_seconds = rt.settings.task_deadline_s
+        self._inline_max_bytes = rt.settings.inline_max_bytes
         self._store = store
         self._announcer = announcer
         self._fetch = fetch
@@ -128,6 +129,7 @@ class Executor:
                         self._announcer.info.worker_id,
                         self._fetch,
                         self._max_seconds,
+                        self._inline_max_bytes,
                     )
             finally:
                 self._announcer.info.in_flight -= 1

@@ -12,7 +12,12 @@ from chorus.v1.messages_pb2 import (
     TaskStatus,
 )
 
+from services.common.artifact_refs import drop_inline
 from services.common.tasks import TEXT, task_type
+
+# The inline bytes one run's state keeps in all (it is one KV entry, under NATS's max_payload);
+# past it a later task reads the file from the store, which always holds it.
+RUN_INLINE_MAX_BYTES = 256 * 1024
 
 
 class UnresolvedInput(ValueError):
@@ -115,6 +120,27 @@ def resolve_args(task: Task, state: RunState) -> list[TaskArgument]:
             value.text = output.text
         resolved.append(value)
     return resolved
+
+
+def drop_spent_inline(state: RunState) -> None:
+    """Drops the inline bytes of results that no task yet to start takes as input, and of any
+    past `RUN_INLINE_MAX_BYTES` in all: the state stays small, and a retried task reads its
+    input from the store."""
+    wanted = {
+        arg.generated.task_id
+        for task in state.plan.tasks
+        if task.id not in state.results and task.id not in state.dispatched
+        for arg in task.args
+        if arg.WhichOneof("value") == "generated"
+    }
+    kept = 0
+    for task_id in sorted(state.results):
+        result = state.results[task_id]
+        size = sum(len(o.artifact.inline) for o in result.outputs if o.HasField("artifact"))
+        if size and (task_id not in wanted or kept + size > RUN_INLINE_MAX_BYTES):
+            drop_inline(result)
+        else:
+            kept += size
 
 
 def _output_of_kind(result: TaskResult, kind: int) -> TaskOutput | None:

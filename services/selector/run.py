@@ -26,9 +26,11 @@ from chorus.v1.messages_pb2 import (
     TaskWaiting,
 )
 
+from services.common.artifact_refs import drop_inline
 from services.selector.dag import (
     UnresolvedInput,
     blocked_tasks,
+    drop_spent_inline,
     is_complete,
     ready_tasks,
     resolve_args,
@@ -145,6 +147,7 @@ def step(
         case Cancel(reason):
             run.cancel(reason)
     run.advance()
+    drop_spent_inline(state)  # after the dispatches, which carried what they needed
     return run.effects
 
 
@@ -159,6 +162,7 @@ def report_of(state: RunState, now: float) -> ExecutionReport:
     for task in state.plan.tasks:
         if task.id in state.results:  # none when it stopped after planning
             report.results.append(state.results[task.id])
+            drop_inline(report.results[-1])
     return report
 
 
@@ -375,6 +379,7 @@ class _Run:
         self.state.waiting.pop(result.task_id, None)
         event = self._event()
         event.task_finished.CopyFrom(result)
+        drop_inline(event.task_finished)
         self.effects.append(Emit(event, f"{result.request_id}.{result.task_id}.finished"))
 
     def _failed(

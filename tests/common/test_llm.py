@@ -45,3 +45,18 @@ async def test_complete_still_gives_the_text_and_refuses_an_empty_reply(
     assert await llm.complete(ASK) == "hello"
     with pytest.raises(LLMError, match="no content"):
         await llm.complete(ASK)
+
+
+async def test_one_connection_carries_every_call_and_stream(scripted_llm: ScriptedLLM) -> None:
+    """The client keeps its HTTP connection: no TCP handshake per call (the scripted server
+    keeps connections alive, as real LLM servers do)."""
+    scripted_llm.replies = ["one two three"]
+    llm = _llm(scripted_llm)
+    try:
+        for _ in range(3):
+            assert await llm.complete(ASK) == "one two three"
+        assert "".join([piece async for piece in llm.stream(ASK)]) == "one two three"
+        assert await llm.complete(ASK) == "one two three"
+    finally:
+        await llm.close()
+    assert scripted_llm.connections == 1

@@ -46,3 +46,10 @@ def test_a_flag_reads_one_way_everywhere(raw: str, value: bool) -> None:
     assert bool_setting({"CHORUS_X": raw}, "CHORUS_X", True) is value
     with pytest.raises(SettingsError, match="CHORUS_X must be 0 or 1, not 'off-ish'"):
         bool_setting({"CHORUS_X": "off-ish"}, "CHORUS_X", True)
+
+
+def test_the_inline_limit_defaults_to_64_kib_and_stays_well_under_a_message() -> None:
+    assert Settings.from_env({}).inline_max_bytes == 64 * 1024
+    assert Settings.from_env({"CHORUS_INLINE_MAX_BYTES": "0"}).inline_max_bytes == 0
+    with pytest.raises(SettingsError, match="CHORUS_INLINE_MAX_BYTES must be at most 262144"):
+        Settings.from_env({"CHORUS_INLINE_MAX_BYTES": str(900 * 1024)})

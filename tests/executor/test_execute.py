@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 from chorus.v1.messages_pb2 import ArtifactRef, Kind, TaskArgument, TaskInvocation, TaskStatus
 from PIL import Image
+from prometheus_client import REGISTRY
 
+from services.common.settings import INLINE_MAX_BYTES_LIMIT
 from services.executor.execute import execute
 from services.executor.handler import Produced
 from services.executor.handlers import HANDLERS
@@ -111,3 +113,111 @@ def test_wav_round_trip() -> None:
     audio = Audio(np.sin(np.linspace(0, 20, 1600)).astype(np.float32), 16000)
     back = decode_wav(encode_wav(audio), "a.wav")
     assert back.sampling_rate == 16000 and np.allclose(back.samples, audio.samples, atol=1e-3)
+
+
+async def test_a_small_output_is_stored_and_carried_inline_and_read_back_without_the_store() -> (
+    None
+):
+    store = MemoryArtifacts()
+    loaded = local_run("canny-control", "builtin:canny")
+    photo = await store.put(square_png(), "photo.png")
+    first = await execute(
+        _invocation("canny-control", "builtin:canny", image=photo),
+        loaded,
+        store,
+        "w",
+        None,
+        None,
+        64 * 1024,
+    )
+    (output,) = first.outputs
+    assert output.artifact.inline == store.items[output.artifact.id][1]  # in the store too
+    store.items.clear()  # the next task reads the bytes from its invocation alone
+    second = await execute(
+        _invocation("canny-control", "builtin:canny", image=output.artifact), loaded, store, "w"
+    )
+    assert second.status == TaskStatus.TASK_STATUS_SUCCEEDED, second.error
+    edges = Image.open(io.BytesIO(store.items[second.outputs[0].artifact.id][1]))
+    assert not second.outputs[0].artifact.inline  # inline off (0): a reference only
+    assert edges.size == (48, 48)
+
+
+async def test_an_output_over_the_inline_limit_is_a_reference_only() -> None:
+    store = MemoryArtifacts()
+    photo = await store.put(square_png(512), "photo.png")
+    result = await execute(
+        _invocation("canny-control", "builtin:canny", image=photo),
+        local_run("canny-control", "builtin:canny"),
+        store,
+        "w",
+        None,
+        None,
+        500,
+    )
+    (output,) = result.outputs
+    assert output.artifact.size > 500 and not output.artifact.inline
+    assert output.artifact.id in store.items
+
+
+def _refused(reason: str) -> float:
+    labels = {"reason": reason}
+    return REGISTRY.get_sample_value("chorus_executor_inline_refused_total", labels) or 0.0
+
+
+@pytest.mark.parametrize(
+    ("change", "reason", "says"),
+    [
+        ({"inline": bytes(INLINE_MAX_BYTES_LIMIT + 1)}, "too_large", "over the 262144-byte"),
+        ({"size": 3}, "size_mismatch", "says 3 bytes but carries"),
+        ({"media_type": "image/png\r\nX: y"}, "bad_media_type", "not a type/subtype"),
+    ],
+)
+async def test_bad_inline_inputs_are_refused_clearly_and_counted(
+    change: dict[str, object], reason: str, says: str
+) -> None:
+    png = square_png()
+    ref = ArtifactRef(
+        id="x-photo.png", name="photo.png", media_type="image/png", size=len(png), inline=png
+    )
+    for field, value in change.items():
+        setattr(ref, field, value)
+    if "inline" in change:
+        ref.size = len(ref.inline)
+    before = _refused(reason)
+    result = await execute(
+        _invocation("canny-control", "builtin:canny", image=ref),
+        local_run("canny-control", "builtin:canny"),
+        MemoryArtifacts(),
+        "w",
+        None,
+        None,
+        500,
+    )
+    assert result.status == TaskStatus.TASK_STATUS_FAILED and not result.retryable
+    assert (
+        result.error.startswith("bad input: argument 'image': inline file") and says in result.error
+    )
+    assert _refused(reason) == before + 1
+
+
+async def test_an_inline_input_takes_its_kind_from_its_media_type_not_the_message() -> None:
+    png = square_png()
+    ref = ArtifactRef(
+        id="x-a.wav",
+        name="a.wav",
+        media_type="audio/wav",
+        kind=Kind.KIND_IMAGE,
+        size=len(png),
+        inline=png,
+    )
+    result = await execute(
+        _invocation("canny-control", "builtin:canny", image=ref),
+        local_run("canny-control", "builtin:canny"),
+        MemoryArtifacts(),
+        "w",
+        None,
+        None,
+        500,
+    )
+    assert result.status == TaskStatus.TASK_STATUS_FAILED
+    assert "needs image, but a.wav is audio" in result.error

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from chorus.v1.messages_pb2 import (
+    ArtifactRef,
+    Kind,
     RunState,
     Task,
     TaskArgument,
@@ -14,6 +16,7 @@ from chorus.v1.messages_pb2 import (
     TaskStatus,
 )
 
+from services.selector.dag import RUN_INLINE_MAX_BYTES
 from services.selector.rank import Candidate, Where
 from services.selector.run import (
     Cancel,
@@ -237,3 +240,58 @@ def test_a_redelivered_message_sends_recent_dispatches_again_with_their_ids() ->
     ]
     late = step(state, ResultArrived(_result(0, SUCCEEDED)), T0 + 200, RULES, LIVE)
     assert not _of(Invoke, late)  # past the duplicate window a resend would run it twice
+
+
+def _image_task(task_id: int, source: int | None) -> Task:
+    task = Task(id=task_id, task="canny-control")
+    arg = task.args.add(name="image")
+    if source is None:
+        arg.artifact.id = "photo"
+    else:
+        arg.generated.task_id, arg.generated.kind = source, Kind.KIND_IMAGE
+    if source is not None:
+        task.deps.append(source)
+    return task
+
+
+def _image_result(task_id: int, inline: bytes) -> TaskResult:
+    result = _result(task_id, SUCCEEDED)
+    del result.outputs[:]
+    ref = ArtifactRef(id=f"f{task_id}", media_type="image/png", kind=Kind.KIND_IMAGE)
+    ref.size, ref.inline = len(inline), inline
+    result.outputs.add(name="image", artifact=ref)
+    return result
+
+
+def test_inline_bytes_go_to_the_next_task_and_never_into_events_reports_or_the_kept_state() -> None:
+    live = FakeReplicas({"canny-control": ["builtin:canny"]})
+    state = _state(_image_task(0, None), _image_task(1, 0), _image_task(2, 0))
+    step(state, Start(), T0, RULES, live)
+    effects = step(state, ResultArrived(_image_result(0, b"png0")), T0 + 1, RULES, live)
+    invoked = {i.invocation.task_id: i.invocation for i in _of(Invoke, effects)}
+    assert [a.artifact.inline for i in (1, 2) for a in invoked[i].args] == [b"png0", b"png0"]
+    (finished,) = [e.event for e in _of(Emit, effects) if e.event.HasField("task_finished")]
+    assert finished.task_finished.outputs[0].artifact.id == "f0"
+    assert not finished.task_finished.outputs[0].artifact.inline
+    assert not state.results[0].outputs[0].artifact.inline  # both dependents have it: dropped
+    step(state, ResultArrived(_image_result(1, b"png1")), T0 + 2, RULES, live)
+    effects = step(state, ResultArrived(_image_result(2, b"png2")), T0 + 3, RULES, live)
+    (report,) = _of(Report, effects)
+    assert [o.artifact.id for r in report.report.results for o in r.outputs] == ["f0", "f1", "f2"]
+    assert not any(o.artifact.inline for r in report.report.results for o in r.outputs)
+
+
+def test_inline_bytes_wait_in_the_state_for_a_dependent_within_a_bound() -> None:
+    live = FakeReplicas({"canny-control": ["builtin:canny"]})
+    fan_in = _image_task(9, 0)
+    fan_in.deps.extend([1, 2])
+    state = _state(_image_task(0, None), _image_task(1, None), _image_task(2, None), fan_in)
+    step(state, Start(), T0, RULES, live)
+    step(state, ResultArrived(_image_result(0, b"png0")), T0 + 1, RULES, live)
+    assert state.results[0].outputs[0].artifact.inline == b"png0"  # task 9 still waits
+    fan_in.args.add(name="mask").generated.task_id = 1  # task 9 takes task 1's file too
+    state.plan.tasks[-1].CopyFrom(fan_in)
+    step(state, ResultArrived(_image_result(1, bytes(RUN_INLINE_MAX_BYTES))), T0 + 2, RULES, live)
+    # Wanted too, but past the bound: task 9 will read that one from the store.
+    assert state.results[0].outputs[0].artifact.inline == b"png0"
+    assert not state.results[1].outputs[0].artifact.inline

@@ -167,7 +167,7 @@ Global___ErrorCode: _TypeAlias = ErrorCode  # noqa: Y015
 
 @_typing.final
 class ArtifactRef(_message.Message):
-    """A file in the artifact object store. Messages carry these, never the bytes."""
+    """A file in the artifact object store. Messages carry these; the bytes only as `inline`."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -176,6 +176,7 @@ class ArtifactRef(_message.Message):
     MEDIA_TYPE_FIELD_NUMBER: _builtins.int
     KIND_FIELD_NUMBER: _builtins.int
     SIZE_FIELD_NUMBER: _builtins.int
+    INLINE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """object name in the artifact store"""
     name: _builtins.str
@@ -184,6 +185,12 @@ class ArtifactRef(_message.Message):
     """e.g. "image/png" """
     kind: Global___Kind.ValueType
     size: _builtins.int
+    inline: _builtins.bytes
+    """A small task output's bytes (CHORUS_INLINE_MAX_BYTES), carried between the executor and
+    the selector so that the next task reads them without a round trip to the store, which
+    holds them too (written before the result goes out). Never set in what leaves the
+    pipeline (reports, events, responses) nor accepted from a client.
+    """
     def __init__(
         self,
         *,
@@ -192,10 +199,11 @@ class ArtifactRef(_message.Message):
         media_type: _builtins.str = ...,
         kind: Global___Kind.ValueType = ...,
         size: _builtins.int = ...,
+        inline: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "kind", b"kind", "media_type", b"media_type", "name", b"name", "size", b"size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "inline", b"inline", "kind", b"kind", "media_type", b"media_type", "name", b"name", "size", b"size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
