@@ -100,6 +100,9 @@ async def connect(url: str, name: str, auth: NatsAuth | None = None) -> NATS:
         password=auth.password,
         user_credentials=auth.creds,
         tls=_tls_context(auth),
+        # Replies, pulled messages and key reads come to inboxes under this prefix, which only
+        # this role may subscribe to on a locked bus (services/common/roles.py).
+        **({"inbox_prefix": auth.inbox_prefix} if auth.inbox_prefix else {}),
     )
 
 
@@ -115,10 +118,15 @@ def _tls_context(auth: NatsAuth) -> ssl.SSLContext | None:
 
 
 async def ensure_streams(
-    js: JetStreamContext, replicas: int = 1, max_bytes: int = DEFAULT_STREAM_MAX_BYTES
+    js: JetStreamContext,
+    replicas: int = 1,
+    max_bytes: int = DEFAULT_STREAM_MAX_BYTES,
+    *,
+    update: bool = True,
 ) -> None:
-    """Creates (or updates) the streams, each bounded to `max_bytes`; safe to call from every
-    service at start."""
+    """Creates the streams, each bounded to `max_bytes`; safe to call from every service at
+    start. A stream that exists with other settings is updated to these if `update`, else
+    kept as it is (on a locked bus only the selector may change them)."""
     configs = [
         StreamConfig(
             name=subjects.WORK_STREAM,
@@ -154,7 +162,10 @@ async def ensure_streams(
     for config in configs:
         try:
             await retrying("create stream", functools.partial(js.add_stream, config))
-        except BadRequestError:
+        except BadRequestError as e:
+            if not update:
+                log.debug("stream %s exists with other settings, kept: %s", config.name, e)
+                continue
             await retrying("update stream", functools.partial(js.update_stream, config))
 
 
@@ -264,6 +275,9 @@ class Consumer(Generic[M]):
     async def _bind(self) -> JetStreamContext.PullSubscription:
         spec = self._spec
         config = ConsumerConfig(
+            # Named, so the create subject carries the filter (`CONSUMER.CREATE.<stream>.
+            # <name>.<filter>`): what a locked bus lets each role create (roles.py).
+            name=spec.durable,
             durable_name=spec.durable,
             filter_subject=spec.subject,
             ack_policy=AckPolicy.EXPLICIT,
