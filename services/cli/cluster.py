@@ -21,7 +21,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from services.common.roles import ROLES, Role, inbox_prefix, local_roles, nats_authorization
+from services.common.roles import (
+    ROLES,
+    Lane,
+    Role,
+    inbox_prefix,
+    local_roles,
+    nats_authorization,
+)
 from services.common.settings import SettingsError
 
 SERVICES = ("planner", "selector", "executor", "responder")
@@ -83,7 +90,7 @@ def start_nats_server(
     raise ClusterError(f"nats-server did not start on port {port}")
 
 
-def executor_lanes(env: Mapping[str, str]) -> list[tuple[str, str]]:
+def executor_lanes(env: Mapping[str, str]) -> list[Lane]:
     """The (task, route) lanes an executor started with `env` serves: what its NATS user may
     consume. A setting that stops the executor stops `chorus up` here, naming it."""
     try:

@@ -94,8 +94,8 @@ def _bucket(stream: str) -> tuple[str, ...]:
     return _api(f"STREAM.CREATE.{stream}", f"STREAM.INFO.{stream}")
 
 
-def _read_by_subject(stream: str) -> tuple[str, ...]:
-    """Reading single messages of a stream (direct gets, by subject or sequence)."""
+def _get_messages(stream: str) -> tuple[str, ...]:
+    """Reading single messages of a stream (direct gets, the last of a subject or by sequence)."""
     return _api(f"DIRECT.GET.{stream}", f"DIRECT.GET.{stream}.>", f"STREAM.MSG.GET.{stream}")
 
 
@@ -120,7 +120,7 @@ def _kv(bucket: str) -> str:
 
 _ARTIFACTS = (
     *_bucket(f"OBJ_{subjects.ARTIFACT_BUCKET}"),
-    *_read_by_subject(f"OBJ_{subjects.ARTIFACT_BUCKET}"),
+    *_get_messages(f"OBJ_{subjects.ARTIFACT_BUCKET}"),
     f"$O.{subjects.ARTIFACT_BUCKET}.>",  # chunks and metadata of a new file
 )
 # The worker registry, read: the selector ranks replicas, the gateway lists models.
@@ -128,7 +128,7 @@ _WORKERS_READ = (*_bucket(_kv(subjects.WORKER_BUCKET)), *_follow(_kv(subjects.WO
 _EVENT_SUBJECTS = ("chorus.event.*", "chorus.response.*")
 # Following a request: its events live (a core subscription or an ordered consumer on
 # CHORUS_EVENTS) and replayed, and its last event.
-_READ_EVENTS = (*_follow(EVENTS), *_read_by_subject(EVENTS))
+_READ_EVENTS = (*_follow(EVENTS), *_get_messages(EVENTS))
 
 
 def _gateway_publish() -> tuple[str, ...]:
@@ -139,18 +139,18 @@ def _gateway_publish() -> tuple[str, ...]:
         _READ_EVENTS,
         _ARTIFACTS,
         _bucket(owners),
-        _read_by_subject(owners),
+        _get_messages(owners),
         (f"$KV.{subjects.REQUEST_OWNER_BUCKET}.*",),
         _WORKERS_READ,
     )
 
 
-_GATEWAY_SUBSCRIBE = ("chorus.event.>", "chorus.response.>")
+_EVENTS_SUBSCRIBE = ("chorus.event.>", "chorus.response.>")
 
 
 def gateway_role() -> Role:
     """The front door: sends requests and cancels, follows events, stores uploads."""
-    return _service("gateway", _gateway_publish(), _GATEWAY_SUBSCRIBE)
+    return _service("gateway", _gateway_publish(), _EVENTS_SUBSCRIBE)
 
 
 def planner_role(hosts_gateway: bool = True) -> Role:
@@ -161,7 +161,7 @@ def planner_role(hosts_gateway: bool = True) -> Role:
         (subjects.PLAN, *_EVENT_SUBJECTS, subjects.deadletter("planner")),
         _gateway_publish() if hosts_gateway else (),
     )
-    return _service("planner", publish, _GATEWAY_SUBSCRIBE if hosts_gateway else ())
+    return _service("planner", publish, _EVENTS_SUBSCRIBE if hosts_gateway else ())
 
 
 def selector_role() -> Role:
@@ -173,7 +173,7 @@ def selector_role() -> Role:
         (f"{subjects.INVOKE_PREFIX}.>", subjects.REPORT, *_EVENT_SUBJECTS),
         (subjects.deadletter("selector"),),
         _bucket(runs),
-        _read_by_subject(runs),
+        _get_messages(runs),
         _follow(runs),  # listing the runs in flight
         (f"$KV.{subjects.RUN_STATE_BUCKET}.*",),
         _WORKERS_READ,
@@ -211,19 +211,7 @@ def executor_role(lanes: Iterable[Lane], name: str = "executor") -> Role:
 def integrator_role() -> Role:
     """Outside Chorus: sends requests and reads events and responses, nothing else."""
     return Role(
-        "integrator",
-        (
-            subjects.REQUEST,
-            "$JS.API.STREAM.NAMES",
-            f"$JS.API.STREAM.INFO.{EVENTS}",
-            f"$JS.API.CONSUMER.CREATE.{EVENTS}",
-            f"$JS.API.CONSUMER.CREATE.{EVENTS}.>",
-            f"$JS.API.CONSUMER.DELETE.{EVENTS}.>",
-            f"$JS.API.STREAM.MSG.GET.{EVENTS}",
-            f"$JS.API.DIRECT.GET.{EVENTS}.>",
-            f"$JS.FC.{EVENTS}.>",
-        ),
-        (INTEGRATOR_INBOXES, *_GATEWAY_SUBSCRIBE),
+        "integrator", (subjects.REQUEST, *_READ_EVENTS), (INTEGRATOR_INBOXES, *_EVENTS_SUBSCRIBE)
     )
 
 
@@ -251,11 +239,11 @@ def nats_authorization(passwords: Mapping[str, str], roles: Mapping[str, Role] =
     `passwords` (user -> password), with the permissions `roles` gives it."""
     lines = []
     for name, password in passwords.items():
-        permissions = roles[name].permissions()
+        role = roles[name]
         lines.append(
             f"    {{user: {_quoted(name)}, password: {_quoted(password)}, permissions: {{"
-            f"publish: {{allow: {_list(permissions['publish']['allow'])}}}, "
-            f"subscribe: {{allow: {_list(permissions['subscribe']['allow'])}}}}}}}"
+            f"publish: {{allow: {_list(role.publish)}}}, "
+            f"subscribe: {{allow: {_list(role.subscribe)}}}}}}}"
         )
     return "authorization {\n  users: [\n" + ",\n".join(lines) + "\n  ]\n}\n"
 

@@ -30,7 +30,7 @@ from tests.locked_bus import LockedBus, locked_bus
 SERVICES_DIR = Path(__file__).resolve().parents[2] / "services"
 OWN_LANE = ("canny-control", "builtin:canny")  # what the CANNY_ONLY executor serves
 OTHER_LANE = ("summarization", "llm")
-SHORT = 1.0  # seconds a refused request waits for the answer that never comes
+SHORT = 0.5  # seconds a refused request waits for the answer that never comes
 
 
 def _lane(task: str, route: str) -> tuple[str, str]:
@@ -78,7 +78,7 @@ async def test_an_executor_consumes_only_its_own_lanes(
 
     work = subjects.WORK_STREAM
     # Its own lane: created, as the executor's consumer creates it.
-    await js.add_consumer(work, named(own_name, own_subject))
+    await as_role["executor"].jetstream().add_consumer(work, named(own_name, own_subject))
     # Another task type's subject, under its own name or the other lane's.
     for name in (own_name, other_name):
         with pytest.raises(nats.errors.TimeoutError):
@@ -102,7 +102,8 @@ async def test_an_executor_consumes_only_its_own_lanes(
     )
     assert json.loads(reply.data)["error"]["err_code"] == 10131  # filter does not match
     # Nor can it pull from another role's consumer.
-    await _js(as_role["selector"]).add_consumer(work, named("selector-results", subjects.RESULT))
+    selector = as_role["selector"].jetstream()
+    await selector.add_consumer(work, named("selector-results", subjects.RESULT))
     with pytest.raises(nats.errors.TimeoutError):
         sub = await js.pull_subscribe_bind("selector-results", stream=work)
         await sub.fetch(1, timeout=SHORT)
