@@ -35,7 +35,7 @@ from nats.js.kv import KeyValue
 from services.common import subjects, tracing
 from services.common.outage import OUTAGE, retrying, unavailable
 from services.common.settings import DEFAULT_STREAM_MAX_BYTES, NatsAuth
-from services.common.telemetry import MESSAGES, STAGE_SECONDS, request_id_var
+from services.common.telemetry import BUS_REFUSED, MESSAGES, STAGE_SECONDS, request_id_var
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +78,12 @@ async def connect(url: str, name: str, auth: NatsAuth | None = None) -> NATS:
     auth = auth or NatsAuth()
 
     async def on_error(e: Exception) -> None:
+        text = str(e)
+        if "permissions violation" in text:
+            # The request that met it times out (and is retried as an outage would be).
+            BUS_REFUSED.labels("subscribe" if "subscription" in text else "publish").inc()
+            log.error("the bus refused %s: %s (credentials of another role?)", name, text)
+            return
         log.warning("nats error: %s", e)
 
     async def on_disconnect() -> None:

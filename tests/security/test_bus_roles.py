@@ -20,6 +20,7 @@ from chorus.v1.messages_pb2 import ChatMessage, ChatRequest, TaskResult
 from nats.aio.client import Client as NATS
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, KeyValueConfig, StreamConfig
 from nats.js.errors import NotFoundError
+from prometheus_client import REGISTRY
 
 from services.common import bus, subjects
 from services.common.roles import ROLES, STREAM_SETTINGS_OWNER, local_roles
@@ -211,11 +212,15 @@ async def test_a_forged_result_plan_event_or_worker_entry_is_refused(
         "selector": [subjects.RESULT, subjects.PLAN],
         "executor": [subjects.PLAN, subjects.REPORT, subjects.event("victim")],
     }
+    refused_before = REGISTRY.get_sample_value("chorus_bus_refused_total", {"operation": "publish"})
     for user, targets in forged.items():
         for subject in targets:
             with pytest.raises(nats.errors.Error):
                 await _js(as_role[user]).publish(subject, result, timeout=SHORT)
             await locked.refused(user, "Publish", subject)
+    # Each refusal is counted and logged by the connection that met it (as a service's is).
+    refused = REGISTRY.get_sample_value("chorus_bus_refused_total", {"operation": "publish"})
+    assert refused == (refused_before or 0) + sum(map(len, forged.values()))
     admin = as_role["admin"].jetstream()
     with pytest.raises(NotFoundError):
         await admin.get_last_msg(subjects.WORK_STREAM, subjects.RESULT)
