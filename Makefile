@@ -5,7 +5,7 @@ PROTO_SRC := $(wildcard protos/chorus/v1/*.proto)
 # protoc finds its plugins (protoc-gen-mypy) on PATH.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup test test-fast demo lint format protos protos-check bench gpu-check chaos clean
+.PHONY: setup test test-fast demo lint format protos protos-check nats-users bench gpu-check chaos clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -27,6 +27,10 @@ protos-check: setup
 	for f in $$(cd $$tmp && find . -type f); do \
 		cmp -s $$tmp/$$f protos/$$f || { echo "stale generated code: protos/$$f (run make protos)"; exit 1; }; \
 	done && echo "generated protobuf code is up to date"
+
+# deploy/nats/users.yaml from services/common/roles.py and the executor Deployments.
+nats-users: setup
+	$(PY) deploy/nats/render_users.py
 
 lint: setup protos-check
 	$(VENV)/bin/ruff check .

@@ -6,6 +6,7 @@ and against the code (setting names, durable consumer names, metric names).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 from collections.abc import Callable, Iterable
@@ -17,7 +18,7 @@ import pytest
 import yaml
 
 from services.common import subjects
-from services.common.roles import ROLES
+from services.common.roles import ROLES, planner_role
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -163,6 +164,7 @@ def metric_definitions() -> dict[str, tuple[str, frozenset[str]]]:
         "Dockerfile",
         "README.md",
         "nats/values.yaml",
+        "nats/users.yaml",
         "k8s/kustomization.yaml",
         "k8s/secret.example.yaml",
         "prometheus/scrape.yaml",
@@ -582,29 +584,69 @@ def test_nats_values_run_a_clustered_jetstream_on_disk() -> None:
     assert re.fullmatch(r"\d+(Mi|Gi|Ti)", jetstream["fileStore"]["pvc"]["size"])
 
 
+@cache
+def render_users() -> Any:
+    """deploy/nats/render_users.py, which writes deploy/nats/users.yaml."""
+    spec = importlib.util.spec_from_file_location(
+        "render_users", DEPLOY / "nats" / "render_users.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def nats_users() -> dict[str, Doc]:
+    (values,) = load_docs(DEPLOY / "nats" / "users.yaml")
+    return {u["user"]: u for u in values["config"]["merge"]["authorization"]["users"]}
+
+
+def test_nats_users_are_rendered_from_the_roles() -> None:
+    """users.yaml is what `make nats-users` writes from services/common/roles.py now."""
+    text = (DEPLOY / "nats" / "users.yaml").read_text(encoding="utf-8")
+    assert text == render_users().render(), "deploy/nats/users.yaml is stale: make nats-users"
+
+
 def test_nats_users_have_the_permissions_of_their_roles() -> None:
-    (values,) = load_docs(DEPLOY / "nats" / "values.yaml")
-    users = values["config"]["merge"]["authorization"]["users"]
-    assert {u["user"] for u in users} == set(ROLES)
+    users = nats_users()
+    expected = {"gateway", "planner", "selector", "responder", "integrator", *executors()}
+    assert set(users) == expected
+    # The planner runs without the gateway here: it has no front-door permissions.
+    assert users["planner"]["permissions"] == planner_role(hosts_gateway=False).permissions()
+    assert users["gateway"]["permissions"] == ROLES["gateway"].permissions()
+    assert "chorus.result" not in users["integrator"]["permissions"]["publish"]["allow"]
+    (values,) = load_docs(DEPLOY / "nats" / "users.yaml")
     passwords = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in values["container"]["env"]}
-    for user in users:
-        role = ROLES[user["user"]]
-        assert user["permissions"]["publish"]["allow"] == list(role.publish), role.name
-        assert user["permissions"]["subscribe"]["allow"] == list(role.subscribe), role.name
+    for name, user in users.items():
         variable = re.fullmatch(r"<< \$(\w+) >>", user["password"])
-        assert variable, f"{role.name}: the password is not a variable of the container"
-        ref = passwords[variable.group(1)]
-        assert ref == {"name": "chorus-nats-users", "key": role.name}
-    assert "chorus.result" not in ROLES["integrator"].publish
+        assert variable, f"{name}: the password is not a variable of the container"
+        assert passwords[variable.group(1)] == {"name": "chorus-nats-users", "key": name}
+    (chart,) = load_docs(DEPLOY / "nats" / "values.yaml")
+    assert "authorization" not in chart["config"].get("merge", {})  # one place: users.yaml
+    assert "env" not in chart.get("container", {})  # Helm would replace one list by the other
+
+
+@pytest.mark.parametrize("name", names_of(executors))
+def test_an_executor_user_consumes_exactly_what_its_deployment_serves(name: str) -> None:
+    """Its consumers are those the KEDA scaler of its group names: its --model list."""
+    allowed = nats_users()[name]["permissions"]["publish"]["allow"]
+    prefix = f"$JS.API.CONSUMER.MSG.NEXT.{subjects.WORK_STREAM}."
+    consumers = {p.removeprefix(prefix) for p in allowed if p.startswith(prefix)}
+    args = main_container(executors()[name])["args"]
+    served = [m.partition("=") for m in flag_values(args, "--model")]
+    assert consumers == {subjects.consumer_name("executor", t, m) for t, _, m in served}
+    assert not any(p.startswith("$JS.API.CONSUMER.CREATE.CHORUS_WORK.selector") for p in allowed)
 
 
 @pytest.mark.parametrize("name", names_of(deployments))
 def test_each_service_connects_as_its_own_role(name: str) -> None:
     env = {v["name"]: v for v in main_container(deployments()[name]).get("env", [])}
-    role = service_of(deployments()[name])
-    assert env["CHORUS_NATS_USER"]["value"] == role
+    user = (
+        name if service_of(deployments()[name]) == "executor" else service_of(deployments()[name])
+    )
+    assert env["CHORUS_NATS_USER"]["value"] == user
     ref = env["CHORUS_NATS_PASSWORD"]["valueFrom"]["secretKeyRef"]
-    assert ref == {"name": "chorus-nats-users", "key": role}
+    assert ref == {"name": "chorus-nats-users", "key": user}
 
 
 def test_the_gateway_reads_its_api_keys_from_a_secret() -> None:

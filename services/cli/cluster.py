@@ -16,11 +16,20 @@ import sysconfig
 import tempfile
 import time
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from services.common.roles import ROLES, nats_authorization
+from services.common.roles import (
+    ROLES,
+    Lane,
+    Role,
+    inbox_prefix,
+    local_roles,
+    nats_authorization,
+)
+from services.common.settings import SettingsError
 
 SERVICES = ("planner", "selector", "executor", "responder")
 _PR_SET_PDEATHSIG = 1
@@ -48,10 +57,12 @@ def nats_server_binary() -> str:
 def start_nats_server(
     store: Path,
     stderr: IO[bytes] | int = subprocess.DEVNULL,
-    passwords: dict[str, str] | None = None,
+    passwords: Mapping[str, str] | None = None,
+    roles: Mapping[str, Role] = ROLES,
 ) -> tuple[subprocess.Popen[bytes], str]:
     """`nats-server` from the wheel, JetStream on `store`, on a free loopback port; with
-    `passwords` (role -> password), one user per role with that role's permissions.
+    `passwords` (user -> password), one user per role with that role's permissions (`roles`
+    must hold the executor's, made from its lanes: `local_roles`).
 
     Returns the process and its URL once it accepts connections; it dies with its parent.
     """
@@ -60,7 +71,7 @@ def start_nats_server(
     if passwords:
         store.mkdir(parents=True, exist_ok=True)
         config = store / "auth.conf"
-        config.write_text(nats_authorization(passwords))
+        config.write_text(nats_authorization(passwords, roles))
         config.chmod(0o600)
         args += ["-c", str(config)]
     proc = subprocess.Popen(
@@ -77,6 +88,21 @@ def start_nats_server(
     proc.kill()
     proc.wait()
     raise ClusterError(f"nats-server did not start on port {port}")
+
+
+def executor_lanes(env: Mapping[str, str]) -> list[Lane]:
+    """The (task, route) lanes an executor started with `env` serves: what its NATS user may
+    consume. A setting that stops the executor stops `chorus up` here, naming it."""
+    try:
+        from services.executor.config import lanes_from_env
+    except ImportError as e:
+        raise ClusterError(
+            f"the executor needs its extra: pip install 'chorus[executor]' ({e})"
+        ) from e
+    try:
+        return lanes_from_env(env)
+    except SettingsError as e:
+        raise ClusterError(f"executor: {e}") from e
 
 
 def _die_with_parent() -> None:
@@ -119,10 +145,11 @@ class LocalCluster:
             raise
 
     def _start_nats(self) -> None:
+        roles = local_roles(executor_lanes(self._env("executor")))
         self._tmp = tempfile.TemporaryDirectory(prefix="chorus-nats-")
-        self.nats_passwords = {role: secrets.token_urlsafe(24) for role in ROLES}
+        self.nats_passwords = {role: secrets.token_urlsafe(24) for role in roles}
         self._procs["nats"], self.nats_url = start_nats_server(
-            Path(self._tmp.name) / "jetstream", self._log("nats"), self.nats_passwords
+            Path(self._tmp.name) / "jetstream", self._log("nats"), self.nats_passwords, roles
         )
         self.integrator_credentials = Path(self._tmp.name) / "integrator.json"
         fd = os.open(self.integrator_credentials, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -130,25 +157,33 @@ class LocalCluster:
             credentials = {"url": self.nats_url, "user": "integrator"}
             json.dump({**credentials, "password": self.nats_passwords["integrator"]}, f)
 
-    def _start_service(self, name: str, service: str) -> None:
-        port = free_port()
+    def _env(self, service: str) -> dict[str, str]:
+        """The variables a process of `service` starts with, less its NATS address and user."""
         env = {
             **os.environ,
             **self.env,
-            "CHORUS_NATS_URL": str(self.nats_url),
-            "CHORUS_METRICS_PORT": str(port),
             "CHORUS_METRICS_HOST": "127.0.0.1",  # one machine: nothing outside needs it
             "CHORUS_GRPC_ADDR": self.grpc_addr,
         }
-        if self.nats_passwords:  # each service as its own role
-            env["CHORUS_NATS_USER"] = service
-            env["CHORUS_NATS_PASSWORD"] = self.nats_passwords[service]
         if service in ("planner", "gateway"):
             env["CHORUS_OPENAI_ADDR"] = self.openai_addr
         if service == "planner" and self.replicas.get("gateway"):
             env["CHORUS_PLANNER_HOSTS_GATEWAY"] = "0"
         if service == "executor" and self.executor_models:
             env["CHORUS_EXECUTOR_MODELS"] = ";".join(self.executor_models)
+        return env
+
+    def _start_service(self, name: str, service: str) -> None:
+        port = free_port()
+        env = {
+            **self._env(service),
+            "CHORUS_NATS_URL": str(self.nats_url),
+            "CHORUS_METRICS_PORT": str(port),
+        }
+        if self.nats_passwords:  # each service as its own role, its replies to its inboxes
+            env["CHORUS_NATS_USER"] = service
+            env["CHORUS_NATS_PASSWORD"] = self.nats_passwords[service]
+            env["CHORUS_NATS_INBOX_PREFIX"] = inbox_prefix(service)
         self._procs[name] = subprocess.Popen(
             [sys.executable, "-m", f"services.{service}"],
             env=env,

@@ -35,7 +35,7 @@ from nats.js.kv import KeyValue
 from services.common import subjects, tracing
 from services.common.outage import OUTAGE, retrying, unavailable
 from services.common.settings import DEFAULT_STREAM_MAX_BYTES, NatsAuth
-from services.common.telemetry import MESSAGES, STAGE_SECONDS, request_id_var
+from services.common.telemetry import BUS_REFUSED, MESSAGES, STAGE_SECONDS, request_id_var
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +80,12 @@ async def connect(url: str, name: str, auth: NatsAuth | None = None) -> NATS:
     auth = auth or NatsAuth()
 
     async def on_error(e: Exception) -> None:
+        text = str(e)
+        if "permissions violation" in text:
+            # The request that met it times out (and is retried as an outage would be).
+            BUS_REFUSED.labels("subscribe" if "subscription" in text else "publish").inc()
+            log.error("the bus refused %s: %s (credentials of another role?)", name, text)
+            return
         log.warning("nats error: %s", e)
 
     async def on_disconnect() -> None:
@@ -102,6 +108,9 @@ async def connect(url: str, name: str, auth: NatsAuth | None = None) -> NATS:
         password=auth.password,
         user_credentials=auth.creds,
         tls=_tls_context(auth),
+        # Replies, pulled messages and key reads come to inboxes under this prefix, which only
+        # this role may subscribe to on a locked bus (services/common/roles.py).
+        **({"inbox_prefix": auth.inbox_prefix} if auth.inbox_prefix else {}),
     )
 
 
@@ -117,10 +126,15 @@ def _tls_context(auth: NatsAuth) -> ssl.SSLContext | None:
 
 
 async def ensure_streams(
-    js: JetStreamContext, replicas: int = 1, max_bytes: int = DEFAULT_STREAM_MAX_BYTES
+    js: JetStreamContext,
+    replicas: int = 1,
+    max_bytes: int = DEFAULT_STREAM_MAX_BYTES,
+    *,
+    update: bool = True,
 ) -> None:
-    """Creates (or updates) the streams, each bounded to `max_bytes`; safe to call from every
-    service at start."""
+    """Creates the streams, each bounded to `max_bytes`; safe to call from every service at
+    start. A stream that exists with other settings is updated to these if `update`, else
+    kept as it is (on a locked bus only the selector may change them)."""
     configs = [
         StreamConfig(
             name=subjects.WORK_STREAM,
@@ -156,7 +170,10 @@ async def ensure_streams(
     for config in configs:
         try:
             await retrying("create stream", functools.partial(js.add_stream, config))
-        except BadRequestError:
+        except BadRequestError as e:
+            if not update:
+                log.debug("stream %s exists with other settings, kept: %s", config.name, e)
+                continue
             await retrying("update stream", functools.partial(js.update_stream, config))
 
 
@@ -266,6 +283,9 @@ class Consumer(Generic[M]):
     async def _bind(self) -> JetStreamContext.PullSubscription:
         spec = self._spec
         config = ConsumerConfig(
+            # Named, so the create subject carries the filter (`CONSUMER.CREATE.<stream>.
+            # <name>.<filter>`): what a locked bus lets each role create (roles.py).
+            name=spec.durable,
             durable_name=spec.durable,
             filter_subject=spec.subject,
             ack_policy=AckPolicy.EXPLICIT,

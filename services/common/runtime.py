@@ -18,6 +18,7 @@ from nats.js import JetStreamContext
 from services.common import bus
 from services.common.outage import OUTAGE
 from services.common.periodic import Periodic
+from services.common.roles import STREAM_SETTINGS_OWNER
 from services.common.settings import Settings, SettingsError
 from services.common.telemetry import HealthServer, configure_logging
 from services.common.tracing import configure_tracing
@@ -46,14 +47,20 @@ async def serve(name: str, settings: Settings, build: Build, stop: asyncio.Event
         nc = await bus.connect(settings.nats_url, f"chorus-{name}", settings.nats_auth)
         stack.push_async_callback(_drain, nc)
         js = nc.jetstream()
-        await bus.ensure_streams(js, settings.stream_replicas, settings.stream_max_bytes)
+        # Every service creates the streams; one alone applies changed settings to them.
+        update = name == STREAM_SETTINGS_OWNER
+        await bus.ensure_streams(
+            js, settings.stream_replicas, settings.stream_max_bytes, update=update
+        )
         consumers = await build(Runtime(name, settings, nc, js), stack)
         tasks = [asyncio.create_task(c.run()) for c in consumers]
 
         async def restore_streams() -> None:
             # A consumer that cannot bind may have lost its stream with a restarted server.
             if nc.is_connected and not all(c.running for c in consumers):
-                await bus.ensure_streams(js, settings.stream_replicas)
+                await bus.ensure_streams(
+                    js, settings.stream_replicas, settings.stream_max_bytes, update=update
+                )
 
         keeper = Periodic(restore_streams, STREAM_CHECK_S, "stream check")
         keeper.start()

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlparse
+
+from services.common.roles import inbox_prefix
 
 N = TypeVar("N", int, float)
 
@@ -52,6 +58,9 @@ class NatsAuth:
     tls_ca: str | None = None  # PEM file of the CA that signed the server's certificate
     tls_cert: str | None = None  # PEM files of a client certificate (NATS with verify)
     tls_key: str | None = None
+    # Where replies to this service go (`_INBOX_<user>` for a role's user): on a locked bus a
+    # role may subscribe to its own inboxes only. None: the client's default (`_INBOX`).
+    inbox_prefix: str | None = None
 
 
 @dataclass(frozen=True)
@@ -133,7 +142,37 @@ def _nats_auth(env: Mapping[str, str]) -> NatsAuth:
     password = env.get("CHORUS_NATS_PASSWORD") or None
     if (user is None) != (password is None):
         raise SettingsError("CHORUS_NATS_USER and CHORUS_NATS_PASSWORD go together")
-    return NatsAuth(user=user, password=password, **files)
+    prefix = env.get("CHORUS_NATS_INBOX_PREFIX", "").strip() or None
+    if prefix is None:
+        creds = files["creds"]
+        login = user or (_credentials_name(creds) if creds else None)
+        prefix = inbox_prefix(login) if login else None
+    if prefix is not None and not _SUBJECT_PREFIX.fullmatch(prefix):
+        raise SettingsError(
+            f"CHORUS_NATS_INBOX_PREFIX must be subject tokens without wildcards: {prefix!r}"
+        )
+    return NatsAuth(user=user, password=password, inbox_prefix=prefix, **files)
+
+
+_SUBJECT_PREFIX = re.compile(r"[^.*>\s]+(\.[^.*>\s]+)*")
+
+
+def _credentials_name(path: str) -> str | None:
+    """The name in the user JWT of a `.creds` file (the role's user), if it has one."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise SettingsError(f"CHORUS_NATS_CREDS: cannot read the file {path}: {e}") from e
+    found = re.search(r"-+BEGIN NATS USER JWT-+\s*(\S+)", text)
+    if found is None:
+        raise SettingsError(f"CHORUS_NATS_CREDS: no user JWT in {path}")
+    try:
+        payload = found.group(1).split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (IndexError, ValueError) as e:
+        raise SettingsError(f"CHORUS_NATS_CREDS: the user JWT in {path} is malformed") from e
+    name = claims.get("name") if isinstance(claims, dict) else None
+    return name if isinstance(name, str) and name else None
 
 
 def _host_port(env: Mapping[str, str], name: str) -> str:

@@ -29,6 +29,12 @@ STAGE_SECONDS = Histogram("chorus_stage_seconds", "Time a stage spent on one mes
 ERRORS = Counter(
     "chorus_errors_total", "Requests that failed, by stage and error code.", ["stage", "code"]
 )
+BUS_REFUSED = Counter(
+    "chorus_bus_refused_total",
+    "Publishes and subscriptions the NATS server refused this service's user: a permission "
+    "its role lacks (wrong credentials for the role, or a role table out of date).",
+    ["operation"],
+)
 
 
 class _JSONFormatter(logging.Formatter):

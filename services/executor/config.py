@@ -7,14 +7,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from services.common.roles import Lane
+from services.common.routes import LLM_ROUTE, REMOTE_ROUTE
 from services.common.settings import (
+    Settings,
     SettingsError,
     bool_setting,
     float_setting,
     int_setting,
     require_url,
 )
+from services.common.tasks import LLM_TASKS
 from services.executor.fetch import FetchPolicy
+from services.executor.handlers import HANDLERS
 from services.executor.models import LoadOptions, ModelSpec, default_specs, discover_cached
 
 REMOTE_ENDPOINT = "https://router.huggingface.co/hf-inference"
@@ -81,6 +86,23 @@ class ExecutorConfig:
             remote_timeout_s=float_setting(env, "CHORUS_REMOTE_TIMEOUT", 60.0),
             fetch=_fetch_policy(env),
         )
+
+
+def planned_lanes(config: ExecutorConfig) -> list[Lane]:
+    """The (task, route) lanes a replica with this config serves, as `service.build` makes
+    them (less any default model that then fails to load): its consumers, and so what its
+    NATS user may consume on a locked bus (`roles.executor_role`)."""
+    lanes = [(spec.task, spec.model) for spec in (*config.specs, *config.defaults)]
+    if config.serve_llm:
+        lanes += [(task, LLM_ROUTE) for task in sorted(LLM_TASKS)]
+    if config.remote:
+        lanes += [(h.task, REMOTE_ROUTE) for h in HANDLERS.values() if h.remote is not None]
+    return lanes
+
+
+def lanes_from_env(env: Mapping[str, str]) -> list[Lane]:
+    """The lanes of an executor started with these variables (`chorus up` makes its user)."""
+    return planned_lanes(ExecutorConfig.from_env(env, Settings.from_env(env).llm.configured))
 
 
 def _specs(env: Mapping[str, str]) -> list[ModelSpec]:

@@ -164,6 +164,14 @@ def test_chorus_up_serves_the_openai_compatible_endpoint(chorus_up: dict[str, An
     assert "text-classification" in (reply.choices[0].message.content or "")
 
 
+def test_the_locked_bus_refused_no_service_anything(chorus_up: dict[str, Any]) -> None:
+    """Every service ran the requests above as its own narrowed NATS user (services/common/
+    roles.py): the server never had to refuse one of them a publish or a subscription."""
+    log = (chorus_up["tmp"] / "logs" / "nats.log").read_text(errors="replace")
+    assert "Server is ready" in log
+    assert [line for line in log.splitlines() if "Violation" in line] == []
+
+
 def test_sigterm_stops_everything(chorus_up: dict[str, Any]) -> None:
     proc: subprocess.Popen[str] = chorus_up["proc"]
     assert len(chorus_up["children"]) == 5  # NATS and four services

@@ -41,8 +41,10 @@ async def running_stack(
     env: Mapping[str, str] | None = None,
     services: tuple[str, ...] = STAGES,
     passwords: Mapping[str, str] | None = None,
+    logins: Mapping[str, Mapping[str, str]] | None = None,
 ) -> AsyncIterator[Settings]:
-    """The services on `nats_url`; with `passwords` (role -> password), each as its role."""
+    """The services on `nats_url`; with `passwords` (role -> password), each as its role, or
+    with `logins` (service -> its login's variables, such as `CHORUS_NATS_CREDS`)."""
     common = {
         "CHORUS_NATS_URL": nats_url,
         "CHORUS_GRPC_ADDR": f"127.0.0.1:{free_port()}",
@@ -52,6 +54,8 @@ async def running_stack(
     settings = Settings.from_env(common)
 
     def of(name: str) -> Settings:
+        if logins is not None:
+            return Settings.from_env({**common, **logins[name]})
         if passwords is None:
             return settings
         role = {"CHORUS_NATS_USER": name, "CHORUS_NATS_PASSWORD": passwords[name]}

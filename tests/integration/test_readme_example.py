@@ -5,13 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import secrets
 import sys
 from pathlib import Path
 
-from services.cli.cluster import start_nats_server
-from services.common.roles import ROLES
 from tests.integration.stack import CANNY_ONLY, running_stack
+from tests.locked_bus import locked_bus
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -24,21 +22,19 @@ def _example() -> str:
 
 async def test_the_readme_bus_example_prints_events_then_the_answer(tmp_path: Path) -> None:
     """On a locked bus, as `chorus up` runs it: each service as its role, the example as the
-    integrator with the credentials file `chorus up` writes."""
-    passwords = {role: secrets.token_urlsafe(16) for role in ROLES}
-    nats_proc, nats_url = start_nats_server(tmp_path / "jetstream", passwords=passwords)
-    credentials = tmp_path / "integrator.json"
-    credentials.write_text(
-        json.dumps({"url": nats_url, "user": "integrator", "password": passwords["integrator"]})
-    )
-    try:
-        async with running_stack(
-            nats_url, {**CANNY_ONLY, "CHORUS_CAPACITY_WAIT": "1"}, passwords=passwords
-        ):
+    integrator with the credentials file `chorus up` writes. No service asks for more than
+    its role allows: the server refused nothing."""
+    env = {**CANNY_ONLY, "CHORUS_CAPACITY_WAIT": "1"}
+    with locked_bus(tmp_path / "jetstream", env) as bus:
+        credentials = tmp_path / "integrator.json"
+        credentials.write_text(
+            json.dumps(
+                {"url": bus.url, "user": "integrator", "password": bus.passwords["integrator"]}
+            )
+        )
+        async with running_stack(bus.url, env, passwords=bus.passwords):
             out, err, code = await _run_example(credentials)
-    finally:
-        nats_proc.terminate()
-        nats_proc.wait(10)
+        assert bus.violations() == []
     assert code == 0, err.decode()
     lines = out.decode().splitlines()
     assert lines[0] == "plan_ready" and "done" in lines and "answer_token" in lines
