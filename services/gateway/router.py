@@ -148,21 +148,16 @@ class EventRouter:
             return
         follower.hold()
         try:
-            new = await self._read_stored(follower)
+            await self._read_stored(follower, reason)
         except Exception as e:
             if not unavailable(e):
                 raise
             log.warning("could not catch up on a request's events (will retry): %s", e)
-            return
         finally:
             follower.release()
-        if new:
-            CAUGHT_UP.labels(reason).inc(new)
-            log.info("caught up on %d event(s) from the stream (%s)", new, reason)
 
-    async def _read_stored(self, follower: Follower) -> int:
+    async def _read_stored(self, follower: Follower, reason: str) -> None:
         subject = subjects.event(follower.request_id)
-        new = 0
         while True:
             seq = follower.next_seq
             try:
@@ -171,9 +166,11 @@ class EventRouter:
                 )
                 msg = await retrying("catch up on events", read)
             except NotFoundError:
-                return new
+                return
             follower.next_seq = (msg.seq or seq) + 1
-            new += follower.stored((msg.headers or {}).get(bus.MSG_ID, ""), msg.data or b"")
+            if follower.stored((msg.headers or {}).get(bus.MSG_ID, ""), msg.data or b""):
+                CAUGHT_UP.labels(reason).inc()
+                log.info("an event the subscription missed came from the stream (%s)", reason)
 
     async def _route(self, msg: Msg) -> None:
         follower = self._followers.get(msg.subject[len(_EVENT_PREFIX) :])
