@@ -149,6 +149,8 @@ class BusSide:
             "CHORUS_EXECUTOR_DEFAULTS": "0",
             "CHORUS_EXECUTOR_CAPACITY": "4",
             "CHORUS_LOG_LEVEL": "WARNING",
+            # One anonymous caller sends them all: its admission limit must not refuse them.
+            "CHORUS_MAX_REQUESTS_PER_KEY": str(max(CONCURRENCY)),
         }
         if self.traced_to:
             env |= {"OTEL_EXPORTER_OTLP_ENDPOINT": self.traced_to, "OTEL_BSP_SCHEDULE_DELAY": "200"}
