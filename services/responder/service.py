@@ -28,7 +28,9 @@ class TokenBatcher:
     the end). Joined, the events' text is the answer as written.
 
     Each event's message id is the answer's length before it: a redelivered report streams
-    again, and its events that start where one already sent did are dropped as duplicates.
+    again, and its events that start where one already sent did are dropped as duplicates;
+    one cut elsewhere by the timing is not, so a caller following tokens may then read some
+    text twice (the `done` event carries the answer as written).
     """
 
     def __init__(self, js: JetStreamContext, request_id: str) -> None:
