@@ -150,9 +150,8 @@ class BusSide:
             "CHORUS_EXECUTOR_DEFAULTS": "0",
             "CHORUS_EXECUTOR_CAPACITY": "4",
             "CHORUS_LOG_LEVEL": "WARNING",
-            # One client without a key asks at concurrency 32: the front door's per-key limit
-            # (8 by default) would turn most of its calls away.
-            "CHORUS_MAX_REQUESTS_PER_KEY": "64",
+            # One anonymous caller sends them all: its admission limit must not refuse them.
+            "CHORUS_MAX_REQUESTS_PER_KEY": str(max(CONCURRENCY)),
         }
         if self.traced_to:
             env |= {"OTEL_EXPORTER_OTLP_ENDPOINT": self.traced_to, "OTEL_BSP_SCHEDULE_DELAY": "200"}

@@ -202,8 +202,9 @@ async def pipelined(sends: Iterable[Awaitable[object]]) -> None:
     if not tasks:
         return
     await asyncio.wait(tasks)
-    for task in tasks:
-        task.result()
+    errors = [task.exception() for task in tasks]  # each read, so none is logged as unseen
+    if first := next((e for e in errors if e is not None), None):
+        raise first
 
 
 async def open_key_value(js: JetStreamContext, config: KeyValueConfig) -> KeyValue:

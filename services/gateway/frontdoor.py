@@ -3,8 +3,9 @@ and its one way to stop one: `cancel`.
 
 The gRPC API and the HTTP endpoint both call this; each turns `RequestError` into its own wire
 error through the one table in `errors`. A caller that goes away closes the generator, which
-unsubscribes at once and cancels the request on the bus: nothing keeps running for a client
-that left.
+stops following at once and cancels the request on the bus: nothing keeps running for a client
+that left. Events come through the replica's one subscription (`router`), not a consumer per
+request.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from services.common.artifacts import ArtifactStore
 from services.common.telemetry import ERRORS, request_id_var
 from services.gateway.errors import RequestError
 from services.gateway.owners import RequestOwners
+from services.gateway.router import IDLE_CHECK_S, EventRouter
 
 log = logging.getLogger(__name__)
 MAX_REQUEST_BYTES = 256 * 1024  # larger inputs travel as artifacts
@@ -71,9 +73,15 @@ class Limits:
 
 class FrontDoor:
     def __init__(
-        self, js: JetStreamContext, store: ArtifactStore, owners: RequestOwners, limits: Limits
+        self,
+        js: JetStreamContext,
+        router: EventRouter,
+        store: ArtifactStore,
+        owners: RequestOwners,
+        limits: Limits,
     ) -> None:
         self._js = js
+        self._router = router
         self.store = store
         self._owners = owners
         self._limits = limits
@@ -93,9 +101,10 @@ class FrontDoor:
         publishing it when first read."""
         await self.validate(request, owner)
         self.admit(owner)
+        chosen = bool(request.request_id)
         request.request_id = request.request_id or uuid.uuid4().hex
         request_id_var.set(request.request_id)
-        await self._claim(request.request_id, owner)
+        await self._claim(request.request_id, owner, chosen)
         if not request.HasField("created_at"):
             request.created_at.GetCurrentTime()
         self._open[request.request_id] = (time.monotonic(), owner)
@@ -148,10 +157,13 @@ class FrontDoor:
             retry_after_s=RETRY_AFTER_S,
         )
 
-    async def _claim(self, request_id: str, owner: str) -> None:
+    async def _claim(self, request_id: str, owner: str, chosen: bool) -> None:
         # A request sent straight to the bus has events but no owner entry: its id is taken
         # too, and is checked first, or claiming it would hand its events to the claimant.
-        taken = request_id in self._open or await self._last_event(request_id) is not None
+        # An id made here is new: only one the caller chose can be another request's.
+        taken = request_id in self._open or (
+            chosen and await self._last_event(request_id) is not None
+        )
         if taken or not await self._owners.claim(request_id, owner):
             raise RequestError(f"request_id: {request_id!r} is in use", _ALREADY_EXISTS)
 
@@ -213,7 +225,7 @@ class FrontDoor:
 
         finished = False
         try:
-            async for event in self._follow(request_id, api, publish):
+            async for event in self._routed(request_id, api, publish):
                 finished = event.HasField("done")
                 yield event
         finally:
@@ -230,10 +242,7 @@ class FrontDoor:
         await self._finished(request_id)  # raises NOT_FOUND for a request never sent
         request_id_var.set(request_id)
 
-        async def nothing() -> None:
-            pass
-
-        async for event in self._follow(request_id, api, nothing):
+        async for event in self._replayed(request_id, api):
             yield event
 
     async def cancel(self, request_id: str, *, api: str, owner: str, reason: str) -> None:
@@ -301,27 +310,61 @@ class FrontDoor:
             return None
         return last.data or b""
 
-    async def _follow(
+    async def _routed(
         self, request_id: str, api: str, start: Callable[[], Awaitable[None]]
     ) -> AsyncGenerator[ProgressEvent, None]:
-        # Subscribe before publishing; the stream also replays, so nothing is missed either way.
+        """The events of a request this replica sends, through its one subscription: routed
+        here from before `start` publishes it, so none is missed."""
+        with self._router.follow(request_id) as follower:
+
+            async def receive(timeout_s: float) -> bytes | None:
+                data = await follower.next(min(timeout_s, IDLE_CHECK_S))
+                if data is None:  # silent a while: anything the subscription missed?
+                    await self._router.catch_up(follower)
+                return data
+
+            await start()
+            async for event in self._events(request_id, api, receive):
+                yield event
+
+    async def _replayed(self, request_id: str, api: str) -> AsyncGenerator[ProgressEvent, None]:
+        """The events of an earlier request, from its first: an ordered consumer of its own
+        replays the stream (watching is not the hot path; sending is)."""
         sub = await self._js.subscribe(
             subjects.event(request_id), ordered_consumer=True, deliver_policy=DeliverPolicy.ALL
         )
+
+        async def receive(timeout_s: float) -> bytes | None:
+            try:
+                return (await sub.next_msg(timeout=min(timeout_s, 5.0))).data
+            except NatsTimeoutError:
+                return None
+
+        try:
+            async for event in self._events(request_id, api, receive):
+                yield event
+        finally:
+            await sub.unsubscribe()
+
+    async def _events(
+        self,
+        request_id: str,
+        api: str,
+        receive: Callable[[float], Awaitable[bytes | None]],
+    ) -> AsyncGenerator[ProgressEvent, None]:
+        """Decoded events from `receive` (None: nothing within the time given), up to `done`."""
         OPEN_WAITS.labels(api).inc()
         try:
-            await start()
             loop = asyncio.get_running_loop()
             deadline = loop.time() + REQUEST_TIMEOUT_S
             while (remaining := deadline - loop.time()) > 0:
-                try:
-                    msg = await sub.next_msg(timeout=min(remaining, 5.0))
-                except NatsTimeoutError:
+                data = await receive(remaining)
+                if data is None:
                     continue
                 try:
-                    event = ProgressEvent.FromString(msg.data)
+                    event = ProgressEvent.FromString(data)
                 except DecodeError:
-                    log.warning("skipped an undecodable message on %s", msg.subject)
+                    log.warning("skipped an undecodable event of %s", request_id)
                     continue
                 yield event
                 if event.HasField("done"):
@@ -333,7 +376,6 @@ class FrontDoor:
             )
         finally:
             OPEN_WAITS.labels(api).dec()
-            await sub.unsubscribe()
 
     async def validate(self, request: ChatRequest, owner: str) -> None:
         """Checks the request, and replaces each attachment with what the store holds for it

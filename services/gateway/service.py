@@ -1,7 +1,8 @@
 """The gateway: the gRPC API and the HTTP API (OpenAI-compatible, web UI) over one front door.
 
-It consumes nothing from the bus: it publishes requests and follows their events. The
-planner process hosts it by default; `chorus serve gateway` runs it alone at the edge.
+It consumes nothing from the bus: it publishes requests and follows their events through one
+subscription per replica (`router`). The planner process hosts it by default; `chorus serve
+gateway` runs it alone at the edge.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from services.gateway.frontdoor import FrontDoor, Limits
 from services.gateway.grpc_api import start_grpc
 from services.gateway.http_api import HttpApi
 from services.gateway.owners import RequestOwners
+from services.gateway.router import EventRouter
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +45,11 @@ async def start(rt: Runtime, stack: AsyncExitStack) -> None:
         rt.js, rt.settings.worker_ttl_s, rt.settings.stream_replicas
     )
     stack.push_async_callback(registry.stop)
+    router = EventRouter(rt.nc, rt.js)
+    await router.start()
+    stack.push_async_callback(router.stop)
     limits = Limits(config.max_requests, config.max_requests_per_key)
-    front = FrontDoor(rt.js, store, owners, limits)
+    front = FrontDoor(rt.js, router, store, owners, limits)
     stack.push_async_callback(front.close)
     server = await start_grpc(rt, front, registry, config)
     stack.push_async_callback(server.stop, 5.0)

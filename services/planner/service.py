@@ -53,12 +53,12 @@ class Planner:
         log.info("planned %d tasks", len(task_plan.tasks))
         event = events.new_event(request.request_id)
         event.plan_ready.CopyFrom(task_plan)
-        await bus.pipelined(
+        await bus.pipelined(  # the plan first: the event must not hold up the selector
             [
-                events.publish_event(self._js, event, msg_id=f"{request.request_id}.plan_ready"),
                 bus.publish(
                     self._js, subjects.PLAN, task_plan, msg_id=f"{request.request_id}.plan"
                 ),
+                events.publish_event(self._js, event, msg_id=f"{request.request_id}.plan_ready"),
             ]
         )
 

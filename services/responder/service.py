@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 from contextlib import AsyncExitStack
 from typing import Any
@@ -20,6 +19,61 @@ log = logging.getLogger(__name__)
 STAGE = "responder"
 
 
+TOKEN_INTERVAL_S = 0.01  # answer tokens written within this of the last event share the next
+
+
+class TokenBatcher:
+    """A request's answer tokens as few events: the first goes out at once, and what is written
+    within `TOKEN_INTERVAL_S` of the last event goes out together, when that time is up (or at
+    the end). Joined, the events' text is the answer as written.
+
+    Each event's message id is the answer's length before it: a redelivered report streams
+    again, and its events that start where one already sent did are dropped as duplicates;
+    one cut elsewhere by the timing is not, so a caller following tokens may then read some
+    text twice (the `done` event carries the answer as written).
+    """
+
+    def __init__(self, js: JetStreamContext, request_id: str) -> None:
+        self._js = js
+        self._request_id = request_id
+        self._pieces: list[str] = []
+        self._offset = 0
+        self._last_sent = -TOKEN_INTERVAL_S
+        self._timer: asyncio.TimerHandle | None = None
+        # Sent in order, acks awaited together at the end: the stream never waits on them.
+        self.sent: list[asyncio.Future[None]] = []
+
+    def add(self, piece: str) -> None:
+        if not piece:
+            return
+        self._pieces.append(piece)
+        if self._timer is not None:
+            return
+        loop = asyncio.get_running_loop()
+        wait = self._last_sent + TOKEN_INTERVAL_S - loop.time()
+        if wait <= 0:
+            self.flush()
+        else:
+            self._timer = loop.call_later(wait, self.flush)
+
+    def flush(self) -> None:
+        """Sends what is written and not yet sent, as one event."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self._pieces:
+            return
+        event = events.new_event(self._request_id)
+        event.answer_token = "".join(self._pieces)
+        self._pieces = []
+        msg_id = f"{self._request_id}.token.{self._offset}"
+        self._offset += len(event.answer_token)
+        self._last_sent = asyncio.get_running_loop().time()
+        self.sent.append(
+            asyncio.ensure_future(events.publish_event(self._js, event, msg_id=msg_id))
+        )
+
+
 class Responder:
     def __init__(self, js: JetStreamContext, llm: LLM | None, context_tokens: int) -> None:
         self._js = js
@@ -27,24 +81,22 @@ class Responder:
         self._context_tokens = context_tokens
 
     async def handle(self, report: ExecutionReport) -> None:
-        counter = itertools.count()
-        sent: list[asyncio.Task[None]] = []
+        tokens = TokenBatcher(self._js, report.request_id)
 
         async def on_token(piece: str) -> None:
-            event = events.new_event(report.request_id)
-            event.answer_token = piece
-            # Numbered ids: a redelivered report re-streams without duplicating tokens.
-            msg_id = f"{report.request_id}.token.{next(counter)}"
-            # Sent in order, acks awaited together at the end: the stream never waits on them.
-            sent.append(asyncio.ensure_future(events.publish_event(self._js, event, msg_id=msg_id)))
+            tokens.add(piece)
 
         try:
             response = await respond(
                 report, self._llm, on_token, context_tokens=self._context_tokens
             )
-        finally:
-            await bus.pipelined(sent)
-        await events.finish(self._js, response)
+        except BaseException:  # what was written goes out, as each token did before
+            tokens.flush()
+            await bus.pipelined(tokens.sent)
+            raise
+        tokens.flush()
+        # `done` follows the last token on the connection; no wait for the tokens' acks first.
+        await bus.pipelined([*tokens.sent, events.finish(self._js, response)])
 
 
 async def build(rt: Runtime, stack: AsyncExitStack) -> list[bus.Consumer[Any]]:

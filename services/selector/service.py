@@ -305,24 +305,26 @@ class Selector:
             self._written.popitem(last=False)  # the oldest: its next step reads it again
 
     async def _carry_out(self, effects: list[Effect]) -> None:
-        """Sends every message of `effects` at once, in their order, and waits for the acks
-        together: the events that follow an invocation or a report do not hold it up."""
-        sends: list[Awaitable[None]] = []
+        """Sends every message of `effects` at once and waits for the acks together: first
+        the invocations and the report, which move the request on, then the progress events
+        (in their order), so that no event holds up the next hop."""
+        forward: list[Awaitable[None]] = []
+        progress: list[Awaitable[None]] = []
         for effect in effects:
             match effect:
                 case Invoke(task, route, invocation, msg_id):
                     subject = subjects.invoke(task, route)
-                    sends.append(bus.publish(self._js, subject, invocation, msg_id=msg_id))
+                    forward.append(bus.publish(self._js, subject, invocation, msg_id=msg_id))
                 case Emit(event, msg_id):
-                    sends.append(events.publish_event(self._js, event, msg_id=msg_id))
+                    progress.append(events.publish_event(self._js, event, msg_id=msg_id))
                 case Report(report):
                     msg_id = f"{report.request_id}.report"
-                    sends.append(bus.publish(self._js, subjects.REPORT, report, msg_id=msg_id))
+                    forward.append(bus.publish(self._js, subjects.REPORT, report, msg_id=msg_id))
                 case Count(counter, reason, task_id):
                     COUNTERS[counter].labels(reason).inc()
                     if counter == "stray":
                         log.warning("result for task %d ignored: %s", task_id, reason)
-        await bus.pipelined(sends)
+        await bus.pipelined([*forward, *progress])
 
     async def _discard_bad_state(
         self, request_id: str, revision: int | None, error: Exception

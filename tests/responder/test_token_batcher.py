@@ -1,0 +1,73 @@
+"""Answer tokens as few events (`TokenBatcher`), on a real NATS server: the text is the answer
+as written, the first token goes out at once, and a repeated stream adds nothing."""
+
+from __future__ import annotations
+
+import asyncio
+
+from chorus.v1.messages_pb2 import ProgressEvent
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
+
+from services.common import bus, subjects
+from services.responder.service import TokenBatcher
+
+PIECES = ["The", " edges", " are", " drawn", " in", " canny-control-0.png."]
+
+
+async def _stored_tokens(js: JetStreamContext, request_id: str) -> list[tuple[str, str]]:
+    """(message id, text) of each answer-token event the stream holds for the request."""
+    found: list[tuple[str, str]] = []
+    seq = 1
+    while True:
+        try:
+            msg = await js.get_msg(
+                subjects.EVENTS_STREAM, seq, subject=subjects.event(request_id), next=True
+            )
+        except NotFoundError:
+            return found
+        seq = (msg.seq or seq) + 1
+        text = ProgressEvent.FromString(msg.data or b"").answer_token
+        found.append(((msg.headers or {})[bus.MSG_ID], text))
+
+
+async def _stream(js: JetStreamContext, request_id: str) -> None:
+    tokens = TokenBatcher(js, request_id)
+    for piece in PIECES:  # written back to back: no turn of the loop in between
+        tokens.add(piece)
+    tokens.flush()
+    await bus.pipelined(tokens.sent)
+
+
+async def test_tokens_written_together_are_one_event_after_the_first(nats_url: str) -> None:
+    nc = await bus.connect(nats_url, "test")
+    js = nc.jetstream()
+    await bus.ensure_streams(js)
+    try:
+        await _stream(js, "r1")
+        first = await _stored_tokens(js, "r1")
+        await _stream(js, "r1")  # a redelivered report streams the same answer again
+        again = await _stored_tokens(js, "r1")
+    finally:
+        await nc.close()
+    assert first == [("r1.token.0", "The"), ("r1.token.3", "".join(PIECES[1:]))]
+    assert again == first
+
+
+async def test_what_waits_goes_out_when_its_time_is_up(nats_url: str) -> None:
+    nc = await bus.connect(nats_url, "test")
+    js = nc.jetstream()
+    await bus.ensure_streams(js)
+    try:
+        tokens = TokenBatcher(js, "r2")
+        tokens.add("Hello")
+        tokens.add(", world")  # held: the first went out just now
+        for _ in range(500):  # no further token, no end: the timer sends it
+            if len(tokens.sent) == 2:
+                break
+            await asyncio.sleep(0.01)
+        await bus.pipelined(tokens.sent)
+        stored = await _stored_tokens(js, "r2")
+    finally:
+        await nc.close()
+    assert stored == [("r2.token.0", "Hello"), ("r2.token.5", ", world")]
