@@ -18,6 +18,7 @@ from services.gateway import frontdoor
 from services.gateway.errors import RequestError
 from services.gateway.frontdoor import FrontDoor, Limits
 from services.gateway.owners import RequestOwners
+from services.gateway.router import EventRouter
 
 
 @pytest_asyncio.fixture
@@ -26,9 +27,12 @@ async def door(nats_url: str) -> AsyncIterator[FrontDoor]:
     js = nc.jetstream()
     await bus.ensure_streams(js)
     owners = await RequestOwners.open(js)
-    front = FrontDoor(js, await ArtifactStore.open(js), owners, Limits(8, 1))
+    router = EventRouter(nc, js)
+    await router.start()
+    front = FrontDoor(js, router, await ArtifactStore.open(js), owners, Limits(8, 1))
     yield front
     await front.close()
+    await router.stop()
     await nc.close()
 
 
