@@ -6,7 +6,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from chorus.v1.messages_pb2 import ArtifactRef, Kind, TaskArgument, TaskInvocation, TaskStatus
+from chorus.v1.messages_pb2 import (
+    ArtifactRef,
+    Kind,
+    TaskArgument,
+    TaskInvocation,
+    TaskResult,
+    TaskStatus,
+)
 from PIL import Image
 from prometheus_client import REGISTRY
 
@@ -184,15 +191,7 @@ async def test_bad_inline_inputs_are_refused_clearly_and_counted(
     if "inline" in change:
         ref.size = len(ref.inline)
     before = _refused(reason)
-    result = await execute(
-        _invocation("canny-control", "builtin:canny", image=ref),
-        local_run("canny-control", "builtin:canny"),
-        MemoryArtifacts(),
-        "w",
-        None,
-        None,
-        500,
-    )
+    result = await _canny_on(ref)
     assert result.status == TaskStatus.TASK_STATUS_FAILED and not result.retryable
     assert (
         result.error.startswith("bad input: argument 'image': inline file") and says in result.error
@@ -210,8 +209,15 @@ async def test_an_inline_input_takes_its_kind_from_its_media_type_not_the_messag
         size=len(png),
         inline=png,
     )
-    result = await execute(
-        _invocation("canny-control", "builtin:canny", image=ref),
+    result = await _canny_on(ref)
+    assert result.status == TaskStatus.TASK_STATUS_FAILED
+    assert "needs image, but a.wav is audio" in result.error
+
+
+async def _canny_on(image: ArtifactRef) -> TaskResult:
+    """A built-in canny task run on `image`, as an executor runs one it pulled."""
+    return await execute(
+        _invocation("canny-control", "builtin:canny", image=image),
         local_run("canny-control", "builtin:canny"),
         MemoryArtifacts(),
         "w",
@@ -219,5 +225,3 @@ async def test_an_inline_input_takes_its_kind_from_its_media_type_not_the_messag
         None,
         500,
     )
-    assert result.status == TaskStatus.TASK_STATUS_FAILED
-    assert "needs image, but a.wav is audio" in result.error

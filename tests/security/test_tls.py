@@ -64,11 +64,7 @@ async def test_grpc_over_mutual_tls_admits_only_clients_with_a_certificate(
     nats_url: str, tmp_path: Path
 ) -> None:
     cert, key = _self_signed(tmp_path)
-    env = {
-        "CHORUS_GRPC_TLS_CERT": str(cert),
-        "CHORUS_GRPC_TLS_KEY": str(key),
-        "CHORUS_GRPC_TLS_CLIENT_CA": str(cert),
-    }
+    env = _mutual_tls(cert, key)
     pem, key_pem = cert.read_bytes(), key.read_bytes()
     async with running_stack(nats_url, env, services=("gateway",)) as settings:
         addr = settings.grpc_addr
@@ -125,11 +121,7 @@ async def test_the_cli_client_uploads_and_downloads_over_mutual_tls(
     nats_url: str, tmp_path: Path
 ) -> None:
     cert, key = _self_signed(tmp_path)
-    env = {
-        "CHORUS_GRPC_TLS_CERT": str(cert),
-        "CHORUS_GRPC_TLS_KEY": str(key),
-        "CHORUS_GRPC_TLS_CLIENT_CA": str(cert),
-    }
+    env = _mutual_tls(cert, key)
     sent = tmp_path / "note.txt"
     sent.write_text("over TLS")
 
@@ -167,3 +159,12 @@ def test_the_cli_takes_its_tls_files_from_options_or_the_environment(
     with pytest.raises(SystemExit) as stopped:
         main(["plan", "hi", "--grpc", "127.0.0.1:1"])
     assert stopped.value.code == 2 and "--tls-ca: cannot read" in capsys.readouterr().err
+
+
+def _mutual_tls(cert: Path, key: Path) -> dict[str, str]:
+    """The gateway's settings for TLS that also asks clients for a certificate signed by `cert`."""
+    return {
+        "CHORUS_GRPC_TLS_CERT": str(cert),
+        "CHORUS_GRPC_TLS_KEY": str(key),
+        "CHORUS_GRPC_TLS_CLIENT_CA": str(cert),
+    }
