@@ -38,7 +38,7 @@ from chorus.v1.messages_pb2 import (
 from openai import AsyncOpenAI
 
 from bench.stats import throughput
-from services.cli.cluster import LocalCluster, free_port
+from services.cli.cluster import LocalCluster, free_port, start_nats_server
 from services.common import subjects
 from tests.gateway.browser import CHROMIUM, chromium
 from tests.support import ScriptedLLM, square_png
@@ -176,7 +176,12 @@ async def _measure(cluster: LocalCluster, grpc_addr: str, http_addr: str) -> dic
 def main() -> int:
     llm = ScriptedLLM(replies=[_reply]).start()
     grpc_addr, http_addr = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+    # A NATS of the bench's own, without users: the cancel figure watches every task result,
+    # which no role of a locked bus may read.
+    store = tempfile.TemporaryDirectory(prefix="chorus-bench-nats-")
+    nats_proc, nats_url = start_nats_server(Path(store.name))
     cluster = LocalCluster(
+        nats_url=nats_url,
         grpc_addr=grpc_addr,
         openai_addr=http_addr,
         executor_models=["canny-control=builtin:canny"],
@@ -192,6 +197,9 @@ def main() -> int:
     finally:
         cluster.stop()
         llm.stop()
+        nats_proc.terminate()
+        nats_proc.wait()
+        store.cleanup()
     figures["config"] = {
         "concurrency": CONCURRENCY,
         "door_requests": DOOR_REQUESTS,
