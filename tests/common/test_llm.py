@@ -60,3 +60,24 @@ async def test_one_connection_carries_every_call_and_stream(scripted_llm: Script
     finally:
         await llm.close()
     assert scripted_llm.connections == 1
+
+
+async def test_the_request_body_is_the_prompt_as_given(scripted_llm: ScriptedLLM) -> None:
+    """The client sends the body as built (no per-message transform): the model, the turns,
+    temperature 0, and JSON mode, a token limit or streaming only when asked for."""
+    scripted_llm.replies = ["fine"]
+    llm = _llm(scripted_llm)
+    turns = [ChatTurn("system", "be brief"), ChatTurn("user", "héllo\n{}")]
+    try:
+        await llm.completion(turns, json_mode=True, max_tokens=9)
+        await llm.complete(turns)
+        assert "".join([piece async for piece in llm.stream(turns)]) == "fine"
+    finally:
+        await llm.close()
+    wire = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "héllo\n{}"}]
+    base = {"model": "scripted", "messages": wire, "temperature": 0}
+    assert scripted_llm.requests == [
+        {**base, "response_format": {"type": "json_object"}, "max_tokens": 9},
+        base,
+        {**base, "stream": True},
+    ]
