@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -250,7 +251,7 @@ async def test_only_large_files_are_decoded_and_encoded_off_the_loop(
     store = MemoryArtifacts()
     photo = await store.put(_noise_png(side), "noise.png")
 
-    async def echo(inputs: dict[str, Any]) -> list[Produced]:
+    async def echo(inputs: Mapping[str, Any]) -> list[Produced]:
         return [Produced("image", image=inputs["image"])]
 
     inv = _invocation("canny-control", "builtin:canny", image=photo)
