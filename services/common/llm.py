@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 import openai
 from openai import AsyncOpenAI, AsyncStream
-from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionMessage
+from openai.types.chat import ChatCompletion, ChatCompletionMessage
 from prometheus_client import Counter, Histogram
 
 from services.common import tracing
@@ -171,18 +171,18 @@ class OpenAILLM:
                 chunks = await self._client.post(
                     _COMPLETIONS,
                     body={**self._body(messages), "stream": True},
-                    cast_to=ChatCompletion,
+                    cast_to=object,
                     stream=True,
-                    stream_cls=AsyncStream[ChatCompletionChunk],
+                    # Each chunk as the JSON it came in: building the client's typed chunk of
+                    # every token took about 0.1 ms of CPU, more than all the rest per token.
+                    stream_cls=AsyncStream[object],
                 )
                 async for chunk in chunks:
-                    if not chunk.choices:
-                        continue
-                    choice = chunk.choices[0]
-                    if choice.delta.content:
+                    piece, ends = _delta(chunk)
+                    if piece:
                         started = True
-                        yield choice.delta.content
-                    finished = finished or choice.finish_reason is not None
+                        yield piece
+                    finished = finished or ends
             except openai.OpenAIError as e:
                 if started:
                     raise LLMStreamCut(f"LLM {self.name} stream broke off: {e}") from e
@@ -196,6 +196,18 @@ class OpenAILLM:
 
     async def close(self) -> None:
         await self._client.close()
+
+
+def _delta(chunk: object) -> tuple[str, bool]:
+    """The text a streamed chunk adds (`choices[0].delta.content`) and whether it ends the
+    reply (`choices[0].finish_reason`); a chunk without a choice (usage) adds nothing."""
+    choices = chunk.get("choices") if isinstance(chunk, dict) else None
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        return "", False
+    choice = choices[0]
+    delta = choice.get("delta")
+    content = delta.get("content") if isinstance(delta, dict) else None
+    return (content if isinstance(content, str) else ""), choice.get("finish_reason") is not None
 
 
 def _reasoning(message: ChatCompletionMessage) -> str | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.common.llm import ChatTurn, LLMError, OpenAILLM
+from services.common.llm import ChatTurn, LLMError, OpenAILLM, _delta
 from services.common.settings import LLMSettings
 from tests.support import Answer, ScriptedLLM
 
@@ -81,3 +81,23 @@ async def test_the_request_body_is_the_prompt_as_given(scripted_llm: ScriptedLLM
         base,
         {**base, "stream": True},
     ]
+
+
+@pytest.mark.parametrize(
+    ("chunk", "read"),
+    [
+        ({"choices": [{"delta": {"content": "hi"}, "finish_reason": None}]}, ("hi", False)),
+        ({"choices": [{"delta": {}, "finish_reason": "stop"}]}, ("", True)),
+        ({"choices": [], "usage": {"completion_tokens": 3}}, ("", False)),
+        ({"choices": [{"delta": {"content": None, "role": "assistant"}}]}, ("", False)),
+        ({"choices": [{"delta": {"content": 7}}]}, ("", False)),
+        ({"choices": "nonsense"}, ("", False)),
+        (["not", "a", "chunk"], ("", False)),
+    ],
+)
+def test_a_streamed_chunk_of_any_shape_adds_only_its_text(
+    chunk: object, read: tuple[str, bool]
+) -> None:
+    """Chunks are read as the JSON they came in (no typed model per token): one of another
+    shape adds nothing rather than breaking the answer."""
+    assert _delta(chunk) == read
