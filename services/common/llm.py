@@ -27,7 +27,7 @@ LLM_TOKENS = Counter("chorus_llm_tokens_total", "Tokens the LLM reported using."
 # of the prompt (type introspection per key: a quarter of the planner's CPU per request); our
 # messages are plain role/content strings, which it would leave as they are. So the calls go
 # through the client's own `post` (its documented way to send a body as it is), keeping its
-# connection, retries, auth, errors and response types.
+# connection, retries, auth and errors, and the typed reply of a whole completion.
 _COMPLETIONS = "/chat/completions"
 
 
