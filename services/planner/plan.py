@@ -39,9 +39,11 @@ REPLIES = Counter(
     "invalid.",
     ["outcome"],
 )
-# Reading a request or a reply runs in a thread, so the gateway and HTTP in this process stay
-# responsive; its regular expressions are linear, and this bounds what is left.
+# Reading a long request or reply runs in a thread, so the gateway and HTTP in this process
+# stay responsive; its regular expressions are linear, and this bounds what is left. A short
+# one (most plans) is read on the loop: that takes less than the hand-off to a thread.
 PARSE_TIME_LIMIT_S = 5.0
+ON_LOOP_CHARS = 4096
 T = TypeVar("T")
 _ECHO_CHARS = 4000  # how much of an invalid reply goes back to the LLM in the repair round
 MIN_ROOM_TOKENS = 4096  # the repair round's token limit after a reply that was cut off
@@ -58,7 +60,8 @@ async def plan(request: ChatRequest, llm: ReportingLLM | None) -> TaskPlan:
     result.request.CopyFrom(request)
     if llm is None:
         try:
-            tasks = await _off_loop(plan_by_rules, request_text(request), resources_of(request))
+            text = request_text(request)
+            tasks = await _off_loop(len(text), plan_by_rules, text, resources_of(request))
         except TimeoutError:
             log.warning("the rules planner gave up after %.0f s", PARSE_TIME_LIMIT_S)
             result.notes.append(
@@ -114,14 +117,17 @@ async def _plan_with_llm(
         return ParsedPlan([], []), "rejected", [note]
 
 
-async def _off_loop(work: Callable[..., T], *args: object) -> T:
-    """`work(*args)` in a thread, `TimeoutError` past `PARSE_TIME_LIMIT_S`."""
+async def _off_loop(chars: int, work: Callable[..., T], *args: object) -> T:
+    """`work(*args)` on a text of `chars` characters: in a thread, `TimeoutError` past
+    `PARSE_TIME_LIMIT_S`, unless the text is short enough to read on the loop."""
+    if chars <= ON_LOOP_CHARS:
+        return work(*args)
     return await asyncio.wait_for(asyncio.to_thread(work, *args), PARSE_TIME_LIMIT_S)
 
 
 async def _read_off_loop(reply: Completion, resources: dict[str, ArtifactRef]) -> ParsedPlan:
     try:
-        return await _off_loop(_read, reply, resources)
+        return await _off_loop(len(reply.text), _read, reply, resources)
     except TimeoutError as e:
         REPLIES.labels("invalid").inc()
         raise PlanError(f"reading the reply took over {PARSE_TIME_LIMIT_S:.0f} s") from e

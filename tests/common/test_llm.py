@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.common.llm import ChatTurn, LLMError, OpenAILLM
+from services.common.llm import ChatTurn, LLMError, OpenAILLM, _delta
 from services.common.settings import LLMSettings
 from tests.support import Answer, ScriptedLLM
 
@@ -60,3 +60,44 @@ async def test_one_connection_carries_every_call_and_stream(scripted_llm: Script
     finally:
         await llm.close()
     assert scripted_llm.connections == 1
+
+
+async def test_the_request_body_is_the_prompt_as_given(scripted_llm: ScriptedLLM) -> None:
+    """The client sends the body as built (no per-message transform): the model, the turns,
+    temperature 0, and JSON mode, a token limit or streaming only when asked for."""
+    scripted_llm.replies = ["fine"]
+    llm = _llm(scripted_llm)
+    turns = [ChatTurn("system", "be brief"), ChatTurn("user", "héllo\n{}")]
+    try:
+        await llm.completion(turns, json_mode=True, max_tokens=9)
+        await llm.complete(turns)
+        assert "".join([piece async for piece in llm.stream(turns)]) == "fine"
+    finally:
+        await llm.close()
+    wire = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "héllo\n{}"}]
+    base = {"model": "scripted", "messages": wire, "temperature": 0}
+    assert scripted_llm.requests == [
+        {**base, "response_format": {"type": "json_object"}, "max_tokens": 9},
+        base,
+        {**base, "stream": True},
+    ]
+
+
+@pytest.mark.parametrize(
+    ("chunk", "read"),
+    [
+        ({"choices": [{"delta": {"content": "hi"}, "finish_reason": None}]}, ("hi", False)),
+        ({"choices": [{"delta": {}, "finish_reason": "stop"}]}, ("", True)),
+        ({"choices": [], "usage": {"completion_tokens": 3}}, ("", False)),
+        ({"choices": [{"delta": {"content": None, "role": "assistant"}}]}, ("", False)),
+        ({"choices": [{"delta": {"content": 7}}]}, ("", False)),
+        ({"choices": "nonsense"}, ("", False)),
+        (["not", "a", "chunk"], ("", False)),
+    ],
+)
+def test_a_streamed_chunk_of_any_shape_adds_only_its_text(
+    chunk: object, read: tuple[str, bool]
+) -> None:
+    """Chunks are read as the JSON they came in (no typed model per token): one of another
+    shape adds nothing rather than breaking the answer."""
+    assert _delta(chunk) == read

@@ -107,3 +107,17 @@ def test_a_hung_collector_never_holds_up_work() -> None:
     # Ten spans wait (in the queue or in the hung export); every later one is dropped.
     assert _dropped() - before == 90
     tracing.configure_tracing("test", {})
+
+
+def test_off_a_hop_passes_the_context_on_as_it_came() -> None:
+    """Off, no span is made only to be dropped: a message goes on with its caller's context,
+    the sampled flag included, so that an exporting process further on joins that trace."""
+    tracing.configure_tracing("test", {})
+    headers: dict[str, str] = {}
+    with (
+        tracing.handling("selector", "chorus.result", PARENT),
+        tracing.span("task canny-control"),
+        tracing.publishing("chorus.task", headers),
+    ):
+        pass
+    assert headers["traceparent"] == PARENT

@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+import asyncio
 import io
 import json
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -225,3 +228,41 @@ async def _canny_on(image: ArtifactRef) -> TaskResult:
         None,
         500,
     )
+
+
+def _noise_png(side: int) -> bytes:
+    pixels = np.random.default_rng(0).integers(0, 256, (side, side, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(("side", "hand_offs"), [(8, 0), (300, 2)])
+async def test_only_large_files_are_decoded_and_encoded_off_the_loop(
+    side: int, hand_offs: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A thread costs more than a small file's decoding or encoding; a large one (here 300 px
+    of noise: a file over 4 KiB, 270 KB of pixels) must not hold up the loop."""
+    threads = 0
+    to_thread = asyncio.to_thread
+
+    async def counted(work: Any, *args: Any) -> Any:
+        nonlocal threads
+        threads += 1
+        return await to_thread(work, *args)
+
+    monkeypatch.setattr(asyncio, "to_thread", counted)
+    store = MemoryArtifacts()
+    photo = await store.put(_noise_png(side), "noise.png")
+
+    async def echo(inputs: Mapping[str, Any]) -> list[Produced]:
+        return [Produced("image", image=inputs["image"])]
+
+    inv = _invocation("canny-control", "builtin:canny", image=photo)
+    result = await execute(inv, echo, store, "w")
+    assert result.status == TaskStatus.TASK_STATUS_SUCCEEDED, result.error
+    _, data = store.items[result.outputs[0].artifact.id]
+    assert (
+        Image.open(io.BytesIO(data)).tobytes() == Image.open(io.BytesIO(_noise_png(side))).tobytes()
+    )
+    assert threads == hand_offs

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+from typing import Any
 
+import pytest
 from chorus.v1.messages_pb2 import ChatMessage, ChatRequest, PlanSource
 from prometheus_client import REGISTRY
 
 from services.common.llm import OpenAILLM
 from services.common.settings import LLMSettings
-from services.planner.plan import MIN_ROOM_TOKENS, plan
+from services.planner.plan import MIN_ROOM_TOKENS, ON_LOOP_CHARS, plan
 from tests.support import Answer, ScriptedLLM
 
 CYCLE = json.dumps(
@@ -132,3 +135,27 @@ async def test_a_reply_that_is_only_reasoning_is_asked_again(scripted_llm: Scrip
 
 def _count(outcome: str) -> float:
     return REGISTRY.get_sample_value("chorus_planner_replies_total", {"outcome": outcome}) or 0.0
+
+
+async def test_only_a_long_reply_is_read_in_a_thread(
+    scripted_llm: ScriptedLLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A short plan is read on the loop (a thread costs more than reading it); a long one in
+    a thread, so that the gateway in this process keeps answering meanwhile."""
+    threads = 0
+    to_thread = asyncio.to_thread
+
+    async def counted(work: Any, *args: Any) -> Any:
+        nonlocal threads
+        threads += work.__module__ == plan.__module__  # not the client's own (its platform)
+        return await to_thread(work, *args)
+
+    monkeypatch.setattr(asyncio, "to_thread", counted)
+    task = {"task": "summarization", "id": 0, "dep": [], "args": {"text": "x"}}
+    padded = {**task, "args": {"text": "x" * ON_LOOP_CHARS}}
+    scripted_llm.replies = [GOOD, json.dumps({"tasks": [padded]})]
+    llm = _llm(scripted_llm)
+    short = await plan(_request("summarize x"), llm)
+    assert ([t.task for t in short.tasks], threads) == (["summarization"], 0)
+    long = await plan(_request("summarize x"), llm)
+    assert ([t.task for t in long.tasks], threads) == (["summarization"], 1)
