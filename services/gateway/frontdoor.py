@@ -214,7 +214,8 @@ class FrontDoor:
         if (timer := self._unread.pop(request_id, None)) is None:
             raise RequestError(
                 f"request {request_id} was not read within {START_TIMEOUT_S:.0f}s of being "
-                "accepted, and was dropped; send it again",
+                "accepted, and was dropped; send it again under a new request_id (this one "
+                "stays taken)",
                 ErrorCode.ERROR_CODE_DEADLINE,
             )
         timer.cancel()
@@ -336,7 +337,7 @@ class FrontDoor:
 
         async def receive(timeout_s: float) -> bytes | None:
             try:
-                return (await sub.next_msg(timeout=min(timeout_s, 5.0))).data
+                return (await sub.next_msg(timeout=min(timeout_s, IDLE_CHECK_S))).data
             except NatsTimeoutError:
                 return None
 

@@ -39,6 +39,11 @@ class Planner:
         # A request published straight to the bus may carry no start time: the clock starts here.
         if not request.HasField("created_at"):
             request.created_at.GetCurrentTime()
+        # Nor may it bring a file's bytes inline (only a task's output travels so): its files
+        # are read from the store, which checks them, like any client's.
+        for message in request.messages:
+            for artifact in message.artifacts:
+                artifact.ClearField("inline")
         try:
             task_plan = await plan(request, self._llm)
         except LLMError as e:

@@ -305,11 +305,14 @@ class Selector:
             self._written.popitem(last=False)  # the oldest: its next step reads it again
 
     async def _carry_out(self, effects: list[Effect]) -> None:
-        """Sends every message of `effects` at once and waits for the acks together: first
-        the invocations and the report, which move the request on, then the progress events
-        (in their order), so that no event holds up the next hop."""
+        """Sends the messages of `effects` and waits for their acks together: first the
+        invocations, which move the request on, then the progress events (in their order), so
+        that no event holds up the next hop. The report goes only once those events are
+        stored: the responder's `done` that follows it is the last event a client reads, and
+        must not overtake a `task_finished` whose publish was retried."""
         forward: list[Awaitable[None]] = []
         progress: list[Awaitable[None]] = []
+        last: list[Awaitable[None]] = []
         for effect in effects:
             match effect:
                 case Invoke(task, route, invocation, msg_id):
@@ -319,12 +322,13 @@ class Selector:
                     progress.append(events.publish_event(self._js, event, msg_id=msg_id))
                 case Report(report):
                     msg_id = f"{report.request_id}.report"
-                    forward.append(bus.publish(self._js, subjects.REPORT, report, msg_id=msg_id))
+                    last.append(bus.publish(self._js, subjects.REPORT, report, msg_id=msg_id))
                 case Count(counter, reason, task_id):
                     COUNTERS[counter].labels(reason).inc()
                     if counter == "stray":
                         log.warning("result for task %d ignored: %s", task_id, reason)
         await bus.pipelined([*forward, *progress])
+        await bus.pipelined(last)
 
     async def _discard_bad_state(
         self, request_id: str, revision: int | None, error: Exception

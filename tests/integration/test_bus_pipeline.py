@@ -115,6 +115,30 @@ async def test_generated_image_travels_through_the_object_store(
     assert marks_the_square(edges)
 
 
+async def test_inline_bytes_sent_with_a_request_are_ignored_for_the_stored_file(
+    nats_url: str,
+) -> None:
+    # Only a task's output travels inline; a request published straight to the bus that brings
+    # other bytes with a stored file's reference must not have them run in place of the file.
+    async with running_stack(nats_url, CANNY_ONLY):
+        nc = await nats.connect(nats_url)
+        store = await ArtifactStore.open(nc.jetstream())
+        upload = await store.put(square_png(), "square.png")
+        forged = Image.new("RGB", (48, 48), "white")
+        buffer = io.BytesIO()
+        forged.save(buffer, format="PNG")
+        upload.inline, upload.size = buffer.getvalue(), len(buffer.getvalue())
+        request = _request("Find the edges in square.png")
+        request.messages[0].artifacts.append(upload)
+        events, response = await _ask_over_bus(nats_url, request)
+        (artifact,) = response.artifacts
+        _, data = await store.get(artifact.id)
+        await nc.close()
+    assert marks_the_square(Image.open(io.BytesIO(data)).convert("L"))  # the stored square's
+    plans = [e.plan_ready for e in events if e.HasField("plan_ready")]
+    assert plans and not any(arg.artifact.inline for t in plans[0].tasks for arg in t.args)
+
+
 async def test_stop_after_plan_runs_no_task(nats_url: str) -> None:
     async with running_stack(nats_url, CANNY_ONLY):
         request = _request("Summarize 'a long text here'", stop_after=StopAfter.STOP_AFTER_PLAN)
