@@ -82,6 +82,9 @@ class Follower:
         """An event read from the stream in a catch-up; whether it was new."""
         return self._pass(msg_id, data)
 
+    def seen(self, msg_id: str) -> bool:
+        return msg_id in self._seen
+
     def release(self) -> None:
         held, self._held = self._held or [], None
         for msg_id, data in held:
@@ -148,6 +151,10 @@ class EventRouter:
             return
         follower.hold()
         try:
+            # A request that is only slow (a long task) is checked often: one read of its last
+            # stored event tells whether anything came that the subscription did not bring.
+            if reason == "idle" and await self._last_stored_seen(follower):
+                return
             await self._read_stored(follower, reason)
         except Exception as e:
             if not unavailable(e):
@@ -155,6 +162,16 @@ class EventRouter:
             log.warning("could not catch up on a request's events (will retry): %s", e)
         finally:
             follower.release()
+
+    async def _last_stored_seen(self, follower: Follower) -> bool:
+        read = functools.partial(
+            self._js.get_last_msg, subjects.EVENTS_STREAM, subjects.event(follower.request_id)
+        )
+        try:
+            msg = await retrying("check a request's last event", read)
+        except NotFoundError:
+            return True  # nothing stored yet
+        return follower.seen((msg.headers or {}).get(bus.MSG_ID, ""))
 
     async def _read_stored(self, follower: Follower, reason: str) -> None:
         subject = subjects.event(follower.request_id)

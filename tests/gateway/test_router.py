@@ -110,6 +110,25 @@ async def test_a_catch_up_brings_what_the_subscription_missed_once_and_in_order(
     )
 
 
+async def test_an_idle_check_reads_the_history_only_when_its_last_event_was_missed(
+    bus_pair: tuple[EventRouter, JetStreamContext],
+) -> None:
+    router, js = bus_pair
+    with router.follow("slow") as follower:
+        for n in range(3):  # seen live, and stored
+            await _publish(js, _event("slow", n))
+        assert all([await follower.next(5.0) for _ in range(3)])
+        await router.catch_up(follower)  # a slow task: nothing missed, nothing read again
+        assert follower.next_seq == 1 and await follower.next(0.1) is None
+        router._followers.pop("slow")  # the subscription misses the next event
+        await _publish(js, _event("slow", 3))
+        router._followers["slow"] = follower
+        await router.catch_up(follower)  # its last event is unseen: the history is read
+        got = await follower.next(1.0)
+    assert got is not None and _what(ProgressEvent.FromString(got)) == ("slow", 3)
+    assert follower.next_seq > 1
+
+
 class Link:
     """A TCP relay between the gateway and NATS that the test cuts and mends: while cut, the
     gateway is disconnected for certain, whatever the timing."""
