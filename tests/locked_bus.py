@@ -19,7 +19,7 @@ from nats.aio.client import Client as NATS
 
 from services.cli.cluster import start_nats_server
 from services.common import bus
-from services.common.roles import Role, inbox_prefix, local_roles
+from services.common.roles import Role, local_roles, login_inbox_prefix
 from services.common.settings import NatsAuth
 from services.executor.config import lanes_from_env
 
@@ -53,8 +53,7 @@ class LockedBus:
     async def connect(self, user: str) -> NATS:
         """A connection as `user`, with its role's inbox prefix as the services connect (the
         integrator with a client's usual one)."""
-        prefix = None if user == "integrator" else inbox_prefix(user)
-        auth = NatsAuth(user, self.passwords[user], inbox_prefix=prefix)
+        auth = NatsAuth(user, self.passwords[user], inbox_prefix=login_inbox_prefix(user))
         return await bus.connect(self.url, f"test-{user}", auth)
 
 

@@ -25,7 +25,6 @@ from services.common.roles import (
     ROLES,
     Lane,
     Role,
-    inbox_prefix,
     local_roles,
     nats_authorization,
 )
@@ -180,10 +179,9 @@ class LocalCluster:
             "CHORUS_NATS_URL": str(self.nats_url),
             "CHORUS_METRICS_PORT": str(port),
         }
-        if self.nats_passwords:  # each service as its own role, its replies to its inboxes
+        if self.nats_passwords:  # each service as its own role (replies to its own inboxes)
             env["CHORUS_NATS_USER"] = service
             env["CHORUS_NATS_PASSWORD"] = self.nats_passwords[service]
-            env["CHORUS_NATS_INBOX_PREFIX"] = inbox_prefix(service)
         self._procs[name] = subprocess.Popen(
             [sys.executable, "-m", f"services.{service}"],
             env=env,

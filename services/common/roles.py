@@ -40,9 +40,18 @@ STREAM_SETTINGS_OWNER = "selector"
 INTEGRATOR_INBOXES = "_INBOX.>"  # the prefix clients use unless told otherwise
 
 
+INTEGRATOR = "integrator"
+
+
 def inbox_prefix(user: str) -> str:
     """The inbox prefix of a service connecting as `user`: replies to it go there only."""
     return f"_INBOX_{user}"
+
+
+def login_inbox_prefix(user: str) -> str | None:
+    """The inbox prefix a login as `user` takes: a service role's own, or for the integrator
+    the client's usual one (None), which is what its role allows."""
+    return None if user == INTEGRATOR else inbox_prefix(user)
 
 
 @dataclass(frozen=True)
@@ -211,7 +220,7 @@ def executor_role(lanes: Iterable[Lane], name: str = "executor") -> Role:
 def integrator_role() -> Role:
     """Outside Chorus: sends requests and reads events and responses, nothing else."""
     return Role(
-        "integrator", (subjects.REQUEST, *_READ_EVENTS), (INTEGRATOR_INBOXES, *_EVENTS_SUBSCRIBE)
+        INTEGRATOR, (subjects.REQUEST, *_READ_EVENTS), (INTEGRATOR_INBOXES, *_EVENTS_SUBSCRIBE)
     )
 
 

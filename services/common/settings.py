@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlparse
 
-from services.common.roles import inbox_prefix
+from services.common.roles import login_inbox_prefix
 
 N = TypeVar("N", int, float)
 
@@ -146,7 +146,7 @@ def _nats_auth(env: Mapping[str, str]) -> NatsAuth:
     if prefix is None:
         creds = files["creds"]
         login = user or (_credentials_name(creds) if creds else None)
-        prefix = inbox_prefix(login) if login else None
+        prefix = login_inbox_prefix(login) if login else None
     if prefix is not None and not _SUBJECT_PREFIX.fullmatch(prefix):
         raise SettingsError(
             f"CHORUS_NATS_INBOX_PREFIX must be subject tokens without wildcards: {prefix!r}"

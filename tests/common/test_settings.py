@@ -53,3 +53,26 @@ def test_the_inline_limit_defaults_to_64_kib_and_stays_well_under_a_message() ->
     assert Settings.from_env({"CHORUS_INLINE_MAX_BYTES": "0"}).inline_max_bytes == 0
     with pytest.raises(SettingsError, match="CHORUS_INLINE_MAX_BYTES must be at most 262144"):
         Settings.from_env({"CHORUS_INLINE_MAX_BYTES": str(900 * 1024)})
+
+
+@pytest.mark.parametrize(
+    ("env", "prefix"),
+    [
+        ({}, None),
+        ({"CHORUS_NATS_USER": "selector", "CHORUS_NATS_PASSWORD": "p"}, "_INBOX_selector"),
+        ({"CHORUS_NATS_USER": "integrator", "CHORUS_NATS_PASSWORD": "p"}, None),
+        (
+            {
+                "CHORUS_NATS_USER": "selector",
+                "CHORUS_NATS_PASSWORD": "p",
+                "CHORUS_NATS_INBOX_PREFIX": "_INBOX_x",
+            },
+            "_INBOX_x",
+        ),
+    ],
+)
+def test_replies_go_to_the_inboxes_the_login_s_role_may_read(
+    env: dict[str, str], prefix: str | None
+) -> None:
+    # A service role reads only its own inboxes; the integrator a client's usual `_INBOX`.
+    assert Settings.from_env(env).nats_auth.inbox_prefix == prefix
