@@ -53,7 +53,7 @@ from bench.capacity_model import (
     predicted_rps,
     task_mix,
 )
-from bench.pipeline import BusSide, _get_json, _pid_cpu_s, scripted_llm
+from bench.pipeline import BusSide, get_json, pid_cpu_s, scripted_llm
 from bench.stats import throughput
 from services.cli.cluster import start_nats_server
 from services.common import subjects
@@ -99,7 +99,7 @@ def chains_llm() -> ScriptedLLM:
 
 def stream_sequences(monitor: str) -> dict[str, float]:
     """Messages ever stored per stream (its last sequence), from the server's `/jsz`."""
-    jsz = _get_json(f"{monitor}/jsz?accounts=true&streams=true")
+    jsz = get_json(f"{monitor}/jsz?accounts=true&streams=true")
     return {
         s["name"]: float(s["state"]["last_seq"])
         for account in jsz.get("account_details", [])
@@ -119,7 +119,7 @@ def _snapshot(side: BusSide, llm_pid: int) -> dict[str, float]:
     counters = side.counters()
     counters |= {f"stream_{k}": v for k, v in stream_sequences(side.monitor).items()}
     counters["cpu_client"] = time.process_time()
-    counters["cpu_llm"] = _pid_cpu_s(llm_pid)
+    counters["cpu_llm"] = pid_cpu_s(llm_pid)
     counters["machine_cpu"] = machine_cpu_s()
     return counters
 
@@ -207,10 +207,10 @@ async def _probe(url: str, server_pid: int, writes: int, size: int) -> dict[str,
             ("stream_publish", publish, writes),
             ("kv_write", run_state, writes // 3),
         ):
-            before = _pid_cpu_s(server_pid)
+            before = pid_cpu_s(server_pid)
             await asyncio.gather(*(writes_of(i) for i in range(jobs)))
             stored = jobs * (3 if name == "kv_write" else 1)
-            costs[name] = (_pid_cpu_s(server_pid) - before) / stored * 1e6
+            costs[name] = (pid_cpu_s(server_pid) - before) / stored * 1e6
     finally:
         await nc.close()
     return costs
