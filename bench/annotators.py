@@ -11,7 +11,6 @@ Figures go to bench/results/annotators.json.
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
 from collections.abc import Callable
@@ -23,6 +22,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from bench.before import BEFORE_ISSUE_14, module_at
+from bench.stats import write_results
 from services.executor import annotators, imageops
 
 RUNS = 15
@@ -119,8 +119,7 @@ def main() -> None:
         networks[task] = {"cpu_ms": ms}
         print(f"{task:17s} network {ms:8.1f} ms")
     results["networks_median_cpu"] = networks
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    write_results(RESULTS, results)
     print(f"wrote {RESULTS}")
 
 

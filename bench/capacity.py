@@ -54,7 +54,7 @@ from bench.capacity_model import (
     task_mix,
 )
 from bench.pipeline import BusSide, get_json, pid_cpu_s, scripted_llm
-from bench.stats import throughput
+from bench.stats import throughput, write_results
 from services.cli.cluster import start_nats_server
 from services.common import subjects
 from tests.fault.harness import Tally
@@ -479,8 +479,7 @@ def main() -> int:
         "check": _check(medians, cores),
         "tallies": {n: t.figures(crashes=0) | {"errors": t.errors[:5]} for n, t in tallies.items()},
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(figures, indent=2, default=str) + "\n")
+    write_results(RESULTS, figures, default=str)
     table = markdown(figures)
     RESULTS.with_suffix(".md").write_text(table)
     print("\n" + table)

@@ -19,7 +19,6 @@ bench/results/chaos.json. `CHAOS_RUNS=services,nats` picks runs; `CHAOS_REQUESTS
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import random
 import tempfile
@@ -28,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.stats import write_results
 from tests.fault.harness import Client, Fleet, NatsNodes, service_env
 from tests.support import canny_chain_llm
 
@@ -133,8 +133,7 @@ def main() -> int:
             f"{row['service_crashes']:>9}{row['median_s']:>10}{row['p99_s']:>8}{row['faults']:>8}",
             flush=True,
         )
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+        write_results(RESULTS, results)
     print(f"wrote {RESULTS}")
     return 0
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import random
 import statistics
@@ -27,7 +26,7 @@ from chorus.v1.messages_pb2 import TaskArgument, TaskInvocation, TaskResult, Tas
 from chorus.v1.workers_pb2 import WorkerInfo
 from nats.js import JetStreamContext
 
-from bench.stats import p99
+from bench.stats import p99, write_results
 from services.cli.cluster import start_nats_server
 from services.common import bus, subjects
 from tests.support import build_tiny_text_classifier
@@ -300,8 +299,7 @@ def main() -> int:
         f"invocation also waits up to CHORUS_BATCH_WAIT_MS ({BATCH_WAIT_MS} ms here).",
     ]
     _print(figures)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(figures, indent=2) + "\n")
+    write_results(RESULTS, figures)
     print(f"wrote {RESULTS}")
     return 0
 

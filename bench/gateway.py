@@ -37,7 +37,7 @@ from chorus.v1.messages_pb2 import (
 )
 from openai import AsyncOpenAI
 
-from bench.stats import throughput
+from bench.stats import throughput, write_results
 from services.cli.cluster import LocalCluster, free_port, start_nats_server
 from services.common import subjects
 from tests.gateway.browser import CHROMIUM, chromium
@@ -220,8 +220,7 @@ def main() -> int:
             f"browser, Send to plan shown: {b['send_to_plan_ms_median']:.0f} ms median; "
             f"to first answer token: {b['send_to_first_token_ms_median']:.0f} ms median"
         )
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(figures, indent=2) + "\n")
+    write_results(RESULTS, figures)
     print(f"wrote {RESULTS}")
     return 0
 

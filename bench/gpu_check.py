@@ -28,6 +28,8 @@ from typing import Any
 
 import torch
 
+from bench.stats import write_results
+
 RESULTS = Path("bench/results/gpu.json")
 # `GPU_CHECK_DEVICE=cpu` runs the script through on a machine without a GPU (a dry run).
 DEVICE = os.environ.get("GPU_CHECK_DEVICE", "cuda:0")
@@ -178,8 +180,7 @@ def main() -> None:
                 entry["error"] = f"{type(e).__name__}: {e}"
             report["models"].append(entry)
             print(json.dumps(entry))
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
+    write_results(RESULTS, report)
     print(f"wrote {RESULTS}")
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.before import BEFORE_ISSUE_14, module_at
+from bench.stats import write_results
 from services.selector import rank
 
 SAMPLE = Path(__file__).parent / "data" / "languages.jsonl"
@@ -51,8 +52,7 @@ def main() -> None:
     for when in ("before", "after"):
         r = results[when]
         print(f"{when:6s} {r['right']}/{r['of']} right, median {r['median_us']} us")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+    write_results(RESULTS, results)
     print(f"wrote {RESULTS}")
 
 

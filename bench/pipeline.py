@@ -50,7 +50,7 @@ from chorus.v1.messages_pb2 import (
 )
 from chorus.v1.workers_pb2 import ServedModel, WorkerInfo
 
-from bench.stats import p99, throughput
+from bench.stats import p99, throughput, write_results
 from services.cli.cluster import LocalCluster, free_port, nats_server_binary
 from services.common.llm import OpenAILLM
 from services.common.settings import Settings
@@ -510,8 +510,7 @@ def main() -> int:
     with scripted_llm() as (llm_url, _):
         for name in args.workload or sorted(WORKLOADS):
             figures[name] = _workload(name, llm_url, trees, args.rounds)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(figures, indent=2) + "\n")
+    write_results(RESULTS, figures)
     print(f"wrote {RESULTS}")
     return 0
 

@@ -30,6 +30,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.stats import write_results
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "planner_latency.json"
 
@@ -202,8 +204,7 @@ def main() -> int:
             }
             for m in this
         }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    write_results(RESULTS, results)
     ratios = results.get("ratio_this_over_against", {})
     for name, tree in results["trees"].items():
         for measure, f in tree.items():

@@ -31,6 +31,7 @@ from typing import Any
 
 from chorus.v1.messages_pb2 import ArtifactRef, ChatMessage, ChatRequest
 
+from bench.stats import write_results
 from bench.taskbench_rules import data_dir, resources_in
 from services.common.tokens import count_tokens
 from services.planner.prompt import planning_prompt
@@ -157,8 +158,7 @@ def main() -> int:
         "hugginggpt_prompt_source": SOURCE,
         **measure(sample, demos),
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    write_results(RESULTS, results)
     per = results["per_request_tokens"]
     print(f"prompt tokens per planning request, {results['requests']} TaskBench requests:")
     for name, row in per.items():

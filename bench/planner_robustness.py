@@ -56,6 +56,7 @@ from typing import Any
 
 from chorus.v1.messages_pb2 import ArtifactRef, Task
 
+from bench.stats import write_results
 from bench.taskbench_rules import data_dir, resources_in
 from services.common.tasks import KIND_NAMES, TASK_TYPES
 from services.planner.parse import PlanError, normalize_task_name, parse_plan
@@ -1284,8 +1285,7 @@ def main() -> int:
     run = evaluate(taskbench, demos)
     hostile = time_hostile()
     results = report(run, hostile, probe(), time.perf_counter() - start)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+    write_results(RESULTS, results)
     print_table(results)
     print(f"wrote {RESULTS.relative_to(ROOT)} in {results['run_seconds']} s")
     crashed = len(results["crashes"]) + sum(

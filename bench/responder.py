@@ -37,7 +37,7 @@ from chorus.v1.messages_pb2 import (
     TaskStatus,
 )
 
-from bench.stats import p99
+from bench.stats import p99, write_results
 from services.cli.cluster import start_nats_server
 from services.common.llm import OpenAILLM
 from services.common.settings import LLMSettings
@@ -184,8 +184,7 @@ def main() -> int:
     figures["machine"] = {"python": platform.python_version(), "cpus": os.cpu_count()}
     figures["command"] = "make bench (python -m bench.responder)"
     print(json.dumps(figures, indent=2))
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(figures, indent=2) + "\n")
+    write_results(RESULTS, figures)
     print(f"wrote {RESULTS}")
     return 0
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import os
 import statistics
 import subprocess
@@ -33,6 +32,7 @@ from chorus.v1 import chorus_pb2_grpc
 from chorus.v1.chorus_pb2 import ArtifactChunk, DownloadArtifactRequest, ListModelsRequest
 from chorus.v1.messages_pb2 import ArtifactRef
 
+from bench.stats import write_results
 from services.cli.cluster import free_port, start_nats_server
 from services.common.runtime import serve
 from services.common.settings import Settings
@@ -209,8 +209,7 @@ def main() -> None:
         figures[f"{kind}_keys_overhead_ratio"] = (
             figures[f"{kind}_keys_median_ms"] / figures[f"{kind}_no_keys_median_ms"]
         )
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(figures, indent=2) + "\n")
+    write_results(RESULTS, figures)
     for name, value in figures.items():
         print(f"{name}: {value:.4g}")
 

@@ -46,7 +46,7 @@ from chorus.v1.messages_pb2 import (
 )
 from chorus.v1.workers_pb2 import ServedModel, WorkerInfo
 
-from bench.stats import p99
+from bench.stats import p99, write_results
 from services.cli.cluster import start_nats_server
 from services.common import bus, subjects
 from services.common.routes import LLM_ROUTE, REMOTE_ROUTE
@@ -328,8 +328,7 @@ async def _main() -> None:
             proc.wait(10)
     print("3. LLM calls per request:")
     results["llm_calls"] = await _llm_calls(catalog)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    write_results(RESULTS, results)
     print(f"wrote {RESULTS.relative_to(ROOT)}")
 
 

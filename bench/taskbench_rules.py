@@ -39,6 +39,7 @@ from typing import Any
 
 from chorus.v1.messages_pb2 import ArtifactRef, Kind, Task
 
+from bench.stats import write_results
 from services.common.tasks import TASK_TYPES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -345,8 +346,7 @@ def main() -> int:
         print(f"{count:>4}  {gold} -> {pred}")
         print(f"      e.g. {example}: {text[:110]}{'...' if len(text) > 110 else ''}")
 
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
+    write_results(RESULTS, report)
     print(f"\nwrote {RESULTS.relative_to(ROOT)}")
     return 0
 
