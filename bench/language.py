@@ -41,7 +41,12 @@ def _score(guess: Callable[[str], str], sample: list[dict[str, str]]) -> dict[st
 
 def main() -> None:
     sample = [json.loads(line) for line in SAMPLE.read_text(encoding="utf-8").splitlines()]
-    old = module_at(BEFORE_ISSUE_14, "services/selector/rank.py")
+    # The route names have moved from `workers` to `routes` since (issue 12).
+    old = module_at(
+        BEFORE_ISSUE_14,
+        "services/selector/rank.py",
+        moved={"services.common.workers": "services.common.routes"},
+    )
     rank.guess_language("warm up")  # the model loads on first use; not part of the timing
     results: dict[str, Any] = {
         "sentences": len(sample),
