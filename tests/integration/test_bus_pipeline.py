@@ -63,6 +63,26 @@ async def _ask_over_bus(
     return events, response
 
 
+async def _edges_of_stored_square(
+    nats_url: str, inline: bytes = b""
+) -> tuple[list[ProgressEvent], Image.Image]:
+    """Stores the test square, asks over the bus for its edges (`inline` riding on the file's
+    reference, as a request published straight to the bus could send it), and returns the
+    events and the edge map the response names."""
+    nc = await nats.connect(nats_url)
+    store = await ArtifactStore.open(nc.jetstream())
+    upload = await store.put(square_png(), "square.png")
+    if inline:
+        upload.inline, upload.size = inline, len(inline)
+    request = _request("Find the edges in square.png")
+    request.messages[0].artifacts.append(upload)
+    events, response = await _ask_over_bus(nats_url, request)
+    (artifact,) = response.artifacts
+    _, data = await store.get(artifact.id)
+    await nc.close()
+    return events, Image.open(io.BytesIO(data)).convert("L")
+
+
 def _request(text: str, **kw: object) -> ChatRequest:
     return ChatRequest(
         request_id=uuid.uuid4().hex,
@@ -101,16 +121,7 @@ async def test_generated_image_travels_through_the_object_store(
     nats_url: str, tmp_path: Path
 ) -> None:
     async with running_stack(nats_url, CANNY_ONLY):
-        nc = await nats.connect(nats_url)
-        store = await ArtifactStore.open(nc.jetstream())
-        upload = await store.put(square_png(), "square.png")
-        request = _request("Find the edges in square.png")
-        request.messages[0].artifacts.append(upload)
-        _, response = await _ask_over_bus(nats_url, request)
-        (artifact,) = response.artifacts
-        _, data = await store.get(artifact.id)
-        await nc.close()
-    edges = Image.open(io.BytesIO(data)).convert("L")
+        _, edges = await _edges_of_stored_square(nats_url)
     assert edges.size == (48, 48)
     assert marks_the_square(edges)
 
@@ -120,21 +131,11 @@ async def test_inline_bytes_sent_with_a_request_are_ignored_for_the_stored_file(
 ) -> None:
     # Only a task's output travels inline; a request published straight to the bus that brings
     # other bytes with a stored file's reference must not have them run in place of the file.
+    forged = io.BytesIO()
+    Image.new("RGB", (48, 48), "white").save(forged, format="PNG")
     async with running_stack(nats_url, CANNY_ONLY):
-        nc = await nats.connect(nats_url)
-        store = await ArtifactStore.open(nc.jetstream())
-        upload = await store.put(square_png(), "square.png")
-        forged = Image.new("RGB", (48, 48), "white")
-        buffer = io.BytesIO()
-        forged.save(buffer, format="PNG")
-        upload.inline, upload.size = buffer.getvalue(), len(buffer.getvalue())
-        request = _request("Find the edges in square.png")
-        request.messages[0].artifacts.append(upload)
-        events, response = await _ask_over_bus(nats_url, request)
-        (artifact,) = response.artifacts
-        _, data = await store.get(artifact.id)
-        await nc.close()
-    assert marks_the_square(Image.open(io.BytesIO(data)).convert("L"))  # the stored square's
+        events, edges = await _edges_of_stored_square(nats_url, inline=forged.getvalue())
+    assert marks_the_square(edges)  # the stored square's, not the blank forged inline
     plans = [e.plan_ready for e in events if e.HasField("plan_ready")]
     assert plans and not any(arg.artifact.inline for t in plans[0].tasks for arg in t.args)
 
