@@ -14,7 +14,7 @@ import logging
 import mimetypes
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 from chorus.v1.messages_pb2 import (
     ArtifactRef,
@@ -34,6 +34,7 @@ from services.common.artifact_refs import (
     kind_for_name,
 )
 from services.common.llm import LLMError
+from services.common.offload import run_small_on_loop
 from services.common.settings import INLINE_MAX_BYTES_LIMIT
 from services.common.tasks import AUDIO, IMAGE, KIND_NAMES, TEXT, Slot, task_type
 from services.executor import metrics
@@ -47,7 +48,6 @@ from services.executor.models import ModelUnavailable
 
 log = logging.getLogger(__name__)
 Run = Callable[[Inputs], Awaitable[list[Produced]]]
-T = TypeVar("T")
 # Decoding or encoding a small file costs less CPU than handing it to a thread and back (about
 # 0.1 ms, more on a busy machine): such work stays on the loop. The bounds keep it to about a
 # millisecond there: an output by its raw size, an input by its file size, bounded tighter
@@ -202,7 +202,7 @@ async def _decode_inputs(
                 f"but {name} is {KIND_NAMES.get(kind, 'of unknown kind')}"
             )
         small = len(data) <= ON_LOOP_FILE_BYTES
-        inputs[slot.name] = await _off_loop_unless(small, _decode, slot.kind, data, name)
+        inputs[slot.name] = await run_small_on_loop(small, _decode, slot.kind, data, name)
     return inputs
 
 
@@ -250,12 +250,6 @@ def _decode(kind: int, data: bytes, name: str) -> Any:
         raise TaskInputError(str(e)) from e
 
 
-async def _off_loop_unless(small: bool, work: Callable[..., T], *args: Any) -> T:
-    """`work(*args)`: on the loop when `small`, else in a thread, so that a large image or
-    recording does not hold up every lane's consumer and heartbeat meanwhile."""
-    return work(*args) if small else await asyncio.to_thread(work, *args)
-
-
 async def _encode_output(
     item: Produced, invocation: TaskInvocation, artifacts: Artifacts, inline_max_bytes: int
 ) -> TaskOutput:
@@ -263,11 +257,11 @@ async def _encode_output(
     if item.image is not None:
         image = item.image
         small = image.width * image.height * len(image.getbands()) <= ON_LOOP_RAW_BYTES
-        png = await _off_loop_unless(small, encode_png, image)
+        png = await run_small_on_loop(small, encode_png, image)
         file = (png, f"{stem}.png", "image/png")
     elif item.audio is not None:
         small = item.audio.samples.size * 2 <= ON_LOOP_RAW_BYTES  # 16-bit samples
-        wav = await _off_loop_unless(small, encode_wav, item.audio)
+        wav = await run_small_on_loop(small, encode_wav, item.audio)
         file = (wav, f"{stem}.wav", "audio/wav")
     elif item.file is not None:
         extension = mimetypes.guess_extension(item.media_type) or ".bin"

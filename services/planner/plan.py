@@ -6,7 +6,6 @@ then a direct answer (no tasks) rather than a wrong plan. Without one: the rules
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -17,6 +16,7 @@ from prometheus_client import Counter
 
 from services.common.lenient_json import answer_text
 from services.common.llm import ChatTurn, Completion, ReportingLLM
+from services.common.offload import run_small_on_loop
 from services.common.prompts import load_prompt
 from services.common.resources import request_text, resources_of
 from services.planner.parse import ParsedPlan, PlanError, UnfinishedPlan, parse_plan
@@ -120,9 +120,9 @@ async def _plan_with_llm(
 async def _off_loop(chars: int, work: Callable[..., T], *args: object) -> T:
     """`work(*args)` on a text of `chars` characters: in a thread, `TimeoutError` past
     `PARSE_TIME_LIMIT_S`, unless the text is short enough to read on the loop."""
-    if chars <= ON_LOOP_CHARS:
-        return work(*args)
-    return await asyncio.wait_for(asyncio.to_thread(work, *args), PARSE_TIME_LIMIT_S)
+    return await run_small_on_loop(
+        chars <= ON_LOOP_CHARS, work, *args, timeout_s=PARSE_TIME_LIMIT_S
+    )
 
 
 async def _read_off_loop(reply: Completion, resources: dict[str, ArtifactRef]) -> ParsedPlan:
