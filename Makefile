@@ -52,6 +52,7 @@ demo: setup
 
 bench: setup
 	$(PY) -m bench.pipeline
+	$(PY) -m bench.bus_floor
 	$(PY) -m bench.capacity
 	$(PY) -m bench.taskbench_rules
 	$(PY) -m bench.planner_robustness
