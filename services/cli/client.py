@@ -101,10 +101,17 @@ class ChorusClient:
         if not Path(name).suffix and first.media_type:  # a file type the OS can open it by
             name += mimetypes.guess_extension(first.media_type) or ""
         target = _unused(out_dir / name)
-        with target.open("wb") as f:
-            f.write(first.data)
-            for chunk in chunks:
-                f.write(chunk.data)
+        # Written beside the target and renamed once whole: a download that breaks half-way
+        # leaves nothing that looks like the file.
+        partial = target.with_name(f".{target.name}.part")
+        try:
+            with partial.open("wb") as f:
+                f.write(first.data)
+                for chunk in chunks:
+                    f.write(chunk.data)
+            partial.replace(target)
+        finally:
+            partial.unlink(missing_ok=True)
         return target
 
 
