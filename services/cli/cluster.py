@@ -110,6 +110,23 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+def check_replicas(replicas: Mapping[str, int]) -> None:
+    """Refuses counts that one machine cannot run: every front door binds the same gRPC and
+    HTTP addresses, so there is one, in the planner or (`gateway: 1`) apart from it."""
+    for service, count in replicas.items():
+        if service not in (*SERVICES, "gateway"):
+            raise ClusterError(f"no service {service!r} to run replicas of")
+        if count < (0 if service == "gateway" else 1):
+            raise ClusterError(f"{service}: {count} replicas; at least one is needed")
+    if replicas.get("gateway", 0) > 1:
+        raise ClusterError("one gateway per machine: each binds the same gRPC and HTTP address")
+    if replicas.get("planner", 1) > 1 and not replicas.get("gateway"):
+        raise ClusterError(
+            "several planners each host the front door on the same address: "
+            "run the gateway apart (gateway: 1)"
+        )
+
+
 @dataclass
 class LocalCluster:
     nats_url: str | None = None
@@ -131,6 +148,7 @@ class LocalCluster:
     _tmp: tempfile.TemporaryDirectory[str] | None = None
 
     def start(self, timeout_s: float = 180.0) -> None:
+        check_replicas(self.replicas)
         try:
             if self.nats_url is None:
                 self._start_nats()
