@@ -9,6 +9,11 @@ later misses that event. The request does not stall for it, and `done` still com
 until stored) with the whole response: plan, every task's result, the answer. A publish the
 connection refuses (closed, or its reconnect buffer full) is counted in
 `chorus_events_unsent_total` and logged with the request id; the stage goes on.
+
+Order: a server keeps one connection's messages in order, acked or not, so a stage that sends
+its hand-off, then its events, has the events in the stream before anything the hand-off leads
+to, `done` included. On a cluster the event and the hand-off may cross different routes to
+their streams' leaders: as good as always in order, not guaranteed.
 """
 
 from __future__ import annotations
@@ -43,8 +48,7 @@ def new_event(request_id: str) -> ProgressEvent:
 
 async def publish_event(nc: NATS, event: ProgressEvent, *, msg_id: str) -> None:
     """Publishes a progress event and goes on: no wait for the stream's ack (see above for
-    what that trades). Published after the message that moves the request on, and before the
-    `done` that follows on the same connection, it keeps that order on the server."""
+    what that trades, and for the order it keeps)."""
     try:
         await bus.publish_unacked(nc, subjects.event(event.request_id), event, msg_id=msg_id)
     except nats_errors.Error as e:
