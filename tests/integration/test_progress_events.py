@@ -1,6 +1,7 @@
-"""A request's progress events over the real pipeline (3-task canny chain): each stage sends
-the message that moves the request on before its events, every event before `done`, none
-twice; the stream holds them all for a subscriber that comes once the request has ended.
+"""A request's progress events over the real pipeline (3-task canny chain): no stage waits for
+an ack of one; each stage sends the message that moves the request on before its events, every
+event before `done`, none twice; the stream holds them all for a subscriber that comes once the
+request has ended.
 
 Progress events wait for no ack, so what the stream holds is read after the acked `done`: a
 stage's events go out on its connection before the message that leads to `done`, and one
@@ -10,10 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from typing import Any
 
 import nats
+import pytest
 from chorus.v1.messages_pb2 import ChatMessage, ChatRequest, TaskStatus
 from nats.aio.msg import Msg
+from nats.js import JetStreamContext
 
 from services.common import bus, subjects
 from services.common.artifacts import ArtifactStore
@@ -22,8 +26,16 @@ from tests.support import CANNY_CHAIN_ANSWER, canny_chain_llm, square_png, store
 
 
 async def test_a_chain_sends_its_events_behind_its_hand_offs_once_each_and_stores_them(
-    nats_url: str,
+    nats_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    acked: list[str] = []  # subjects of the publishes that waited for the stream's ack
+    js_publish = JetStreamContext.publish
+
+    async def publish(self: JetStreamContext, subject: str, *args: Any, **kw: Any) -> Any:
+        acked.append(subject)
+        return await js_publish(self, subject, *args, **kw)
+
+    monkeypatch.setattr(JetStreamContext, "publish", publish)
     llm = canny_chain_llm()
     env = {**CANNY_ONLY, "CHORUS_LLM_BASE_URL": llm.base_url}
     request_id = uuid.uuid4().hex
@@ -61,6 +73,8 @@ async def test_a_chain_sends_its_events_behind_its_hand_offs_once_each_and_store
     assert statuses == [TaskStatus.TASK_STATUS_SUCCEEDED] * 3
     events = [msg_id for msg_id, _ in stored]
     assert len(set(events)) == len(events)
+    # Of the request's events only `done` was acked (once); no stage waited on the others.
+    assert acked.count(subjects.event(request_id)) == 1
 
     # Live, each event was published once (no copy that the stream then dropped) ...
     live_events = [m for m in live if m in events]
