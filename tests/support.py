@@ -13,9 +13,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from chorus.v1.messages_pb2 import ArtifactRef
+import nats
+from chorus.v1.messages_pb2 import ArtifactRef, ProgressEvent
+from nats.js.api import DeliverPolicy
 from PIL import Image, ImageDraw
 
+from services.common import bus, subjects
 from services.common.artifact_refs import ArtifactNotFound, kind_for, media_type_for
 
 
@@ -295,3 +298,22 @@ def square_png(size: int = 48) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+async def stored_events(nats_url: str, request_id: str) -> list[tuple[str, ProgressEvent]]:
+    """(message id, event) of every event the stream holds for the request, up to `done`, as
+    a subscriber that comes after the request ended reads them."""
+    nc = await nats.connect(nats_url)
+    js = nc.jetstream()
+    subject = subjects.event(request_id)
+    try:
+        sub = await js.subscribe(subject, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL)
+        stored: list[tuple[str, ProgressEvent]] = []
+        while not stored or not stored[-1][1].HasField("done"):
+            msg = await sub.next_msg(timeout=10)
+            stored.append(((msg.headers or {})[bus.MSG_ID], ProgressEvent.FromString(msg.data)))
+        last = await js.get_last_msg(subjects.EVENTS_STREAM, subject)
+        assert (last.headers or {})[bus.MSG_ID] == stored[-1][0]  # nothing stored after `done`
+        return stored
+    finally:
+        await nc.close()

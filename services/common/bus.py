@@ -181,6 +181,25 @@ async def publish(
     js: JetStreamContext, subject: str, message: Message, *, msg_id: str | None = None
 ) -> None:
     """Publishes and waits for the stream's ack; `msg_id` makes a redelivered publish a no-op."""
+    data, headers = _outgoing(subject, message, msg_id)
+    with tracing.publishing(subject, headers):  # adds `traceparent`
+        await retrying("publish", lambda: js.publish(subject, data, headers=headers))
+
+
+async def publish_unacked(nc: NATS, subject: str, message: Message, *, msg_id: str) -> None:
+    """Publishes without waiting for the stream's ack: a core publish, handed to the connection
+    and written with its next flush (no round trip, no reply future). A stream on `subject`
+    stores it and drops a repeated `msg_id` as `publish` would; if JetStream cannot take it
+    then (a server going down, an election), nothing says so. Messages of one connection keep
+    their order on the server, acked or not. Raises only when the connection cannot take it
+    (closed, or its buffer for a reconnect full)."""
+    data, headers = _outgoing(subject, message, msg_id)
+    with tracing.publishing(subject, headers):
+        await nc.publish(subject, data, headers=headers)
+
+
+def _outgoing(subject: str, message: Message, msg_id: str | None) -> tuple[bytes, dict[str, str]]:
+    """A message's bytes, checked against the size limit, and its headers."""
     data = message.SerializeToString()
     if len(data) > MAX_PAYLOAD_BYTES:
         raise PayloadTooLarge(
@@ -190,8 +209,7 @@ async def publish(
     headers = {REQUEST_ID: request_id_var.get()}
     if msg_id:
         headers[MSG_ID] = msg_id
-    with tracing.publishing(subject, headers):  # adds `traceparent`
-        await retrying("publish", lambda: js.publish(subject, data, headers=headers))
+    return data, headers
 
 
 async def pipelined(sends: Iterable[Awaitable[object]]) -> None:

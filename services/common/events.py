@@ -1,4 +1,20 @@
-"""Publishing what a client sees: progress events and the final response of a request."""
+"""Publishing what a client sees: progress events and the final response of a request.
+
+Progress events (plan ready, task started / finished / waiting, answer tokens) are core
+publishes that no stage waits on; the final response and the `done` event that carries it are
+acked. The trade: an event is stored in `CHORUS_EVENTS` (deduplicated by its message id,
+replayable for an hour) whenever JetStream takes it, but nothing notices when it does not (the
+server dies with it unwritten, an election in a cluster): a subscriber reading the stream
+later misses that event. The request does not stall for it, and `done` still comes (retried
+until stored) with the whole response: plan, every task's result, the answer. A publish the
+connection refuses (closed, or its reconnect buffer full) is counted in
+`chorus_events_unsent_total` and logged with the request id; the stage goes on.
+
+Order: a server keeps one connection's messages in order, acked or not, so a stage that sends
+its hand-off, then its events, has the events in the stream before anything the hand-off leads
+to, `done` included. On a cluster the event and the hand-off may cross different routes to
+their streams' leaders: as good as always in order, not guaranteed.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +23,21 @@ from collections.abc import Awaitable, Callable
 
 from chorus.v1.messages_pb2 import ChatResponse, ErrorCode, PipelineError, ProgressEvent, TaskPlan
 from google.protobuf.message import Message
+from nats import errors as nats_errors
+from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
+from prometheus_client import Counter
 
 from services.common import bus, subjects
 from services.common.telemetry import ERRORS
 
 log = logging.getLogger(__name__)
+UNSENT = Counter(
+    "chorus_events_unsent_total",
+    "Progress events the NATS connection refused (closed, or its reconnect buffer full): "
+    "never published, the request went on without them. By event kind.",
+    ["event"],
+)
 
 
 def new_event(request_id: str) -> ProgressEvent:
@@ -21,12 +46,25 @@ def new_event(request_id: str) -> ProgressEvent:
     return event
 
 
-async def publish_event(js: JetStreamContext, event: ProgressEvent, *, msg_id: str = "") -> None:
-    await bus.publish(js, subjects.event(event.request_id), event, msg_id=msg_id or None)
+async def publish_event(nc: NATS, event: ProgressEvent, *, msg_id: str) -> None:
+    """Publishes a progress event and goes on: no wait for the stream's ack (see above for
+    what that trades, and for the order it keeps)."""
+    try:
+        await bus.publish_unacked(nc, subjects.event(event.request_id), event, msg_id=msg_id)
+    except nats_errors.Error as e:
+        kind = event.WhichOneof("event") or "none"
+        UNSENT.labels(kind).inc()
+        log.warning(
+            "progress event %s not sent: %r",
+            msg_id,
+            e,
+            extra={"fields": {"request_id": event.request_id, "event": kind}},
+        )
 
 
 async def finish(js: JetStreamContext, response: ChatResponse) -> None:
-    """Publishes the final response, then the `done` event that ends every event stream."""
+    """Publishes the final response, then the `done` event that ends every event stream; both
+    acked (retried through an outage): they end the request and must be stored."""
     request_id = response.request_id
     event = new_event(request_id)
     event.done.CopyFrom(response)
@@ -35,7 +73,7 @@ async def finish(js: JetStreamContext, response: ChatResponse) -> None:
             bus.publish(
                 js, subjects.response(request_id), response, msg_id=f"{request_id}.response"
             ),
-            publish_event(js, event, msg_id=f"{request_id}.done"),
+            bus.publish(js, subjects.event(request_id), event, msg_id=f"{request_id}.done"),
         ]
     )
 

@@ -23,6 +23,7 @@ STAGE = "planner"
 
 class Planner:
     def __init__(self, rt: Runtime, llm: ReportingLLM | None) -> None:
+        self._nc = rt.nc
         self._js = rt.js
         self._llm = llm
 
@@ -58,12 +59,12 @@ class Planner:
         log.info("planned %d tasks", len(task_plan.tasks))
         event = events.new_event(request.request_id)
         event.plan_ready.CopyFrom(task_plan)
-        await bus.pipelined(  # the plan first: the event must not hold up the selector
+        await bus.pipelined(  # the plan first; the event behind it waits for no ack
             [
                 bus.publish(
                     self._js, subjects.PLAN, task_plan, msg_id=f"{request.request_id}.plan"
                 ),
-                events.publish_event(self._js, event, msg_id=f"{request.request_id}.plan_ready"),
+                events.publish_event(self._nc, event, msg_id=f"{request.request_id}.plan_ready"),
             ]
         )
 

@@ -8,6 +8,7 @@ from contextlib import AsyncExitStack
 from typing import Any
 
 from chorus.v1.messages_pb2 import ExecutionReport
+from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from services.common import bus, events, subjects
@@ -33,14 +34,15 @@ class TokenBatcher:
     text twice (the `done` event carries the answer as written).
     """
 
-    def __init__(self, js: JetStreamContext, request_id: str) -> None:
-        self._js = js
+    def __init__(self, nc: NATS, request_id: str) -> None:
+        self._nc = nc
         self._request_id = request_id
         self._pieces: list[str] = []
         self._offset = 0
         self._last_sent = -TOKEN_INTERVAL_S
         self._timer: asyncio.TimerHandle | None = None
-        # Sent in order, acks awaited together at the end: the stream never waits on them.
+        # Sent in order, each waiting for no ack (events.publish_event); the end awaits them
+        # all before `done`, which must come after them on the connection.
         self.sent: list[asyncio.Future[None]] = []
 
     def add(self, piece: str) -> None:
@@ -70,18 +72,21 @@ class TokenBatcher:
         self._offset += len(event.answer_token)
         self._last_sent = asyncio.get_running_loop().time()
         self.sent.append(
-            asyncio.ensure_future(events.publish_event(self._js, event, msg_id=msg_id))
+            asyncio.ensure_future(events.publish_event(self._nc, event, msg_id=msg_id))
         )
 
 
 class Responder:
-    def __init__(self, js: JetStreamContext, llm: LLM | None, context_tokens: int) -> None:
+    def __init__(
+        self, nc: NATS, js: JetStreamContext, llm: LLM | None, context_tokens: int
+    ) -> None:
+        self._nc = nc
         self._js = js
         self._llm = llm
         self._context_tokens = context_tokens
 
     async def handle(self, report: ExecutionReport) -> None:
-        tokens = TokenBatcher(self._js, report.request_id)
+        tokens = TokenBatcher(self._nc, report.request_id)
 
         async def on_token(piece: str) -> None:
             tokens.add(piece)
@@ -95,13 +100,14 @@ class Responder:
             await bus.pipelined(tokens.sent)
             raise
         tokens.flush()
-        # `done` follows the last token on the connection; no wait for the tokens' acks first.
+        # `done` follows the last token on the connection.
         await bus.pipelined([*tokens.sent, events.finish(self._js, response)])
 
 
 async def build(rt: Runtime, stack: AsyncExitStack) -> list[bus.Consumer[Any]]:
     llm_settings = rt.settings.llm
-    responder = Responder(rt.js, open_llm(llm_settings, stack), llm_settings.context_tokens)
+    llm = open_llm(llm_settings, stack)
+    responder = Responder(rt.nc, rt.js, llm, llm_settings.context_tokens)
     spec = bus.ConsumerSpec(
         stage=STAGE,
         subject=subjects.REPORT,

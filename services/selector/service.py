@@ -30,6 +30,7 @@ from chorus.v1.messages_pb2 import (
     TaskResult,
 )
 from google.protobuf.message import DecodeError
+from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import (
@@ -151,6 +152,7 @@ class _LiveReplicas:
 class Selector:
     def __init__(
         self,
+        nc: NATS,
         js: JetStreamContext,
         runs: KeyValue,
         registry: WorkerRegistry,
@@ -158,6 +160,7 @@ class Selector:
         config: SelectorConfig,
         llm: LLM | None,
     ) -> None:
+        self._nc = nc
         self._js = js
         self._runs = runs
         self._registry = registry
@@ -305,11 +308,11 @@ class Selector:
             self._written.popitem(last=False)  # the oldest: its next step reads it again
 
     async def _carry_out(self, effects: list[Effect]) -> None:
-        """Sends the messages of `effects` and waits for their acks together: first the
-        invocations, which move the request on, then the progress events (in their order), so
-        that no event holds up the next hop. The report goes only once those events are
-        stored: the responder's `done` that follows it is the last event a client reads, and
-        must not overtake a `task_finished` whose publish was retried."""
+        """Sends the messages of `effects` in this order: the invocations, which move the
+        request on, then the progress events, which wait for no ack (events.py), then the
+        report; the acks of the invocations and the report are awaited together. One
+        connection keeps that order on the server: every `task_finished` is there before the
+        report, and so before the responder's `done` that the report leads to."""
         forward: list[Awaitable[None]] = []
         progress: list[Awaitable[None]] = []
         last: list[Awaitable[None]] = []
@@ -319,7 +322,7 @@ class Selector:
                     subject = subjects.invoke(task, route)
                     forward.append(bus.publish(self._js, subject, invocation, msg_id=msg_id))
                 case Emit(event, msg_id):
-                    progress.append(events.publish_event(self._js, event, msg_id=msg_id))
+                    progress.append(events.publish_event(self._nc, event, msg_id=msg_id))
                 case Report(report):
                     msg_id = f"{report.request_id}.report"
                     last.append(bus.publish(self._js, subjects.REPORT, report, msg_id=msg_id))
@@ -327,8 +330,7 @@ class Selector:
                     COUNTERS[counter].labels(reason).inc()
                     if counter == "stray":
                         log.warning("result for task %d ignored: %s", task_id, reason)
-        await bus.pipelined([*forward, *progress])
-        await bus.pipelined(last)
+        await bus.pipelined([*forward, *progress, *last])
 
     async def _discard_bad_state(
         self, request_id: str, revision: int | None, error: Exception
@@ -396,7 +398,7 @@ async def build(rt: Runtime, stack: AsyncExitStack) -> list[bus.Consumer[Any]]:
         raise SettingsError(f"model catalog: {e}") from e
     log.info("model catalog: %d models", len(catalog.entries))
     llm = open_llm(settings.llm, stack)
-    selector = Selector(rt.js, runs, registry, catalog, config, llm)
+    selector = Selector(rt.nc, rt.js, runs, registry, catalog, config, llm)
     give_up = events.fail_on_give_up(rt.js, STAGE)
 
     plans = bus.ConsumerSpec(

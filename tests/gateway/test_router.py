@@ -12,7 +12,7 @@ import pytest_asyncio
 from chorus.v1.messages_pb2 import ChatResponse, ProgressEvent, TaskResult
 from nats.js import JetStreamContext
 
-from services.common import bus, events
+from services.common import bus, events, subjects
 from services.gateway.router import EventRouter, Follower
 from tests.fault.harness import NatsNodes
 
@@ -33,8 +33,9 @@ def _done(request_id: str) -> tuple[ProgressEvent, str]:
 
 
 async def _publish(js: JetStreamContext, sent: tuple[ProgressEvent, str]) -> None:
+    """Acked, so the stream holds each event once this returns, whatever the test does next."""
     event, msg_id = sent
-    await events.publish_event(js, event, msg_id=msg_id)
+    await bus.publish(js, subjects.event(event.request_id), event, msg_id=msg_id)
 
 
 async def _until_done(

@@ -1,15 +1,19 @@
 """Answer tokens as few events (`TokenBatcher`), on a real NATS server: the text is the answer
-as written, the first token goes out at once, and a repeated stream adds nothing."""
+as written, the first token goes out at once, and a repeated stream adds nothing.
+
+Token events wait for no ack; the acked `done` published after them on the same connection
+(as the responder does) is stored after them, so once it is acked the stream holds them."""
 
 from __future__ import annotations
 
 import asyncio
 
-from chorus.v1.messages_pb2 import ProgressEvent
+from chorus.v1.messages_pb2 import ChatResponse, ProgressEvent
+from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from services.common import bus, subjects
+from services.common import bus, events, subjects
 from services.responder.service import TokenBatcher
 
 PIECES = ["The", " edges", " are", " drawn", " in", " canny-control-0.png."]
@@ -27,16 +31,23 @@ async def _stored_tokens(js: JetStreamContext, request_id: str) -> list[tuple[st
         except NotFoundError:
             return found
         seq = (msg.seq or seq) + 1
-        text = ProgressEvent.FromString(msg.data or b"").answer_token
-        found.append(((msg.headers or {})[bus.MSG_ID], text))
+        event = ProgressEvent.FromString(msg.data or b"")
+        if event.HasField("answer_token"):
+            found.append(((msg.headers or {})[bus.MSG_ID], event.answer_token))
 
 
-async def _stream(js: JetStreamContext, request_id: str) -> None:
-    tokens = TokenBatcher(js, request_id)
+async def _stream(nc: NATS, request_id: str) -> None:
+    tokens = TokenBatcher(nc, request_id)
     for piece in PIECES:  # written back to back: no turn of the loop in between
         tokens.add(piece)
     tokens.flush()
-    await bus.pipelined(tokens.sent)
+    await _end(nc, tokens, request_id)
+
+
+async def _end(nc: NATS, tokens: TokenBatcher, request_id: str) -> None:
+    """What the responder does at the end: the tokens, then `done`, acked."""
+    done = events.finish(nc.jetstream(), ChatResponse(request_id=request_id))
+    await bus.pipelined([*tokens.sent, done])
 
 
 async def test_tokens_written_together_are_one_event_after_the_first(nats_url: str) -> None:
@@ -44,9 +55,9 @@ async def test_tokens_written_together_are_one_event_after_the_first(nats_url: s
     js = nc.jetstream()
     await bus.ensure_streams(js)
     try:
-        await _stream(js, "r1")
+        await _stream(nc, "r1")
         first = await _stored_tokens(js, "r1")
-        await _stream(js, "r1")  # a redelivered report streams the same answer again
+        await _stream(nc, "r1")  # a redelivered report streams the same answer again
         again = await _stored_tokens(js, "r1")
     finally:
         await nc.close()
@@ -59,14 +70,14 @@ async def test_what_waits_goes_out_when_its_time_is_up(nats_url: str) -> None:
     js = nc.jetstream()
     await bus.ensure_streams(js)
     try:
-        tokens = TokenBatcher(js, "r2")
+        tokens = TokenBatcher(nc, "r2")
         tokens.add("Hello")
         tokens.add(", world")  # held: the first went out just now
         for _ in range(500):  # no further token, no end: the timer sends it
             if len(tokens.sent) == 2:
                 break
             await asyncio.sleep(0.01)
-        await bus.pipelined(tokens.sent)
+        await _end(nc, tokens, "r2")
         stored = await _stored_tokens(js, "r2")
     finally:
         await nc.close()
