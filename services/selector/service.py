@@ -68,7 +68,7 @@ from services.selector.run import (
     report_of,
     step,
 )
-from services.selector.select import choose_models, open_tasks
+from services.selector.select import OpenTask, choose_models, open_tasks
 
 log = logging.getLogger(__name__)
 STAGE = "selector"
@@ -230,24 +230,10 @@ class Selector:
             await self._carry_out([Report(report_of(state, time.time()))])
             return
         state.notes.extend(drop_duplicate_ids(state.plan))
-        try:
-            await self._runs.get(plan.request_id)
-            log.info("plan redelivered; continuing the existing run")
-        except KeyNotFoundError as e:
-            if _finished(e):
-                log.info("plan redelivered after its run finished; ignored")
-                return
-            await self._choose_models(state)
-            try:
-                value = state.SerializeToString()
-                revision = await self._runs.create(plan.request_id, value)
-                self._written.put(plan.request_id, (revision, value))
-            except KeyWrongLastSequenceError:
-                STATE_CONFLICTS.labels("refused").inc()
-                log.info("another selector replica started this run; continuing it")
+        await self._create_run(state)
         # Also on a redelivery: a selector that stopped between creating the run and
         # dispatching its first tasks left them ready, and starting again is idempotent.
-        await self._transact(plan.request_id, Start())
+        await self._transact(plan.request_id, Start(), missing=_finished_plan)
 
     async def handle_result(self, result: TaskResult) -> None:
         await self._transact(result.request_id, ResultArrived(result), missing=_stray_result)
@@ -277,16 +263,38 @@ class Selector:
         except NoKeysError:
             return []
 
-    async def _choose_models(self, state: RunState) -> None:
-        """Lets the LLM choose, in one call, for every task that has more than one candidate."""
-        if self._llm is None:
+    async def _create_run(self, state: RunState) -> None:
+        """Writes a run's first state, unless its request has a run already or had one that
+        finished (a redelivered plan): the step that follows finds which."""
+        request_id = state.plan.request_id
+        if self._llm is not None and (undecided := self._undecided(state)):
+            # Asking the LLM again for a redelivered plan would be wasted: look for a run first.
+            if await self._has_entry(request_id):
+                return
+            # One call chooses for every task that has more than one candidate.
+            text = request_text(state.plan.request)
+            for task_id, choice in (await choose_models(text, undecided, self._llm)).items():
+                state.choices[task_id].CopyFrom(choice)
+        value = state.SerializeToString()
+        try:
+            # Refused where the key holds anything, a finished run's delete marker included.
+            revision = await self._runs.update(request_id, value, last=0)
+        except KeyWrongLastSequenceError:
+            log.info("plan redelivered: its request has a run already")
             return
-        text = request_text(state.plan.request)
+        self._written.put(request_id, (revision, value))
+
+    async def _has_entry(self, request_id: str) -> bool:
+        try:
+            await self._runs.get(request_id)
+        except KeyNotFoundError as e:
+            return _finished(e)
+        return True
+
+    def _undecided(self, state: RunState) -> list[OpenTask]:
+        """The tasks of a new run that the LLM may choose a model for."""
         replicas = self._replicas(state)
-        undecided = open_tasks(state.plan.tasks, lambda task: replicas.candidates(task))
-        choices = await choose_models(text, undecided, self._llm)
-        for task_id, choice in choices.items():
-            state.choices[task_id].CopyFrom(choice)
+        return open_tasks(state.plan.tasks, lambda task: replicas.candidates(task))
 
     def _replicas(self, state: RunState) -> _LiveReplicas:
         return _LiveReplicas(
@@ -410,6 +418,10 @@ async def _delete_at(runs: KeyValue, key: str, revision: int | None) -> None:
 def _finished(error: KeyNotFoundError) -> bool:
     """Whether the key holds a delete marker (a run that finished), not nothing at all."""
     return error.op is not None
+
+
+def _finished_plan(_: str) -> None:
+    log.info("plan redelivered after its run finished; ignored")
 
 
 def _stray_result(reason: str) -> None:

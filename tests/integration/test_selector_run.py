@@ -18,6 +18,7 @@ from chorus.v1.messages_pb2 import (
     TaskStatus,
 )
 from nats.js.api import DeliverPolicy
+from nats.js.errors import NoKeysError
 from nats.js.kv import KeyValue
 from prometheus_client import REGISTRY
 
@@ -183,9 +184,10 @@ async def test_a_work_stream_deleted_under_running_services_is_recreated(nats_ur
 async def test_a_step_writes_the_run_without_reading_it(
     nats_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The selector keeps the state it last wrote: past the plan's look for an earlier run,
-    a step is one compare-and-set write and no read; only the last step, whose report goes
-    out before its delete, reads the run afresh first."""
+    """The selector keeps the state it last wrote: a plan creates its run without looking for
+    an earlier one (the create is refused where there is), a step is one compare-and-set write
+    and no read; only the last step, whose report goes out before its delete, reads the run
+    afresh first."""
     reads: list[str] = []
     get: Callable[..., Awaitable[Any]] = KeyValue.get
 
@@ -201,7 +203,28 @@ async def test_a_step_writes_the_run_without_reading_it(
         response = await _run_plan(nats_url, _plan("r", *chain))
         await echo.stop()
     assert [r.status for r in response.results] == [TaskStatus.TASK_STATUS_SUCCEEDED] * 3
-    assert reads == [response.request_id] * 2  # the plan's look and the last step's
+    assert reads == [response.request_id]  # the last step's
+
+
+async def test_a_plan_redelivered_after_its_run_finished_starts_nothing(nats_url: str) -> None:
+    plan = _plan("r", _text_task(0, "summarization"))
+    async with running_stack(nats_url, services=("selector", "responder")):
+        echo = await EchoReplica(nats_url, [("summarization", "m")]).start()
+        response = await _run_plan(nats_url, plan)
+        await echo.stop()  # a run started again would now wait, and stay in the bucket
+        nc = await nats.connect(nats_url)
+        js = nc.jetstream()
+        await bus.publish(js, subjects.PLAN, plan)
+        for _ in range(200):  # until the selector has taken and acked it
+            info = await js.consumer_info(subjects.WORK_STREAM, "selector-plans")
+            if info.num_pending == 0 and info.num_ack_pending == 0:
+                break
+            await asyncio.sleep(0.05)
+        runs = await js.key_value(subjects.RUN_STATE_BUCKET)
+        with pytest.raises(NoKeysError):
+            await runs.keys()
+        await nc.close()
+    assert response.results[0].status == TaskStatus.TASK_STATUS_SUCCEEDED
 
 
 async def test_two_selectors_share_runs_through_compare_and_set(nats_url: str) -> None:
