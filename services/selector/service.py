@@ -230,10 +230,10 @@ class Selector:
             await self._carry_out([Report(report_of(state, time.time()))])
             return
         state.notes.extend(drop_duplicate_ids(state.plan))
-        await self._create_run(state)
-        # Also on a redelivery: a selector that stopped between creating the run and
-        # dispatching its first tasks left them ready, and starting again is idempotent.
-        await self._transact(plan.request_id, Start(), missing=_finished_plan)
+        if not await self._start_run(state):
+            # A redelivered plan: a selector that stopped between creating the run and sending
+            # its first invocations left them unsent, and starting again is idempotent.
+            await self._transact(plan.request_id, Start(), missing=_finished_plan)
 
     async def handle_result(self, result: TaskResult) -> None:
         await self._transact(result.request_id, ResultArrived(result), missing=_stray_result)
@@ -263,26 +263,32 @@ class Selector:
         except NoKeysError:
             return []
 
-    async def _create_run(self, state: RunState) -> None:
-        """Writes a run's first state, unless its request has a run already or had one that
-        finished (a redelivered plan): the step that follows finds which."""
+    async def _start_run(self, state: RunState) -> bool:
+        """Creates the run with its first step taken, in one write, and carries that step out.
+        False, with nothing written or sent, where its request has a run already or had one
+        that finished (a redelivered plan)."""
         request_id = state.plan.request_id
         if self._llm is not None and (undecided := self._undecided(state)):
             # Asking the LLM again for a redelivered plan would be wasted: look for a run first.
             if await self._has_entry(request_id):
-                return
+                return False
             # One call chooses for every task that has more than one candidate.
             text = request_text(state.plan.request)
             for task_id, choice in (await choose_models(text, undecided, self._llm)).items():
                 state.choices[task_id].CopyFrom(choice)
-        value = state.SerializeToString()
+        effects = step(state, Start(), time.time(), self._rules, self._replicas(state))
+        value = state.SerializeToString(deterministic=True)
         try:
             # Refused where the key holds anything, a finished run's delete marker included.
             revision = await self._runs.update(request_id, value, last=0)
         except KeyWrongLastSequenceError:
-            log.info("plan redelivered: its request has a run already")
-            return
+            return False
         self._written.put(request_id, (revision, value))
+        await self._carry_out(effects)
+        if is_complete(state):  # no task could start: the report is out, the run is over
+            with contextlib.suppress(KeyWrongLastSequenceError):  # a sweep deletes it then
+                await _delete_at(self._runs, request_id, revision)
+        return True
 
     async def _has_entry(self, request_id: str) -> bool:
         try:
