@@ -18,9 +18,9 @@ from chorus.v1.messages_pb2 import (
     TaskStatus,
 )
 
+from services.common import tokens
 from services.common.llm import OpenAILLM
 from services.common.settings import LLMSettings
-from services.common import tokens
 from services.common.tokens import TURN_OVERHEAD, count_tokens
 from services.responder.prompt import budget_for, cut_text, fair_shares, response_prompt
 from services.responder.respond import respond
