@@ -16,6 +16,8 @@ _PIECES = re.compile(r"[A-Za-z]+|\d{1,3}|[^\sA-Za-z\d]")
 
 
 def count_tokens(text: str) -> int:
+    """The estimate of `text`'s tokens. No piece spans a space or a punctuation mark, so texts
+    joined at one count as the sum of their counts: a prompt can be counted in parts, once."""
     total = 0
     for piece in _PIECES.findall(text):
         total += 1 + (len(piece) - 1) // 6 if piece.isalpha() else 1
@@ -25,11 +27,13 @@ def count_tokens(text: str) -> int:
 TURN_OVERHEAD = 4  # tokens a chat turn costs beyond its text: its role and separators
 
 
-def newest_within(texts: Sequence[str], budget: int) -> int:
-    """How many of the newest `texts` (chat turns, oldest first) fit in `budget` tokens."""
+def newest_within(texts: Sequence[str], budget: int) -> tuple[int, int]:
+    """How many of the newest `texts` (chat turns, oldest first) fit in `budget` tokens, and
+    the tokens those kept use (their turns' overhead included)."""
     used = 0
     for kept, text in enumerate(reversed(texts)):
-        used += count_tokens(text) + TURN_OVERHEAD
-        if used > budget:
-            return kept
-    return len(texts)
+        cost = count_tokens(text) + TURN_OVERHEAD
+        if used + cost > budget:
+            return kept, used
+        used += cost
+    return len(texts), used

@@ -41,5 +41,5 @@ def planning_prompt(request: ChatRequest) -> list[ChatTurn]:
 
 
 def _within_budget(history: list[ChatTurn]) -> list[ChatTurn]:
-    kept = newest_within([t.content for t in history], HISTORY_TOKEN_BUDGET)
+    kept, _ = newest_within([t.content for t in history], HISTORY_TOKEN_BUDGET)
     return history[len(history) - kept :]

@@ -9,7 +9,7 @@ prompt names it (file name, type, artifact id) and the reply can refer to it by 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,23 +41,33 @@ def budget_for(context_tokens: int) -> int:
 def response_prompt(report: ExecutionReport, context_tokens: int) -> ResponsePrompt:
     budget = budget_for(context_tokens)
     system = load_prompt("services.responder", "response.txt")
-    request = request_text(report.plan.request)
-    skeleton = [_entry(r, "") for r in report.results]
     # The request itself may be longer than everything else: it gets at most half.
-    request, request_cut = cut_text(request, budget // 2)
-    fixed = count_tokens(system) + count_tokens(_user(request, skeleton)) + 2 * TURN_OVERHEAD
-    history, history_cut = _history(report, max(0, (budget - fixed) // 4))
-    used_by_history = sum(count_tokens(t.content) + TURN_OVERHEAD for t in history)
+    request = cut_text(request_text(report.plan.request), budget // 2)
+    skeleton = [_entry(r, "") for r in report.results]
+    # Each part is counted once and the prompt's tokens are their sum (`count_tokens` adds up
+    # over a space or a mark): the request sits between spaces in the user turn, and each
+    # result's text between the quotes its empty string has in the skeleton.
+    fixed = count_tokens(system) + count_tokens(_user("", skeleton)) + 2 * TURN_OVERHEAD
+    fixed += request.tokens
+    history, history_tokens, history_cut = _history(report, max(0, (budget - fixed) // 4))
     texts = [_result_text(r) for r in report.results]
-    shares = fair_shares([count_tokens(t) for t in texts], budget - fixed - used_by_history)
-    workflow, results_cut = [], 0
-    for result, text, share in zip(report.results, texts, shares, strict=True):
-        kept, was_cut = cut_text(text, share)
-        results_cut += was_cut
-        workflow.append(_entry(result, kept))
-    turns = [ChatTurn("system", system), *history, ChatTurn("user", _user(request, workflow))]
-    tokens = sum(count_tokens(t.content) + TURN_OVERHEAD for t in turns)
-    return ResponsePrompt(turns, tokens, budget, request_cut + history_cut + results_cut)
+    sizes = [_string_tokens(t) for t in texts]
+    shares = fair_shares(sizes, budget - fixed - history_tokens)
+    workflow, tokens, results_cut = [], fixed + history_tokens, 0
+    for result, text, size, share in zip(report.results, texts, sizes, shares, strict=True):
+        kept = cut_text(text, share, _string_tokens, size)
+        tokens += kept.tokens
+        results_cut += kept.cut
+        workflow.append(_entry(result, kept.text))
+    user = ChatTurn("user", _user(request.text, workflow))
+    turns = [ChatTurn("system", system), *history, user]
+    return ResponsePrompt(turns, tokens, budget, request.cut + history_cut + results_cut)
+
+
+def _string_tokens(text: str) -> int:
+    """The tokens `text` adds to the workflow as a JSON string, escapes included; its quotes
+    are the skeleton's."""
+    return count_tokens(json.dumps(text, ensure_ascii=False)) - 2
 
 
 def _user(request: str, workflow: list[dict[str, Any]]) -> str:
@@ -96,12 +106,13 @@ def _result_text(result: TaskResult) -> str:
     return "\n".join(parts)
 
 
-def _history(report: ExecutionReport, budget: int) -> tuple[list[ChatTurn], int]:
-    """Earlier turns, newest kept first; a turn's files are named so "it" can be resolved."""
+def _history(report: ExecutionReport, budget: int) -> tuple[list[ChatTurn], int, int]:
+    """Earlier turns, newest kept first, with the tokens they use and how many were left out;
+    a turn's files are named so "it" can be resolved."""
     earlier = list(report.plan.request.messages)[:-1]
     turns = [ChatTurn(m.role, m.content + _files_note(m.artifacts)) for m in earlier]
-    kept = newest_within([t.content for t in turns], budget)
-    return turns[len(turns) - kept :], len(turns) - kept
+    kept, tokens = newest_within([t.content for t in turns], budget)
+    return turns[len(turns) - kept :], tokens, len(turns) - kept
 
 
 def _files_note(artifacts: Sequence[ArtifactRef]) -> str:
@@ -128,17 +139,28 @@ def fair_shares(sizes: list[int], budget: int) -> list[int]:
     return shares
 
 
-def cut_text(text: str, tokens: int) -> tuple[str, int]:
-    """`text` within `tokens` (head kept, the cut said), and 1 when it had to be cut."""
-    total = count_tokens(text)
+@dataclass(frozen=True)
+class Kept:
+    """What `cut_text` kept of a text."""
+
+    text: str
+    tokens: int  # as the `count` it was cut with counts them
+    cut: int  # 1 when it had to be cut
+
+
+def cut_text(
+    text: str, tokens: int, count: Callable[[str], int] = count_tokens, total: int | None = None
+) -> Kept:
+    """`text` within `tokens` (head kept, the cut said); `total` is `count(text)`, if known."""
+    total = count(text) if total is None else total
     if total <= tokens:
-        return text, 0
-    if tokens < MIN_RESULT_TOKENS:
-        return f"[{len(text)} characters, left out to fit the context]", 1
-    keep = int(len(text) * (tokens - 12) / total)
-    while keep > 0:
-        head = text[:keep] + f" [... cut: {keep} of {len(text)} characters shown]"
-        if count_tokens(head) <= tokens:
-            return head, 1
-        keep = int(keep * 0.9)
-    return f"[{len(text)} characters, left out to fit the context]", 1
+        return Kept(text, total, 0)
+    left_out = f"[{len(text)} characters, left out to fit the context]"
+    if tokens >= MIN_RESULT_TOKENS:
+        keep = int(len(text) * (tokens - 12) / total)
+        while keep > 0:
+            head = text[:keep] + f" [... cut: {keep} of {len(text)} characters shown]"
+            if (used := count(head)) <= tokens:
+                return Kept(head, used, 1)
+            keep = int(keep * 0.9)
+    return Kept(left_out, count(left_out), 1)

@@ -18,8 +18,7 @@ import time
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
-from functools import cached_property
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from chorus.v1.messages_pb2 import (
     CancelRequest,
@@ -70,14 +69,14 @@ from services.selector.run import (
     report_of,
     step,
 )
-from services.selector.select import choose_models, open_tasks
+from services.selector.select import OpenTask, choose_models, open_tasks
 
 log = logging.getLogger(__name__)
 STAGE = "selector"
 RUN_TTL_S = 24 * 3600.0
 SWEEP_INTERVAL_S = 5.0
 OVERDUE_GRACE_S = 5.0  # an executor that finishes right at the deadline still gets its say
-WRITTEN_RUNS_KEPT = 10_000  # runs whose last written state a replica keeps (a few KiB each)
+RUNS_KEPT = 10_000  # runs whose last written state (a few KiB) and request facts a replica keeps
 COUNTERS = {
     "failure": Counter(
         "chorus_selector_task_failures_total",
@@ -114,14 +113,50 @@ WAITING_TASKS = Gauge(
     "group up from zero on it.",
     ["task"],
 )
+STATE_CONFLICTS = Counter(
+    "chorus_selector_state_conflicts_total",
+    "Steps that found another selector replica (or sweep) had moved the run on since this one "
+    "wrote it, by how: refused (a compare-and-set write was refused) or stale (the state this "
+    "replica kept gave nothing to write, and the read that followed found it out of date). "
+    "Each costs a read of the run and its step again.",
+    ["how"],
+)
 BAD_RUN_STATE = Counter(
     "chorus_selector_bad_run_state_total",
     "Run-state entries that did not decode: the request is failed and the entry deleted.",
 )
 
 
+K = TypeVar("K")
+V = TypeVar("V")
+
+
 class PlanTooLarge(bus.PermanentError):
     code = ErrorCode.ERROR_CODE_PAYLOAD_TOO_LARGE
+
+
+class _Recent(Generic[K, V]):
+    """A map that keeps its `kept` most recently used entries: what a replica remembers of
+    the runs it last handled. A run that falls out is read or worked out again."""
+
+    def __init__(self, kept: int) -> None:
+        self._kept = kept
+        self._entries: collections.OrderedDict[K, V] = collections.OrderedDict()
+
+    def get(self, key: K) -> V | None:
+        value = self._entries.get(key)
+        if value is not None:
+            self._entries.move_to_end(key)
+        return value
+
+    def pop(self, key: K) -> V | None:
+        return self._entries.pop(key, None)
+
+    def put(self, key: K, value: V) -> None:
+        self._entries[key] = value
+        self._entries.move_to_end(key)
+        while len(self._entries) > self._kept:
+            self._entries.popitem(last=False)
 
 
 @dataclass
@@ -131,18 +166,27 @@ class _LiveReplicas:
     registry: WorkerRegistry
     catalog: Catalog
     state: RunState
+    known: _Recent[str, RequestFacts]
     top_k: int
 
     @property
     def synced(self) -> bool:
         return self.registry.synced
 
-    @cached_property
-    def _facts(self) -> RequestFacts:
-        return RequestFacts.of(request_text(self.state.plan.request))
-
     def candidates(self, task: str) -> list[Candidate]:
-        return rank(task, self._facts, self.registry.serving(task), self.catalog, self.top_k)
+        return rank(task, self._facts(), self.registry.serving(task), self.catalog, self.top_k)
+
+    def _facts(self) -> RequestFacts:
+        """Worked out once per request by each replica: the request's language is a fastText
+        prediction that cost 4 % of the selector's CPU when made at every step. The facts
+        follow from the request's text alone, so another replica or a redelivery works out
+        the same."""
+        request_id = self.state.plan.request_id
+        facts = self.known.get(request_id)
+        if facts is None:
+            facts = RequestFacts.of(request_text(self.state.plan.request))
+            self.known.put(request_id, facts)
+        return facts
 
     def serves(self, task: str, route: str) -> bool:
         workers = self.registry.serving(task)
@@ -170,7 +214,8 @@ class Selector:
         # The last state this replica wrote of each run, with its revision: the next step
         # writes on top of it with compare-and-set and reads only when another replica moved
         # the run on (the write is refused) or the run is not here (another replica's run).
-        self._written: collections.OrderedDict[str, tuple[int, bytes]] = collections.OrderedDict()
+        self._written: _Recent[str, tuple[int, bytes]] = _Recent(RUNS_KEPT)
+        self._request_facts: _Recent[str, RequestFacts] = _Recent(RUNS_KEPT)
 
     @property
     def _rules(self) -> RunRules:  # a property: tests shorten OVERDUE_GRACE_S
@@ -188,24 +233,10 @@ class Selector:
             await self._carry_out([Report(report_of(state, time.time()))])
             return
         state.notes.extend(drop_duplicate_ids(state.plan))
-        try:
-            await self._runs.get(plan.request_id)
-            log.info("plan redelivered; continuing the existing run")
-        except KeyNotFoundError as e:
-            if _finished(e):
-                log.info("plan redelivered after its run finished; ignored")
-                return
-            await self._choose_models(state)
-            try:
-                value = state.SerializeToString()
-                self._remember(
-                    plan.request_id, await self._runs.create(plan.request_id, value), value
-                )
-            except KeyWrongLastSequenceError:
-                log.info("another selector replica started this run; continuing it")
-        # Also on a redelivery: a selector that stopped between creating the run and
-        # dispatching its first tasks left them ready, and starting again is idempotent.
-        await self._transact(plan.request_id, Start())
+        if not await self._start_run(state):
+            # A redelivered plan: a selector that stopped between creating the run and sending
+            # its first invocations left them unsent, and starting again is idempotent.
+            await self._transact(plan.request_id, Start(), missing=_finished_plan)
 
     async def handle_result(self, result: TaskResult) -> None:
         await self._transact(result.request_id, ResultArrived(result), missing=_stray_result)
@@ -235,19 +266,49 @@ class Selector:
         except NoKeysError:
             return []
 
-    async def _choose_models(self, state: RunState) -> None:
-        """Lets the LLM choose, in one call, for every task that has more than one candidate."""
-        if self._llm is None:
-            return
-        text = request_text(state.plan.request)
+    async def _start_run(self, state: RunState) -> bool:
+        """Creates the run with its first step taken, in one write, and carries that step out.
+        False, with nothing written or sent, where its request has a run already or had one
+        that finished (a redelivered plan)."""
+        request_id = state.plan.request_id
+        if self._llm is not None and (undecided := self._undecided(state)):
+            # Asking the LLM again for a redelivered plan would be wasted: look for a run first.
+            if await self._has_entry(request_id):
+                return False
+            # One call chooses for every task that has more than one candidate.
+            text = request_text(state.plan.request)
+            for task_id, choice in (await choose_models(text, undecided, self._llm)).items():
+                state.choices[task_id].CopyFrom(choice)
+        effects = step(state, Start(), time.time(), self._rules, self._replicas(state))
+        value = state.SerializeToString(deterministic=True)
+        try:
+            # Refused where the key holds anything, a finished run's delete marker included.
+            revision = await self._runs.update(request_id, value, last=0)
+        except KeyWrongLastSequenceError:
+            return False
+        self._written.put(request_id, (revision, value))
+        await self._carry_out(effects)
+        if is_complete(state):  # no task could start: the report is out, the run is over
+            with contextlib.suppress(KeyWrongLastSequenceError):  # a sweep deletes it then
+                await _delete_at(self._runs, request_id, revision)
+        return True
+
+    async def _has_entry(self, request_id: str) -> bool:
+        try:
+            await self._runs.get(request_id)
+        except KeyNotFoundError as e:
+            return _finished(e)
+        return True
+
+    def _undecided(self, state: RunState) -> list[OpenTask]:
+        """The tasks of a new run that the LLM may choose a model for."""
         replicas = self._replicas(state)
-        undecided = open_tasks(state.plan.tasks, lambda task: replicas.candidates(task))
-        choices = await choose_models(text, undecided, self._llm)
-        for task_id, choice in choices.items():
-            state.choices[task_id].CopyFrom(choice)
+        return open_tasks(state.plan.tasks, lambda task: replicas.candidates(task))
 
     def _replicas(self, state: RunState) -> _LiveReplicas:
-        return _LiveReplicas(self._registry, self._catalog, state, self._config.top_k)
+        return _LiveReplicas(
+            self._registry, self._catalog, state, self._request_facts, self._config.top_k
+        )
 
     async def _transact(
         self, request_id: str, event: Event, *, missing: Callable[[str], None] | None = None
@@ -258,8 +319,9 @@ class Selector:
         `missing(reason)` counts an event for a run that is unknown or over. Returns the run's
         state as it now stands, if it still runs.
         """
+        stale_at: int | None = None  # the revision of a kept state that is read afresh
         while True:
-            known = self._written.pop(request_id, None)
+            known = self._written.pop(request_id)
             kept = known is not None
             if known is None:
                 try:
@@ -269,6 +331,8 @@ class Selector:
                         missing("finished_request" if _finished(e) else "unknown_request")
                     return None
                 known = (entry.revision or 0, entry.value or b"")
+                if stale_at is not None and known[0] != stale_at:
+                    STATE_CONFLICTS.labels("stale").inc()
             revision, value = known
             try:
                 state = RunState.FromString(value)
@@ -279,10 +343,12 @@ class Selector:
             with tracing.joined(state.trace_id, "selector sweep"):
                 before = state.SerializeToString(deterministic=True)
                 effects = step(state, event, time.time(), self._rules, self._replicas(state))
-                unchanged = state.SerializeToString(deterministic=True) == before
+                value = state.SerializeToString(deterministic=True)  # also what is written
+                unchanged = value == before
                 if kept and (unchanged or is_complete(state)):
                     # Only a write would show that the kept state is stale; with none to come
                     # (a stray, or a report that goes out before the delete) read it afresh.
+                    stale_at = revision
                     continue
                 if unchanged:
                     await self._carry_out(effects)  # only counts: a stray, nothing to do
@@ -294,18 +360,13 @@ class Selector:
                         await self._carry_out(effects)
                         await _delete_at(self._runs, request_id, revision)
                         return None
-                    value = state.SerializeToString()
                     written = await self._runs.update(request_id, value, last=revision)
-                    self._remember(request_id, written, value)
+                    self._written.put(request_id, (written, value))
                     await self._carry_out(effects)
                     return state
                 except KeyWrongLastSequenceError:
+                    STATE_CONFLICTS.labels("refused").inc()
                     continue  # another replica changed the run; redo on the fresh state
-
-    def _remember(self, request_id: str, revision: int, value: bytes) -> None:
-        self._written[request_id] = (revision, value)
-        while len(self._written) > WRITTEN_RUNS_KEPT:
-            self._written.popitem(last=False)  # the oldest: its next step reads it again
 
     async def _carry_out(self, effects: list[Effect]) -> None:
         """Sends the messages of `effects` in this order: the invocations, which move the
@@ -367,6 +428,10 @@ def _finished(error: KeyNotFoundError) -> bool:
     return error.op is not None
 
 
+def _finished_plan(_: str) -> None:
+    log.info("plan redelivered after its run finished; ignored")
+
+
 def _stray_result(reason: str) -> None:
     COUNTERS["stray"].labels(reason).inc()
     log.warning("result ignored: %s", reason.replace("_", " "))
@@ -377,19 +442,22 @@ def _stray_cancel(reason: str) -> None:
     log.info("cancel ignored: %s", reason.replace("_", " "))
 
 
+async def open_runs(js: JetStreamContext, replicas: int) -> KeyValue:
+    """The bucket of run states, one entry per running request."""
+    config = KeyValueConfig(
+        bucket=subjects.RUN_STATE_BUCKET,
+        history=1,
+        ttl=RUN_TTL_S,
+        storage=StorageType.FILE,
+        replicas=replicas,
+    )
+    return await bus.open_key_value(js, config)
+
+
 async def build(rt: Runtime, stack: AsyncExitStack) -> list[bus.Consumer[Any]]:
     settings = rt.settings
     config = SelectorConfig.from_settings(settings)
-    runs = await bus.open_key_value(
-        rt.js,
-        KeyValueConfig(
-            bucket=subjects.RUN_STATE_BUCKET,
-            history=1,
-            ttl=RUN_TTL_S,
-            storage=StorageType.FILE,
-            replicas=settings.stream_replicas,
-        ),
-    )
+    runs = await open_runs(rt.js, settings.stream_replicas)
     registry = await WorkerRegistry.watch(rt.js, settings.worker_ttl_s, settings.stream_replicas)
     stack.push_async_callback(registry.stop)
     try:

@@ -18,6 +18,7 @@ from chorus.v1.messages_pb2 import (
     TaskStatus,
 )
 from nats.js.api import DeliverPolicy
+from nats.js.errors import NoKeysError
 from nats.js.kv import KeyValue
 from prometheus_client import REGISTRY
 
@@ -183,25 +184,55 @@ async def test_a_work_stream_deleted_under_running_services_is_recreated(nats_ur
 async def test_a_step_writes_the_run_without_reading_it(
     nats_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The selector keeps the state it last wrote: past the plan's look for an earlier run,
-    a step is one compare-and-set write and no read; only the last step, whose report goes
-    out before its delete, reads the run afresh first."""
-    reads: list[str] = []
-    get: Callable[..., Awaitable[Any]] = KeyValue.get
+    """The selector keeps the state it last wrote: a plan creates its run with its first
+    dispatches in one write, without looking for an earlier run (the create is refused where
+    there is one); a step is one compare-and-set write and no read; only the last step, whose
+    report goes out before its delete, reads the run afresh first."""
+    calls: list[tuple[str, str]] = []
 
-    async def counted_get(self: KeyValue, key: str, *args: Any, **kwargs: Any) -> Any:
-        if self._name == subjects.RUN_STATE_BUCKET:
-            reads.append(key)
-        return await get(self, key, *args, **kwargs)
+    def counted(name: str) -> None:
+        original: Callable[..., Awaitable[Any]] = getattr(KeyValue, name)
 
-    monkeypatch.setattr(KeyValue, "get", counted_get)
+        async def call(self: KeyValue, key: str, *args: Any, **kwargs: Any) -> Any:
+            if self._name == subjects.RUN_STATE_BUCKET:
+                calls.append((name, key))
+            return await original(self, key, *args, **kwargs)
+
+        monkeypatch.setattr(KeyValue, name, call)
+
+    for name in ("get", "create", "update", "delete"):
+        counted(name)
     chain = [_text_task(i, "summarization", deps=(i - 1,) if i else ()) for i in range(3)]
     async with running_stack(nats_url, services=("selector", "responder")):
         echo = await EchoReplica(nats_url, [("summarization", "m")]).start()
         response = await _run_plan(nats_url, _plan("r", *chain))
         await echo.stop()
     assert [r.status for r in response.results] == [TaskStatus.TASK_STATUS_SUCCEEDED] * 3
-    assert reads == [response.request_id] * 2  # the plan's look and the last step's
+    # The plan's write (task 0 out), two results' (tasks 1 and 2 out), the last one's look
+    # and the delete.
+    ops = ["update", "update", "update", "get", "delete"]
+    assert calls == [(op, response.request_id) for op in ops]
+
+
+async def test_a_plan_redelivered_after_its_run_finished_starts_nothing(nats_url: str) -> None:
+    plan = _plan("r", _text_task(0, "summarization"))
+    async with running_stack(nats_url, services=("selector", "responder")):
+        echo = await EchoReplica(nats_url, [("summarization", "m")]).start()
+        response = await _run_plan(nats_url, plan)
+        await echo.stop()  # a run started again would now wait, and stay in the bucket
+        nc = await nats.connect(nats_url)
+        js = nc.jetstream()
+        await bus.publish(js, subjects.PLAN, plan)
+        for _ in range(200):  # until the selector has taken and acked it
+            info = await js.consumer_info(subjects.WORK_STREAM, "selector-plans")
+            if info.num_pending == 0 and info.num_ack_pending == 0:
+                break
+            await asyncio.sleep(0.05)
+        runs = await js.key_value(subjects.RUN_STATE_BUCKET)
+        with pytest.raises(NoKeysError):
+            await runs.keys()
+        await nc.close()
+    assert response.results[0].status == TaskStatus.TASK_STATUS_SUCCEEDED
 
 
 async def test_two_selectors_share_runs_through_compare_and_set(nats_url: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from chorus.v1.messages_pb2 import (
     ArtifactRef,
     ChatMessage,
@@ -17,9 +18,10 @@ from chorus.v1.messages_pb2 import (
     TaskStatus,
 )
 
+from services.common import tokens
 from services.common.llm import OpenAILLM
 from services.common.settings import LLMSettings
-from services.common.tokens import count_tokens
+from services.common.tokens import TURN_OVERHEAD, count_tokens
 from services.responder.prompt import budget_for, cut_text, fair_shares, response_prompt
 from services.responder.respond import respond
 from tests.support import ScriptedLLM
@@ -122,8 +124,37 @@ def test_fair_shares_keep_short_results_whole() -> None:
     assert fair_shares([10, 500, 2000], 1000) == [10, 495, 495]
     assert fair_shares([10, 20], 1000) == [10, 20]
     assert fair_shares([100, 100], 0) == [0, 0]
-    text, was_cut = cut_text("word " * 1000, 100)
-    assert was_cut == 1 and count_tokens(text) <= 100
+    kept = cut_text("word " * 1000, 100)
+    assert kept.cut == 1 and count_tokens(kept.text) == kept.tokens <= 100
+
+
+def test_each_part_of_the_prompt_is_counted_once_and_the_sum_is_what_is_sent(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The prompt's tokens are what the LLM is sent, counted in parts: the system prompt, the
+    history, the request, the workflow's frame and each result once (a result's text with the
+    two quotes of its JSON string)."""
+    counted: list[int] = []
+
+    class CountedPieces:
+        def findall(self, text: str) -> list[str]:
+            counted.append(len(text))
+            return pieces.findall(text)
+
+    pieces = tokens._PIECES
+    monkeypatch.setattr(tokens, "_PIECES", CountedPieces())
+    report = _report(_caption('a "black" circle\non white, 12 px'), _edges())
+    request = report.plan.request
+    asked = request.messages[-1].content
+    del request.messages[:]
+    for role, content in (("user", "Hi"), ("assistant", "Hello"), ("user", asked)):
+        request.messages.add(role=role, content=content)
+    prompt = response_prompt(report, context_tokens=4096)
+    monkeypatch.undo()
+    assert [t.role for t in prompt.turns] == ["system", "user", "assistant", "user"]
+    assert prompt.tokens == sum(count_tokens(t.content) + TURN_OVERHEAD for t in prompt.turns)
+    sent = sum(len(t.content) for t in prompt.turns)
+    assert sum(counted) == sent + 2 * len(report.results)
 
 
 async def test_a_stream_that_stops_halfway_keeps_what_came_and_says_so(
