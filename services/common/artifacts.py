@@ -151,15 +151,17 @@ class ArtifactStore:
             raise ArtifactNotFound(f"artifact {artifact_id!r} does not exist or expired")
         return meta
 
-    async def made_by(self, artifact_id: str) -> tuple[str, str]:
-        """The owner that uploaded the artifact and the request it was made for ("" if none)."""
-        headers = (await self._meta(artifact_id)).get("headers") or {}
-        return headers.get(_OWNER_HEADER, ""), headers.get(_REQUEST_HEADER, "")
+    async def described(self, artifact_id: str) -> tuple[ArtifactRef, str, str]:
+        """What is stored under this id, without fetching the bytes, with who made it: the
+        owner that uploaded it and the request it was made for ("" where none)."""
+        meta = await self._meta(artifact_id)
+        headers = meta.get("headers") or {}
+        ref = _ref(artifact_id, headers, int(meta.get("size") or 0))
+        return ref, headers.get(_OWNER_HEADER, ""), headers.get(_REQUEST_HEADER, "")
 
     async def info(self, artifact_id: str) -> ArtifactRef:
         """What is stored under this id, without fetching the bytes."""
-        meta = await self._meta(artifact_id)
-        return _ref(artifact_id, meta.get("headers") or {}, int(meta.get("size") or 0))
+        return (await self.described(artifact_id))[0]
 
     async def get(self, artifact_id: str) -> tuple[ArtifactRef, bytes]:
         meta = await self._meta(artifact_id)

@@ -12,8 +12,10 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from services.common.llm import LLM, ChatTurn
+from services.common.offload import run_small_on_loop
 from services.executor.devices import free_memory, is_out_of_memory
 from services.executor.handler import Handler, Inputs, Produced
+from services.executor.media import small_images
 from services.executor.models import ModelSpec
 from services.executor.pool import ModelPool
 
@@ -46,13 +48,15 @@ class LocalBackend:
         self._spec = spec
         self._pool = pool
         self.max_batch = max_batch if handler.local.batchable else 1
-        builtin = spec.model in handler.builtins
-        self.kind = "builtin" if builtin else handler.local.loader.value
+        self._builtin = spec.model in handler.builtins
+        self.kind = "builtin" if self._builtin else handler.local.loader.value
 
     async def infer(self, model: str, batch: Sequence[Inputs]) -> list[Outputs]:
+        # A built-in operation on a small image takes less CPU than the hand-off to a thread.
+        small = self._builtin and small_images(batch)
         async with self._pool.use(self._spec) as loaded:
             try:
-                return await asyncio.to_thread(self._run, loaded.model, batch)
+                return await run_small_on_loop(small, self._run, loaded.model, batch)
             except BaseException as e:
                 if is_out_of_memory(e):
                     free_memory(self._pool.device)

@@ -8,9 +8,12 @@ The set is bounded and its entries expire, so a flood of cancels cannot grow it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
+from typing import Any
 
 from chorus.v1.messages_pb2 import CancelRequest
 from google.protobuf.message import DecodeError
@@ -30,14 +33,14 @@ class CancelledRequests:
         self._ttl_s = ttl_s
         self._max_ids = max_ids
         self._ids: OrderedDict[str, tuple[float, str]] = OrderedDict()  # id -> (when, reason)
-        self._waiters: dict[str, set[asyncio.Event]] = {}
+        self._running: dict[str, set[asyncio.Task[Any]]] = {}  # request id -> its work
 
     def add(self, request_id: str, reason: str) -> None:
         self._ids[request_id] = (time.monotonic(), reason)
         self._ids.move_to_end(request_id)
         self._expire()
-        for event in self._waiters.pop(request_id, ()):
-            event.set()
+        for task in self._running.get(request_id, ()):
+            task.cancel()
 
     def reason(self, request_id: str) -> str | None:
         """Why the request was cancelled; None when it was not (or long ago)."""
@@ -45,20 +48,18 @@ class CancelledRequests:
         entry = self._ids.get(request_id)
         return entry[1] if entry else None
 
-    async def wait(self, request_id: str) -> str:
-        """Returns (the reason) once the request is cancelled."""
-        while (reason := self.reason(request_id)) is None:
-            event = asyncio.Event()
-            self._waiters.setdefault(request_id, set()).add(event)
-            try:
-                await event.wait()
-            finally:
-                waiting = self._waiters.get(request_id)
-                if waiting is not None:
-                    waiting.discard(event)
-                    if not waiting:
-                        del self._waiters[request_id]
-        return reason
+    @contextlib.contextmanager
+    def watching(self, request_id: str, work: asyncio.Task[Any]) -> Iterator[None]:
+        """Cancels `work` when its request is cancelled while the block runs. (A task to cancel,
+        not a second task waiting for the cancel beside it: the cancel is rare, work is not.)"""
+        running = self._running.setdefault(request_id, set())
+        running.add(work)
+        try:
+            yield
+        finally:
+            running.discard(work)
+            if not running and self._running.get(request_id) is running:
+                del self._running[request_id]
 
     def _expire(self) -> None:
         now = time.monotonic()

@@ -145,14 +145,15 @@ class Executor:
             run.close()  # cancelled before it came: never started
             return self._cancelled_result(invocation, reason)
         work = asyncio.create_task(run)
-        cancelled = asyncio.create_task(self._cancelled.wait(request_id))
-        await asyncio.wait([work, cancelled], return_when=asyncio.FIRST_COMPLETED)
-        for task in (work, cancelled):
-            task.cancel()
-        if work.done() and not work.cancelled():
-            return work.result()
-        await asyncio.gather(work, return_exceptions=True)
-        return self._cancelled_result(invocation, self._cancelled.reason(request_id) or "")
+        with self._cancelled.watching(request_id, work):
+            try:
+                return await work
+            except asyncio.CancelledError:
+                reason = self._cancelled.reason(request_id)
+                this = asyncio.current_task()
+                if reason is None or (this is not None and this.cancelling()):
+                    raise  # not the request's cancel: this replica is stopping
+                return self._cancelled_result(invocation, reason)
 
     def _cancelled_result(self, invocation: TaskInvocation, reason: str) -> TaskResult:
         log.info("task %d dropped: its request was cancelled (%s)", invocation.task_id, reason)

@@ -186,9 +186,10 @@ class FrontDoor:
             raise RequestError(f"id: {e}", _NOT_FOUND) from e
         return ref, _not_found_as_refusal(parts)
 
-    async def _check_artifact_owner(self, artifact_id: str, owner: str) -> None:
+    async def _check_artifact_owner(self, artifact_id: str, owner: str) -> ArtifactRef:
+        """What the store holds under the id, if it is `owner`'s; else `NOT_FOUND`."""
         try:
-            uploader, made_for = await self.store.made_by(artifact_id)
+            ref, uploader, made_for = await self.store.described(artifact_id)
         except ArtifactNotFound as e:
             raise RequestError(f"id: {e}", _NOT_FOUND) from e
         actual = uploader or (await self._owners.owner_of(made_for) if made_for else "")
@@ -197,6 +198,7 @@ class FrontDoor:
             raise RequestError(
                 f"id: artifact {artifact_id!r} does not exist or expired", _NOT_FOUND
             )
+        return ref
 
     async def put_artifact(
         self, data: bytes | IO[bytes], name: str, media_type: str | None, owner: str
@@ -401,13 +403,10 @@ class FrontDoor:
         for i, message in enumerate(request.messages):
             for j, artifact in enumerate(message.artifacts):
                 field = f"messages[{i}].artifacts[{j}]"
-                try:
-                    await self._check_artifact_owner(artifact.id, owner)
-                    artifact.CopyFrom(await self.store.info(artifact.id))
+                try:  # one read of the store tells both whose it is and what it is
+                    artifact.CopyFrom(await self._check_artifact_owner(artifact.id, owner))
                 except RequestError as e:
                     raise RequestError(f"{field}.{e}", _NOT_FOUND) from e
-                except ArtifactNotFound as e:
-                    raise RequestError(f"{field}.id: {e}", _NOT_FOUND) from e
 
 
 async def _not_found_as_refusal(parts: AsyncIterator[bytes]) -> AsyncIterator[bytes]:

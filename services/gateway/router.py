@@ -92,8 +92,11 @@ class Follower:
 
     async def next(self, timeout_s: float) -> bytes | None:
         """The next event's bytes, or None after `timeout_s` without one."""
+        if not self._queue.empty():
+            return self._queue.get_nowait()
         try:
-            return await asyncio.wait_for(self._queue.get(), timeout_s)
+            async with asyncio.timeout(timeout_s):  # no task per wait, as `wait_for`'s
+                return await self._queue.get()
         except TimeoutError:
             return None
 

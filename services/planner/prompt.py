@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from functools import cache
 
 from chorus.v1.messages_pb2 import ChatRequest
 
@@ -26,11 +27,18 @@ def _task_list() -> str:
     return "\n".join(lines)
 
 
-def planning_prompt(request: ChatRequest) -> list[ChatTurn]:
+@cache
+def _fixed_turns() -> tuple[ChatTurn, ...]:
+    """The system prompt and the demonstrations: the same for every request, built once."""
     system = load_prompt("services.planner", "parse_task.txt").replace("{task_list}", _task_list())
     turns = [ChatTurn("system", system)]
     for demo in json.loads(load_prompt("services.planner", "parse_task_demos.json")):
         turns += [ChatTurn("user", demo["user"]), ChatTurn("assistant", demo["assistant"])]
+    return tuple(turns)
+
+
+def planning_prompt(request: ChatRequest) -> list[ChatTurn]:
+    turns = list(_fixed_turns())
     *history, _ = request.messages
     turns += _within_budget([ChatTurn(m.role, m.content) for m in history])
     files = ", ".join(

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
 import pytest
 
 from services.common.llm import ChatTurn, LLMError, OpenAILLM, _delta
@@ -101,3 +106,74 @@ def test_a_streamed_chunk_of_any_shape_adds_only_its_text(
     """Chunks are read as the JSON they came in (no typed model per token): one of another
     shape adds nothing rather than breaking the answer."""
     assert _delta(chunk) == read
+
+
+class _RawReplies:
+    """An HTTP server answering each POST with the next (content type, body) as it is."""
+
+    def __init__(self, replies: list[tuple[str, bytes]]) -> None:
+        replies = list(replies)
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers["Content-Length"]))
+                content_type, body = replies.pop(0)
+                self.send_response(200)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base_url = f"http://127.0.0.1:{self._server.server_port}/v1"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+_JSON = "application/json"
+_FINE = {"choices": [{"message": {"content": "fine"}, "finish_reason": "stop"}]}
+
+
+async def test_a_whole_reply_of_any_shape_is_read_or_refused_clearly() -> None:
+    """Whole replies are read as the JSON they came in too: one of another shape is an
+    `LLMError` (or an empty answer), never a crash of the stage that asked."""
+    replies = [
+        (_JSON, json.dumps({"choices": "nonsense"}).encode()),
+        (
+            _JSON,
+            json.dumps({"choices": [{"message": {"content": 7}, "finish_reason": 1}]}).encode(),
+        ),
+        (_JSON, json.dumps(["not", "a", "completion"]).encode()),
+        ("text/plain", json.dumps({**_FINE, "usage": {"completion_tokens": "x"}}).encode()),
+        ("text/html", b"<html>busy</html>"),
+    ]
+    server = _RawReplies(replies * 2)
+    llm = OpenAILLM(LLMSettings(server.base_url, "k", "scripted", 10.0, 0))
+    try:
+        with pytest.raises(LLMError, match="no choices"):
+            await llm.completion(ASK)
+        odd = await llm.completion(ASK)
+        assert (odd.text, odd.finish_reason, odd.cut_off) == ("", None, False)
+        with pytest.raises(LLMError, match="no choices"):
+            await llm.completion(ASK)
+        fine = await llm.completion(ASK)  # JSON under another content type is still read
+        assert (fine.text, fine.finish_reason, fine.completion_tokens) == ("fine", "stop", None)
+        with pytest.raises(LLMError, match="no choices"):
+            await llm.completion(ASK)
+        for _ in range(3):
+            with pytest.raises(LLMError, match="no content"):
+                await llm.complete(ASK)
+        assert await llm.complete(ASK) == "fine"
+        with pytest.raises(LLMError, match="no content"):
+            await llm.complete(ASK)
+    finally:
+        await llm.close()
+        server.stop()
