@@ -323,19 +323,10 @@ class Consumer(Generic[M]):
         )
 
         async def delivered(msg: Msg) -> None:
-            pulls.heard()
-            status = (msg.headers or {}).get(api.Header.STATUS)
-            if status is None:
-                pulls.pending = max(0, pulls.pending - 1)
+            if pulls.received(msg.headers or {}):
                 task = asyncio.create_task(self._process(msg))
                 self._tasks.add(task)
                 task.add_done_callback(self._finished)
-            else:
-                ended = _ended_by(status, msg.headers or {})
-                if ended is None:
-                    pulls.lost = f"{status} {(msg.headers or {}).get(api.Header.DESCRIPTION, '')}"
-                else:
-                    pulls.pending = max(0, pulls.pending - ended)
             self._wake.set()
 
         # Pulled messages come to an inbox under the service's own prefix (roles.py).
@@ -348,8 +339,8 @@ class Consumer(Generic[M]):
                 shared = spec.shared_slots
                 slot_free = shared is None or not shared.locked()
                 if (
-                    not slot_free
-                    and shared
+                    shared is not None
+                    and not slot_free
                     and not pulls.pending
                     and len(self._tasks) < spec.concurrency
                 ):
@@ -511,6 +502,20 @@ class _Pulls:
     def asked(self, batch: int) -> None:
         self.pending += batch
         self.heard()
+
+    def received(self, headers: dict[str, str]) -> bool:
+        """Takes in one delivery to the inbox; True: a message to handle, not a status."""
+        self.heard()
+        status = headers.get(api.Header.STATUS)
+        if status is None:
+            self.pending = max(0, self.pending - 1)
+            return True
+        ended = _ended_by(status, headers)
+        if ended is None:
+            self.lost = f"{status} {headers.get(api.Header.DESCRIPTION, '').strip()}"
+        else:
+            self.pending = max(0, self.pending - ended)
+        return False
 
     def heard(self) -> None:
         self.last_heard = time.monotonic()

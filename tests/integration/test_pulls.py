@@ -13,6 +13,8 @@ from contextlib import asynccontextmanager
 import nats
 import pytest
 from chorus.v1.messages_pb2 import TaskResult
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from services.common import bus, subjects
@@ -49,12 +51,12 @@ async def _running(*consumers: bus.Consumer[TaskResult]) -> AsyncIterator[None]:
         await asyncio.wait_for(asyncio.gather(*runs), 30)
 
 
-async def _pull_requests(nats_url: str, durable: str) -> tuple[nats.NATS, list[int]]:
+async def _pull_requests(nats_url: str, durable: str) -> tuple[NATS, list[int]]:
     """The batch of every pull request sent for `durable`, as the server sees them."""
     watcher = await nats.connect(nats_url)
     batches: list[int] = []
 
-    async def seen(msg: nats.aio.msg.Msg) -> None:
+    async def seen(msg: Msg) -> None:
         batches.append(json.loads(msg.data)["batch"])
 
     await watcher.subscribe(f"$JS.API.CONSUMER.MSG.NEXT.{subjects.WORK_STREAM}.{durable}", cb=seen)
