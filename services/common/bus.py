@@ -248,8 +248,8 @@ class ConsumerSpec(Generic[M]):
 
 
 class ConsumerLost(Exception):
-    """The consumer's pulls went unanswered or were refused (a deleted consumer, a restarted
-    server, a refused request): the loop binds it again, with a fresh inbox."""
+    """The server called the consumer's pulls off (a deleted consumer, none there, a refused
+    request): the loop binds it again, with a fresh inbox."""
 
 
 class Consumer(Generic[M]):
@@ -313,7 +313,7 @@ class Consumer(Generic[M]):
         """Keeps pull requests outstanding for as many messages as there are free slots, and
         handles each message as it arrives (nats.go's `Consume`): one request serves about
         half the slots, and a lone message never waits for a batch to fill. Returns on stop;
-        raises `ConsumerLost` when the server stops answering or refuses a pull."""
+        raises `ConsumerLost` when the server calls the pulls off."""
         spec = self._spec
         nc = self._js._nc
         terms = _PullTerms.of(spec)
@@ -353,13 +353,16 @@ class Consumer(Generic[M]):
                     await nc.publish(next_subject, terms.request(ask), reply=sub.subject)
                     pulls.asked(ask)
                 # While a pull waits, the server sends a heartbeat when idle: silence means
-                # the pull is gone (a restarted server, a reconnect) and is bound again.
+                # the pull may be gone (a reconnect, a restarted server).
                 quiet = pulls.quiet_s() if pulls.pending else None
                 try:
                     async with asyncio.timeout(None if quiet is None else terms.silence_s - quiet):
                         await self._wake.wait()
                 except TimeoutError:
-                    raise ConsumerLost(f"no word from the server on {spec.durable}") from None
+                    # Ask the server: no consumer (NotFoundError) or no server binds again.
+                    await self._js.consumer_info(subjects.WORK_STREAM, spec.durable)
+                    if pulls.quiet_s() >= terms.silence_s:  # nothing came meanwhile either
+                        pulls.pending = 0  # ask anew, on the same inbox
         finally:
             # Stale pulls find no inbox. On a stop, messages already on their way are still
             # handled; after a fault they come again when their ack wait ends.
