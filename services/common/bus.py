@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import logging
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 import nats
@@ -17,8 +18,7 @@ from chorus.v1.messages_pb2 import ErrorCode
 from google.protobuf.message import DecodeError, Message
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.errors import TimeoutError as NatsTimeoutError
-from nats.js import JetStreamContext
+from nats.js import JetStreamContext, api
 from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
@@ -46,9 +46,11 @@ REQUEST_ID = "Chorus-Request-Id"
 ERROR_HEADER = "Chorus-Error"
 TRACEPARENT = "traceparent"
 EVENT_RETENTION_S = 3600.0
-FETCH_TIMEOUT_S = 1.0  # how long one pull waits on an idle stream
-BACKLOG_FETCH_TIMEOUT_S = 0.05  # how long a pull for messages known to be waiting may take
-IDLE_CHECK_FETCHES = 5  # empty fetches between checks that the consumer exists
+PULL_EXPIRES_S = 10.0  # how long one pull request waits on the server before it is renewed
+PULL_HEARTBEAT_S = 2.0  # the server's word on a waiting pull when idle; two missed: it is gone
+SHARED_PULL_EXPIRES_S = 1.0  # under shared slots: work a busy replica cannot start leaves soon
+PULL_PENDING_MSGS = "Nats-Pending-Messages"  # on a status: how many of a pull will not come
+DRAIN_S = 2.0  # how long a stopping consumer waits for the messages already on their way
 
 
 # Bounds on what the bus may hold (settings CHORUS_STREAM_MAX_BYTES): a flood of requests or
@@ -263,6 +265,11 @@ class ConsumerSpec(Generic[M]):
     shared_slots: asyncio.Semaphore | None = None
 
 
+class ConsumerLost(Exception):
+    """The server called the consumer's pulls off (a deleted consumer, none there, a refused
+    request): the loop binds it again, with a fresh inbox."""
+
+
 class Consumer(Generic[M]):
     """Pulls, decodes and handles messages; acks only after the handler (and its publishes) end.
 
@@ -274,6 +281,7 @@ class Consumer(Generic[M]):
         self._js = js
         self._spec = spec
         self._stopping = asyncio.Event()
+        self._wake = asyncio.Event()  # a delivery, a status, a free slot or a stop
         self._tasks: set[asyncio.Task[None]] = set()
         self.running = False
 
@@ -283,12 +291,12 @@ class Consumer(Generic[M]):
         try:
             while not self._stopping.is_set():
                 try:
-                    sub = await self._bind()
+                    await self._bind()
                     OUTAGE.recovered()  # JetStream answered: the consumer is there again
                     self.running = True
-                    await self._pull(sub)
+                    await self._pull()
                 except Exception as e:
-                    if not unavailable(e) and not isinstance(e, NotFoundError):
+                    if not unavailable(e) and not isinstance(e, NotFoundError | ConsumerLost):
                         raise
                     self.running = False
                     OUTAGE.failed(f"consume {self._spec.subject}", e)
@@ -299,7 +307,7 @@ class Consumer(Generic[M]):
             if self._tasks:
                 await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    async def _bind(self) -> JetStreamContext.PullSubscription:
+    async def _bind(self) -> None:
         spec = self._spec
         config = ConsumerConfig(
             # Named, so the create subject carries the filter (`CONSUMER.CREATE.<stream>.
@@ -318,65 +326,77 @@ class Consumer(Generic[M]):
             await self._js.add_consumer(subjects.WORK_STREAM, config)
         except BadRequestError as e:
             log.warning("consumer %s keeps its earlier settings: %s", spec.durable, e)
-        return await self._js.pull_subscribe_bind(durable=spec.durable, stream=subjects.WORK_STREAM)
 
-    async def _pull(self, sub: JetStreamContext.PullSubscription) -> None:
+    async def _pull(self) -> None:
+        """Keeps pull requests outstanding for as many messages as there are free slots, and
+        handles each message as it arrives (nats.go's `Consume`): one request serves about
+        half the slots, and a lone message never waits for a batch to fill. Returns on stop;
+        raises `ConsumerLost` when the server calls the pulls off."""
         spec = self._spec
-        idle = 0
-        backlog = 0  # messages the consumer held after the last one fetched
+        nc = self._js._nc
+        terms = _PullTerms.of(spec)
+        pulls = _Pulls()
+        next_subject = (
+            f"{api.DEFAULT_PREFIX}.CONSUMER.MSG.NEXT.{subjects.WORK_STREAM}.{spec.durable}"
+        )
+
+        async def delivered(msg: Msg) -> None:
+            if pulls.received(msg.headers or {}):
+                task = asyncio.create_task(self._process(msg))
+                self._tasks.add(task)
+                task.add_done_callback(self._finished)
+            self._wake.set()
+
+        # Pulled messages come to an inbox under the service's own prefix (roles.py).
+        sub = await nc.subscribe(nc.new_inbox(), cb=delivered)
         try:
             while not self._stopping.is_set():
-                if len(self._tasks) >= spec.concurrency:
-                    await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
-                    continue
-                if spec.shared_slots is not None and spec.shared_slots.locked():
-                    # Wait for a slot to come free, then fetch (the handler takes the slot).
+                self._wake.clear()  # before reading the state: a change after it wakes us
+                if pulls.lost is not None:
+                    raise ConsumerLost(f"a pull on {spec.durable} ended with {pulls.lost}")
+                shared = spec.shared_slots
+                slot_free = shared is None or not shared.locked()
+                if (
+                    shared is not None
+                    and not slot_free
+                    and not pulls.pending
+                    and len(self._tasks) < spec.concurrency
+                ):
+                    # Wait for a slot to come free, then pull (the handler takes the slot).
                     # No second look: with other consumers waiting too, it would stay "locked"
-                    # while they hand the slot round, and none would ever fetch.
-                    async with spec.shared_slots:
-                        pass
-                # One at a time until a backlog shows, then as many as are waiting and fit:
-                # nats-py's fetch of several can hold a lone message back for its whole wait
-                # (when a late status of an earlier pull answers its first request), so it is
-                # asked only for messages known to be there, and briefly.
-                batch = min(backlog, self._free_slots())
+                    # while they hand the slot round, and none would ever pull.
+                    async with shared:
+                        slot_free = True
+                if ask := terms.to_ask(pulls.pending, len(self._tasks), slot_free):
+                    await nc.publish(next_subject, terms.request(ask), reply=sub.subject)
+                    pulls.asked(ask)
+                # While a pull waits, the server sends a heartbeat when idle: silence means
+                # the pull may be gone (a reconnect, a restarted server).
+                quiet = pulls.quiet_s() if pulls.pending else None
                 try:
-                    if batch > 1:
-                        msgs = await sub.fetch(batch, timeout=BACKLOG_FETCH_TIMEOUT_S)
-                    else:
-                        msgs = await sub.fetch(1, timeout=FETCH_TIMEOUT_S)
-                except (TimeoutError, NatsTimeoutError):
-                    if batch > 1:
-                        backlog = 0  # taken by other replicas meanwhile
-                        continue
-                    idle += 1
-                    if idle % IDLE_CHECK_FETCHES == 0:
-                        # A pull on a consumer that was deleted (its stream gone with a
-                        # restarted server) only ever times out: ask that it still exists.
-                        await sub.consumer_info()
-                    continue
-                idle = 0
-                OUTAGE.recovered()
-                backlog = _pending_after(msgs)
-                for msg in msgs:
-                    task = asyncio.create_task(self._process(msg))
-                    self._tasks.add(task)
-                    task.add_done_callback(self._tasks.discard)
+                    async with asyncio.timeout(None if quiet is None else terms.silence_s - quiet):
+                        await self._wake.wait()
+                except TimeoutError:
+                    # Ask the server: no consumer (NotFoundError) or no server binds again.
+                    await self._js.consumer_info(subjects.WORK_STREAM, spec.durable)
+                    if pulls.quiet_s() >= terms.silence_s:  # nothing came meanwhile either
+                        pulls.pending = 0  # ask anew, on the same inbox
         finally:
+            # Stale pulls find no inbox. On a stop, messages already on their way are still
+            # handled; after a fault they come again when their ack wait ends.
             with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+                if self._stopping.is_set():
+                    await asyncio.wait_for(sub.drain(), DRAIN_S)  # type: ignore[no-untyped-call]
+                else:
+                    await sub.unsubscribe()
 
-    def _free_slots(self) -> int:
-        """How many messages one fetch may take: every free slot, so a backlog comes in one
-        round trip. Under shared slots one at a time: the free count belongs to every
-        consumer of the process, and work it could not start must stay in the stream for
-        another replica."""
-        if self._spec.shared_slots is not None:
-            return 1
-        return max(1, self._spec.concurrency - len(self._tasks))
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._wake.set()  # a slot came free
 
     def stop(self) -> None:
         self._stopping.set()
+        self._wake.set()
 
     async def _process(self, msg: Msg) -> None:
         spec = self._spec
@@ -453,12 +473,90 @@ class Consumer(Generic[M]):
         await _quietly(msg.ack())
 
 
-def _pending_after(msgs: list[Msg]) -> int:
-    """How many messages the consumer still held when the last of `msgs` was delivered."""
-    try:
-        return int(msgs[-1].metadata.num_pending or 0) if msgs else 0
-    except Exception:  # not a JetStream delivery (no metadata in its reply subject)
+@dataclass(frozen=True)
+class _PullTerms:
+    """How a consumer asks for messages (decisions only): never more in hand or asked for
+    than its slots, so work it cannot start stays in the stream for another replica."""
+
+    slots: int
+    batch: int  # the most one consumer has asked for and not yet received
+    expires_s: float
+    heartbeat_s: float | None
+
+    @classmethod
+    def of(cls, spec: ConsumerSpec[M]) -> _PullTerms:
+        if spec.shared_slots is not None:
+            # One at a time and briefly: the free slots belong to every consumer of the
+            # process (a 408 at the expiry is the server's word, no heartbeat needed).
+            return cls(spec.concurrency, 1, SHARED_PULL_EXPIRES_S, None)
+        return cls(spec.concurrency, spec.concurrency, PULL_EXPIRES_S, PULL_HEARTBEAT_S)
+
+    @property
+    def silence_s(self) -> float:
+        """How long a waiting pull may go unheard: two heartbeats, or past its expiry."""
+        return 2 * self.heartbeat_s if self.heartbeat_s else self.expires_s + 1.0
+
+    def to_ask(self, pending: int, running: int, slot_free: bool) -> int:
+        """How many more messages to ask for: every free one, once about half are free
+        (or nothing is asked for), so one request serves several messages."""
+        free = min(self.batch - pending, self.slots - pending - running)
+        if free <= 0 or not slot_free:
+            return 0
+        return free if pending == 0 or free >= (self.batch + 1) // 2 else 0
+
+    def request(self, batch: int) -> bytes:
+        """The body of a `CONSUMER.MSG.NEXT` request for `batch` messages."""
+        body = {"batch": batch, "expires": int(self.expires_s * 1e9)}
+        if self.heartbeat_s:
+            body["idle_heartbeat"] = int(self.heartbeat_s * 1e9)
+        return json.dumps(body).encode()
+
+
+@dataclass
+class _Pulls:
+    """What a consumer's outstanding pull requests still owe it."""
+
+    pending: int = 0  # messages asked for, neither delivered nor called off by a status
+    lost: str | None = None  # why the pulls can no longer be trusted
+    last_heard: float = field(default_factory=time.monotonic)
+
+    def asked(self, batch: int) -> None:
+        self.pending += batch
+        self.heard()
+
+    def received(self, headers: dict[str, str]) -> bool:
+        """Takes in one delivery to the inbox; True: a message to handle, not a status."""
+        self.heard()
+        status = headers.get(api.Header.STATUS)
+        if status is None:
+            self.pending = max(0, self.pending - 1)
+            return True
+        ended = _ended_by(status, headers)
+        if ended is None:
+            self.lost = f"{status} {headers.get(api.Header.DESCRIPTION, '').strip()}"
+        else:
+            self.pending = max(0, self.pending - ended)
+        return False
+
+    def heard(self) -> None:
+        self.last_heard = time.monotonic()
+
+    def quiet_s(self) -> float:
+        return time.monotonic() - self.last_heard
+
+
+def _ended_by(status: str, headers: dict[str, str]) -> int | None:
+    """How many asked-for messages a status says will not come: 0 for a heartbeat, the
+    pull's remainder when one expired (408) or a leader changed (409, with the count). None
+    when the pulls are void: the consumer was deleted (409), is not there (503), or a
+    request was refused (409 Exceeded MaxWaiting, 400)."""
+    if status == api.StatusCode.CONTROL_MESSAGE:
         return 0
+    pending = headers.get(PULL_PENDING_MSGS)
+    if status in (api.StatusCode.REQUEST_TIMEOUT, api.StatusCode.CONFLICT) and pending:
+        with contextlib.suppress(ValueError):
+            return int(pending)
+    return None
 
 
 async def _quietly(reply: Awaitable[None]) -> None:
