@@ -82,8 +82,8 @@ async def two_selectors(nats_url: str) -> AsyncIterator[Replicas]:
     config = SelectorConfig.from_settings(Settings.from_env({"CHORUS_NATS_URL": nats_url}))
     runs = await open_runs(js, 1)
     yield (
-        Selector(js, runs, registry, Catalog(), config, None),
-        Selector(js, runs, registry, Catalog(), config, None),
+        Selector(nc, js, runs, registry, Catalog(), config, None),
+        Selector(nc, js, runs, registry, Catalog(), config, None),
         runs,
     )
     await registry.stop()
