@@ -342,6 +342,7 @@ class Consumer(Generic[M]):
 
         async def delivered(msg: Msg) -> None:
             if pulls.received(msg.headers or {}):
+                OUTAGE.recovered()  # JetStream delivers again
                 task = asyncio.create_task(self._process(msg))
                 self._tasks.add(task)
                 task.add_done_callback(self._finished)
