@@ -10,6 +10,7 @@ import logging
 import secrets
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import IO, Any
 
@@ -39,6 +40,15 @@ _REQUEST_HEADER = "Chorus-Request-Id"
 _OCTETS = "application/octet-stream"
 _CHUNK_BYTES = 128 * 1024  # nats-py's chunk size
 _CHUNKS_IN_FLIGHT = 8  # a large file's chunks awaited 1 MiB at a time, within nats-py's buffer
+
+
+@dataclass(frozen=True)
+class Stored:
+    """What is stored under an id, from its metadata (not its bytes), and who made it."""
+
+    ref: ArtifactRef
+    uploader: str  # the owner that uploaded it; "" where none
+    made_for: str  # the request it was made for; "" where none
 
 
 class ArtifactStore:
@@ -151,31 +161,26 @@ class ArtifactStore:
             raise ArtifactNotFound(f"artifact {artifact_id!r} does not exist or expired")
         return meta
 
-    async def described(self, artifact_id: str) -> tuple[ArtifactRef, str, str]:
-        """What is stored under this id, without fetching the bytes, with who made it: the
-        owner that uploaded it and the request it was made for ("" where none)."""
-        meta = await self._meta(artifact_id)
-        headers = meta.get("headers") or {}
-        ref = _ref(artifact_id, headers, int(meta.get("size") or 0))
-        return ref, headers.get(_OWNER_HEADER, ""), headers.get(_REQUEST_HEADER, "")
+    async def described(self, artifact_id: str) -> Stored:
+        """What is stored under this id, without fetching the bytes, with who made it."""
+        return _stored(artifact_id, await self._meta(artifact_id))
 
     async def info(self, artifact_id: str) -> ArtifactRef:
         """What is stored under this id, without fetching the bytes."""
-        return (await self.described(artifact_id))[0]
+        return (await self.described(artifact_id)).ref
 
     async def get(self, artifact_id: str) -> tuple[ArtifactRef, bytes]:
         meta = await self._meta(artifact_id)
         data = b"".join([part async for part in self._parts(artifact_id, meta)])
         return _ref(artifact_id, meta.get("headers") or {}, len(data)), data
 
-    async def stream(self, artifact_id: str) -> tuple[ArtifactRef, AsyncIterator[bytes]]:
+    async def stream(self, artifact_id: str) -> tuple[Stored, AsyncIterator[bytes]]:
         """What is stored under this id, and its bytes one stored chunk (128 KiB) at a time,
         each read when the one before has been taken: a download of any size holds one chunk.
         A lost part, or a digest that differs at the end, raises `ArtifactNotFound` from the
         iterator, after the parts before it."""
         meta = await self._meta(artifact_id)
-        ref = _ref(artifact_id, meta.get("headers") or {}, int(meta.get("size") or 0))
-        return ref, self._parts(artifact_id, meta)
+        return _stored(artifact_id, meta), self._parts(artifact_id, meta)
 
     async def _parts(self, artifact_id: str, meta: dict[str, Any]) -> AsyncIterator[bytes]:
         subject = f"$O.{self._bucket}.C.{meta['nuid']}"
@@ -195,6 +200,12 @@ class ArtifactStore:
         encoded = base64.urlsafe_b64encode(digest.digest()).decode()
         if str(meta.get("digest", "")).removeprefix("SHA-256=") != encoded:
             raise ArtifactNotFound(f"artifact {artifact_id!r} is damaged (its digest differs)")
+
+
+def _stored(artifact_id: str, meta: dict[str, Any]) -> Stored:
+    headers = meta.get("headers") or {}
+    ref = _ref(artifact_id, headers, int(meta.get("size") or 0))
+    return Stored(ref, headers.get(_OWNER_HEADER, ""), headers.get(_REQUEST_HEADER, ""))
 
 
 def _ref(artifact_id: str, headers: dict[str, str], size: int) -> ArtifactRef:

@@ -36,7 +36,7 @@ from prometheus_client import Counter, Gauge
 
 from services.common import bus, events, subjects, tracing
 from services.common.artifact_refs import ArtifactNotFound, BadMediaType
-from services.common.artifacts import ArtifactStore
+from services.common.artifacts import ArtifactStore, Stored
 from services.common.telemetry import ERRORS, request_id_var
 from services.gateway.errors import RequestError
 from services.gateway.owners import RequestOwners
@@ -178,27 +178,31 @@ class FrontDoor:
         self, artifact_id: str, owner: str
     ) -> tuple[ArtifactRef, AsyncIterator[bytes]]:
         """A file `owner` uploaded, or one a request of theirs made, and its bytes part by
-        part as the store reads them; else `NOT_FOUND`."""
-        await self._check_artifact_owner(artifact_id, owner)
+        part as the store reads them; else `NOT_FOUND`. One read of its metadata serves both."""
         try:
-            ref, parts = await self.store.stream(artifact_id)
+            stored, parts = await self.store.stream(artifact_id)
         except ArtifactNotFound as e:
             raise RequestError(f"id: {e}", _NOT_FOUND) from e
-        return ref, _not_found_as_refusal(parts)
+        await self._check_owner_of(stored, owner)
+        return stored.ref, _not_found_as_refusal(parts)
 
     async def _check_artifact_owner(self, artifact_id: str, owner: str) -> ArtifactRef:
         """What the store holds under the id, if it is `owner`'s; else `NOT_FOUND`."""
         try:
-            ref, uploader, made_for = await self.store.described(artifact_id)
+            stored = await self.store.described(artifact_id)
         except ArtifactNotFound as e:
             raise RequestError(f"id: {e}", _NOT_FOUND) from e
-        actual = uploader or (await self._owners.owner_of(made_for) if made_for else "")
+        await self._check_owner_of(stored, owner)
+        return stored.ref
+
+    async def _check_owner_of(self, stored: Stored, owner: str) -> None:
+        made_for = stored.made_for
+        actual = stored.uploader or (await self._owners.owner_of(made_for) if made_for else "")
         if actual != owner:
             log.warning("refused a file of another owner")
             raise RequestError(
-                f"id: artifact {artifact_id!r} does not exist or expired", _NOT_FOUND
+                f"id: artifact {stored.ref.id!r} does not exist or expired", _NOT_FOUND
             )
-        return ref
 
     async def put_artifact(
         self, data: bytes | IO[bytes], name: str, media_type: str | None, owner: str

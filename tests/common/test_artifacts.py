@@ -51,7 +51,7 @@ async def test_a_stream_reads_each_part_only_when_the_one_before_is_taken(nats_u
     data = os.urandom(3 * 1024 * 1024 + 5)
     ref = await store.put(data, "big.bin")
     info, parts = await store.stream(ref.id)
-    assert (info.name, info.size) == ("big.bin", len(data))
+    assert (info.ref.name, info.ref.size) == ("big.bin", len(data))
     received = [await anext(parts)]
     # The rest is not read yet: take the stored parts away, and the next read finds none.
     await js.purge_stream(f"OBJ_{subjects.ARTIFACT_BUCKET}", subject="$O.*.C.>")
