@@ -242,7 +242,7 @@ def _usage(reply: dict[str, Any]) -> dict[str, int]:
     return {
         kind: tokens
         for kind in ("prompt_tokens", "completion_tokens")
-        if isinstance(tokens := usage.get(kind), int)
+        if isinstance(tokens := usage.get(kind), int) and tokens >= 0
     }
 
 
