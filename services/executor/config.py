@@ -89,9 +89,9 @@ class ExecutorConfig:
 
 
 def planned_lanes(config: ExecutorConfig) -> list[Lane]:
-    """The (task, route) lanes a replica with this config serves, as `service.build` makes
-    them (less any default model that then fails to load): its consumers, and so what its
-    NATS user may consume on a locked bus (`roles.executor_role`)."""
+    """The (task, route) lanes a replica with this config serves: its consumers (less any
+    default model that then fails to load; `service.build` makes the routed ones from this
+    list), and so what its NATS user may consume on a locked bus (`roles.executor_role`)."""
     lanes = [(spec.task, spec.model) for spec in (*config.specs, *config.defaults)]
     if config.serve_llm:
         lanes += [(task, LLM_ROUTE) for task in sorted(LLM_TASKS)]

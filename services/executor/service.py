@@ -27,7 +27,7 @@ from services.common.llm import open_llm
 from services.common.routes import BUILTIN_PREFIX, LLM_ROUTE, REMOTE_ROUTE
 from services.common.runtime import Runtime
 from services.common.settings import SettingsError
-from services.common.tasks import LLM_TASKS, status_name
+from services.common.tasks import status_name
 from services.common.workers import WorkerAnnouncer
 from services.executor import metrics
 from services.executor.backends import (
@@ -39,7 +39,7 @@ from services.executor.backends import (
 )
 from services.executor.batching import Batcher
 from services.executor.cancels import CancelledRequests
-from services.executor.config import ExecutorConfig
+from services.executor.config import ExecutorConfig, planned_lanes
 from services.executor.execute import execute
 from services.executor.fetch import FetchPolicy
 from services.executor.handler import Inputs, Produced
@@ -214,19 +214,27 @@ async def _prepare(spec: ModelSpec, config: ExecutorConfig, pool: ModelPool, ste
 
 
 def _routed_lanes(config: ExecutorConfig, rt: Runtime, stack: AsyncExitStack) -> list[Lane]:
-    """Lanes for the LLM's text tasks and for remote inference, as configured."""
+    """Lanes for the LLM's text tasks and for remote inference: those `planned_lanes` names
+    (which also make this replica's NATS user), each with its backend."""
+    routed = [(t, r) for t, r in planned_lanes(config) if r in (LLM_ROUTE, REMOTE_ROUTE)]
+    routes = {route for _, route in routed}
+    llm = open_llm(rt.settings.llm, stack) if LLM_ROUTE in routes else None
+    client = (
+        inference_client(config.hf_token, config.remote_timeout_s)
+        if REMOTE_ROUTE in routes
+        else None
+    )
     lanes: list[Lane] = []
-    llm = open_llm(rt.settings.llm, stack) if config.serve_llm else None
-    if llm is not None:
-        for task in sorted(LLM_TASKS):
-            backend = LLMBackend(HANDLERS[task], llm, config.capacity)
-            lanes.append(Lane(task, LLM_ROUTE, backend, 0.0))
-    if config.remote:
-        client = inference_client(config.hf_token, config.remote_timeout_s)
-        for handler in HANDLERS.values():
-            if handler.remote is not None:
-                remote = RemoteBackend(handler, client, config.remote_endpoint, config.capacity)
-                lanes.append(Lane(handler.task, REMOTE_ROUTE, remote, 0.0))
+    for task, route in routed:
+        handler = HANDLERS[task]
+        backend: ModelBackend
+        if route == LLM_ROUTE:
+            assert llm is not None  # planned only when the LLM is configured
+            backend = LLMBackend(handler, llm, config.capacity)
+        else:
+            assert client is not None  # planned only when remote inference is on
+            backend = RemoteBackend(handler, client, config.remote_endpoint, config.capacity)
+        lanes.append(Lane(task, route, backend, 0.0))
     return lanes
 
 
