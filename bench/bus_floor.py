@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import multiprocessing
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,9 +31,9 @@ from typing import Any
 
 from chorus.v1.messages_pb2 import TaskInvocation
 
-from bench.pipeline import get_json, pid_cpu_s, wait_until
+from bench.pipeline import pid_cpu_s
 from bench.stats import p99, throughput, write_results
-from services.cli.cluster import free_port, nats_server_binary
+from services.cli.cluster import start_nats_server
 from services.common import bus, subjects
 from services.common.runtime import run_loop
 
@@ -52,6 +51,7 @@ HOPS = [
 ]
 PAYLOAD = "x" * 300
 CONCURRENCY = (8, 32)
+WARM_UP = 20  # requests before the measured ones
 RESULTS = Path("bench/results/bus_floor.json")
 
 
@@ -120,8 +120,8 @@ async def _measure(url: str, requests: int) -> dict[str, Any]:
         await bus.publish(js, _hop_subject(0), invocation, msg_id=f"{request_id}.0")
         await asyncio.wait_for(answered, 10)
 
-    for _ in range(20):
-        await run()  # warm-up
+    for _ in range(WARM_UP):
+        await run()
     latencies = []
     for _ in range(requests // 2):
         started = time.perf_counter()
@@ -141,17 +141,9 @@ def main() -> int:
     args = parser.parse_args()
     context = multiprocessing.get_context("spawn")
     with tempfile.TemporaryDirectory(prefix="chorus-floor-") as store:
-        port, monitor = free_port(), free_port()
-        listen = ["-a", "127.0.0.1", "-p", str(port), "-m", str(monitor)]
-        server = subprocess.Popen(
-            [nats_server_binary(), "-js", *listen, "-sd", store],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        url = f"nats://127.0.0.1:{port}"
+        server, url = start_nats_server(Path(store))
         stages: list[Any] = []
         try:
-            wait_until(lambda: get_json(f"http://127.0.0.1:{monitor}/healthz"))
             for name in sorted(set(HOPS)):
                 stage = context.Process(target=_run_stage, args=(url, name), daemon=True)
                 stage.start()
@@ -167,7 +159,7 @@ def main() -> int:
             server.terminate()
             server.wait(10)
     # Every call of `run` (the warm-up, the latency requests and each throughput level).
-    calls = 20 + args.requests // 2 + args.requests * len(CONCURRENCY)
+    calls = WARM_UP + args.requests // 2 + args.requests * len(CONCURRENCY)
     cpu = {n: (cpu_after[n] - cpu_before[n]) * 1000 / calls for n in pids}
     figures |= {
         "hops": len(HOPS),

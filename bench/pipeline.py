@@ -167,7 +167,7 @@ class BusSide:
         here = Path.cwd()
         os.chdir(self.tree)  # the services run this tree's code: `python -m` looks in the cwd
         try:
-            wait_until(lambda: get_json(f"{self.monitor}/healthz") is not None)
+            _wait_for(lambda: get_json(f"{self.monitor}/healthz") is not None)
             self._cluster.start()
         finally:
             os.chdir(here)
@@ -225,7 +225,7 @@ class BusSide:
             yield run
 
 
-def wait_until(ready: Callable[[], object], timeout_s: float = 20.0) -> None:
+def _wait_for(ready: Callable[[], object], timeout_s: float = 20.0) -> None:
     deadline = time.monotonic() + timeout_s
     while True:
         try:
