@@ -10,9 +10,7 @@ import pytest
 import pytest_asyncio
 from playwright.async_api import Browser, Page, expect
 
-from services.cli.cluster import free_port
-from tests.gateway.browser import chromium, require_chromium
-from tests.integration.stack import CANNY_ONLY, running_stack
+from tests.gateway.browser import web_stack
 from tests.support import ScriptedLLM, square_png
 
 pytestmark = [pytest.mark.browser, pytest.mark.asyncio(loop_scope="module")]
@@ -29,16 +27,8 @@ class Site:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def running(module_nats: str, module_llm: ScriptedLLM) -> AsyncIterator[Site]:
-    require_chromium()
-    addr = f"127.0.0.1:{free_port()}"
-    env = {
-        **CANNY_ONLY,
-        "CHORUS_LLM_BASE_URL": module_llm.base_url,
-        "CHORUS_PLANNER": "rules",  # the LLM writes only the answer
-        "CHORUS_OPENAI_ADDR": addr,
-    }
-    async with running_stack(module_nats, env), chromium() as browser:
-        yield Site(f"http://{addr}/", module_llm, browser)
+    async with web_stack(module_nats, module_llm) as (url, browser):
+        yield Site(url, module_llm, browser)
 
 
 @pytest.fixture

@@ -13,10 +13,8 @@ import pytest
 import pytest_asyncio
 from playwright.async_api import Browser, Page, Request, expect
 
-from services.cli.cluster import free_port
 from services.gateway.keys import add_key
-from tests.gateway.browser import chromium, require_chromium
-from tests.integration.stack import CANNY_ONLY, running_stack
+from tests.gateway.browser import web_stack
 from tests.support import ScriptedLLM, square_png
 
 pytestmark = [pytest.mark.browser, pytest.mark.asyncio(loop_scope="module")]
@@ -35,20 +33,12 @@ class Site:
 async def site(
     module_nats: str, module_llm: ScriptedLLM, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Site]:
-    require_chromium()
     keys_file = tmp_path_factory.mktemp("keys") / "keys"
     token = add_key(keys_file, "alice")
     module_llm.replies = [ANSWER]
-    addr = f"127.0.0.1:{free_port()}"
-    env = {
-        **CANNY_ONLY,
-        "CHORUS_LLM_BASE_URL": module_llm.base_url,
-        "CHORUS_PLANNER": "rules",
-        "CHORUS_OPENAI_ADDR": addr,
-        "CHORUS_API_KEYS": str(keys_file),
-    }
-    async with running_stack(module_nats, env), chromium() as browser:
-        yield Site(f"http://{addr}/", token, browser)
+    env = {"CHORUS_API_KEYS": str(keys_file)}
+    async with web_stack(module_nats, module_llm, env) as (url, browser):
+        yield Site(url, token, browser)
 
 
 async def _open(site: Site) -> tuple[Page, list[Request]]:
